@@ -1,0 +1,49 @@
+# meshetcd — the two commands a newcomer needs are `make run` and `make test`.
+GO      ?= go
+BIN     := $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
+
+# Packages with goroutines and shared state run under the race detector.
+RACE_PKGS := ./mesh/... ./meshconn/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
+
+.PHONY: all build run etcdctl test test-unit test-integration bench soak fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/meshetcd ./cmd/meshetcd
+
+## run: start a single-member server on etcd's defaults (clients on 127.0.0.1:2379)
+run: build
+	$(BIN)/meshetcd
+
+## etcdctl: build etcd's own etcdctl 3.7.3 into bin/ (never committed)
+etcdctl:
+	cd tools/etcdctl && $(GO) build -o $(BIN)/etcdctl .
+
+## test: vet, unit tests (race detector on concurrent packages), integration tests
+test: build etcdctl test-unit test-integration
+
+test-unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 5m ./cmd/...
+
+test-integration: build etcdctl
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m ./integration/...
+
+## bench: side-by-side throughput/latency against etcd 3.7.3 (see bench/)
+bench: build
+	@if [ -f bench/bench.mk ]; then $(MAKE) -f bench/bench.mk bench; else $(GO) test -run '^$$' -bench . -benchmem ./...; fi
+
+## soak: long randomized fault runs, not part of `make test`
+soak: build etcdctl
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 $(GO) test -count=1 -timeout 80m -run Soak ./integration/...
+
+## fuzz: run each fuzz target for a while (the seed corpora already run in `make test`)
+fuzz:
+	@for t in $$($(GO) test -list '^Fuzz' ./mesh/... | grep '^Fuzz'); do \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 30s ./mesh/... || exit 1; done
+
+clean:
+	rm -rf $(BIN) default.meshetcd

@@ -1,0 +1,15 @@
+// Package grpcapi is the client-facing surface of a meshetcd member: the etcd
+// v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance, Auth, Lock,
+// Election), the request validation etcd performs before proposing, the
+// mapping of internal errors to etcd's wire errors (rpctypes), the gRPC
+// interceptors (leader requirement, learner restrictions, request logging),
+// the HTTP endpoints that share the client port (/health, /livez, /readyz,
+// /version, /metrics, /debug/pprof) and the listener mux that serves gRPC and
+// HTTP on one port like etcd does.
+//
+// It owns no state of its own beyond what a request needs: everything is
+// delegated to a kvstore.API. Behaviour is modelled on etcd v3.7.3's
+// server/etcdserver/api/v3rpc and server/embed/serve.go, which cannot be
+// imported because they link all of etcdserver; clients must not be able to
+// tell the difference.
+package grpcapi

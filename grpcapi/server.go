@@ -1,0 +1,179 @@
+package grpcapi
+
+import (
+	"math"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/meshetcd/meshetcd/kvstore"
+)
+
+// Defaults, equal to etcd v3.7.3's (embed/config.go, server/config).
+const (
+	DefaultMaxRequestBytes             = 1.5 * 1024 * 1024
+	DefaultMaxTxnOps                   = 128
+	DefaultWarningUnaryRequestDuration = 300 * time.Millisecond
+	DefaultGRPCKeepAliveMinTime        = 5 * time.Second
+	DefaultGRPCKeepAliveInterval       = 2 * time.Hour
+	DefaultGRPCKeepAliveTimeout        = 20 * time.Second
+
+	// grpcOverheadBytes is what etcd adds to --max-request-bytes for the gRPC
+	// receive limit, so that an oversized request reaches the server's own
+	// size check and gets etcd's "request is too large" error instead of a
+	// transport error.
+	grpcOverheadBytes = 512 * 1024
+	maxSendBytes      = math.MaxInt32
+)
+
+// Config configures the client-facing services. Zero values take etcd's
+// defaults.
+type Config struct {
+	Logger *zap.Logger // nil means zap.NewNop()
+
+	// MaxRequestBytes is etcd's --max-request-bytes (default 1.5 MiB).
+	MaxRequestBytes uint
+	// MaxTxnOps is etcd's --max-txn-ops (default 128).
+	MaxTxnOps uint
+	// MaxConcurrentStreams is etcd's --max-concurrent-streams (default
+	// math.MaxUint32).
+	MaxConcurrentStreams uint32
+
+	// gRPC keepalive, etcd's --grpc-keepalive-{min-time,interval,timeout}.
+	GRPCKeepAliveMinTime  time.Duration
+	GRPCKeepAliveInterval time.Duration
+	GRPCKeepAliveTimeout  time.Duration
+
+	// WarningUnaryRequestDuration is etcd's
+	// --warning-unary-request-duration: slower unary requests are logged at
+	// warn level instead of debug (default 300ms).
+	WarningUnaryRequestDuration time.Duration
+
+	// EnablePprof mounts /debug/pprof/ on the HTTP handler (etcd
+	// --enable-pprof).
+	EnablePprof bool
+
+	// Version is meshetcd's own version, reported as "meshetcd" by /version.
+	Version string
+
+	// ExtraHTTP, when set, is called with the HTTP mux before it is
+	// returned, so the caller can mount more endpoints (e.g. /mesh/status).
+	ExtraHTTP func(mux *http.ServeMux)
+
+	// ElectionTimeout decides how long a stream that required a leader
+	// survives without one (three election timeouts, like etcd). Zero means
+	// the kvstore's configured election timeout.
+	ElectionTimeout time.Duration
+}
+
+func (c Config) withDefaults(s kvstore.Info) Config {
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.MaxTxnOps == 0 {
+		c.MaxTxnOps = DefaultMaxTxnOps
+	}
+	if c.MaxConcurrentStreams == 0 {
+		c.MaxConcurrentStreams = math.MaxUint32
+	}
+	if c.GRPCKeepAliveMinTime == 0 {
+		c.GRPCKeepAliveMinTime = DefaultGRPCKeepAliveMinTime
+	}
+	if c.GRPCKeepAliveInterval == 0 {
+		c.GRPCKeepAliveInterval = DefaultGRPCKeepAliveInterval
+	}
+	if c.GRPCKeepAliveTimeout == 0 {
+		c.GRPCKeepAliveTimeout = DefaultGRPCKeepAliveTimeout
+	}
+	if c.WarningUnaryRequestDuration == 0 {
+		c.WarningUnaryRequestDuration = DefaultWarningUnaryRequestDuration
+	}
+	if c.Version == "" {
+		c.Version = "0.0.0-dev"
+	}
+	if c.ElectionTimeout == 0 && s != nil {
+		c.ElectionTimeout = s.Config().ElectionTimeout
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = time.Second
+	}
+	return c
+}
+
+// NewGRPCServer builds the gRPC server for one member: etcd's KV,
+// Maintenance, Cluster, Auth, Watch, Lease, Lock and Election services and
+// the standard gRPC health service, with etcd's server options and
+// interceptors. The caller serves it (see Serve) and stops it.
+//
+// The health service reports NOT_SERVING until s is ready and again once s
+// stops; the goroutine that does this exits when s stops.
+func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
+	cfg = cfg.withDefaults(s)
+
+	opts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(
+			newLogUnaryInterceptor(cfg),
+			newUnaryInterceptor(s),
+		),
+		grpc.ChainStreamInterceptor(
+			newStreamInterceptor(s, cfg),
+		),
+		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes + grpcOverheadBytes)),
+		grpc.MaxSendMsgSize(maxSendBytes),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             cfg.GRPCKeepAliveMinTime,
+			PermitWithoutStream: false,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    cfg.GRPCKeepAliveInterval,
+			Timeout: cfg.GRPCKeepAliveTimeout,
+		}),
+	}
+	gs := grpc.NewServer(opts...)
+
+	registerServices(gs, s, cfg)
+
+	hs := health.NewServer()
+	// health.NewServer starts out SERVING; etcd only serves once the member
+	// is ready, so start NOT_SERVING and flip when it is.
+	hs.SetServingStatus(allGRPCServices, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	go trackHealth(s, hs, cfg.Logger)
+
+	return gs
+}
+
+// allGRPCServices is the health service name meaning "the whole server".
+const allGRPCServices = ""
+
+// trackHealth moves the gRPC health status with the member's lifecycle. It is
+// owned by s: it returns when s stops.
+func trackHealth(s kvstore.Info, hs *health.Server, lg *zap.Logger) {
+	select {
+	case <-s.ReadyNotify():
+		lg.Info("grpc service status changed",
+			zap.String("service", allGRPCServices),
+			zap.String("status", healthpb.HealthCheckResponse_SERVING.String()))
+		hs.SetServingStatus(allGRPCServices, healthpb.HealthCheckResponse_SERVING)
+	case <-s.StopNotify():
+	}
+	<-s.StopNotify()
+	// Shutdown sets NOT_SERVING and makes later updates no-ops.
+	hs.Shutdown()
+}
+
+// registerServices registers every etcd service on gs.
+func registerServices(gs *grpc.Server, s kvstore.API, cfg Config) {
+	// KV, Maintenance, Cluster, Auth are registered here as their files land.
+	// Watch, Lease, Lock and Election (watch.go, lease.go, lock.go) are
+	// registered below by their owner.
+}

@@ -11,6 +11,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
 	"github.com/meshetcd/meshetcd/kvstore"
 )
 
@@ -173,7 +175,10 @@ func trackHealth(s kvstore.Info, hs *health.Server, lg *zap.Logger) {
 
 // registerServices registers every etcd service on gs.
 func registerServices(gs *grpc.Server, s kvstore.API, cfg Config) {
-	// KV, Maintenance, Cluster, Auth are registered here as their files land.
+	pb.RegisterKVServer(gs, newKVServer(s, cfg))
+	pb.RegisterMaintenanceServer(gs, newMaintenanceServer(s, cfg))
+	pb.RegisterClusterServer(gs, newClusterServer(s))
+	pb.RegisterAuthServer(gs, newAuthServer(s))
 	// Watch, Lease, Lock and Election (watch.go, lease.go, lock.go) are
 	// registered below by their owner.
 }

@@ -1,0 +1,437 @@
+package embed
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/logutil"
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Defaults, matching etcd 3.7's except where noted. The client and peer
+// defaults use 127.0.0.1 rather than etcd's "localhost": etcd binds
+// "localhost" to 127.0.0.1 anyway, and an explicit address avoids surprises
+// on hosts where localhost resolves to ::1 first.
+const (
+	DefaultName                    = "default"
+	DefaultListenClientURL         = "http://127.0.0.1:2379"
+	DefaultAdvertiseClientURL      = "http://127.0.0.1:2379"
+	DefaultListenPeerURL           = "http://127.0.0.1:2380"
+	DefaultInitialAdvertisePeerURL = "http://127.0.0.1:2380"
+	DefaultInitialClusterToken     = "etcd-cluster"
+	DefaultSnapshotCount           = uint64(10000)
+	DefaultHeartbeatInterval       = 100 * time.Millisecond
+	DefaultElectionTimeout         = 1000 * time.Millisecond
+	DefaultMaxRequestBytes         = uint(1.5 * 1024 * 1024)
+	DefaultMaxTxnOps               = uint(128)
+	DefaultAutoCompactionMode      = "periodic"
+	DefaultAutoCompactionRetention = "0"
+	DefaultLogLevel                = "info"
+	DefaultLogFormat               = "json"
+	DefaultLogOutput               = "default" // stderr, as etcd outside systemd
+
+	ClusterStateNew      = "new"
+	ClusterStateExisting = "existing"
+
+	CompactorModePeriodic = "periodic"
+	CompactorModeRevision = "revision"
+
+	// maxElectionTimeout is etcd's upper bound (embed.maxElectionMs).
+	maxElectionTimeout = 50 * time.Second
+)
+
+// ErrUnsetAdvertiseClientURLs is etcd's error for an explicit
+// --listen-client-urls without --advertise-client-urls (same text).
+var ErrUnsetAdvertiseClientURLs = errors.New("--advertise-client-urls is required when --listen-client-urls is set explicitly")
+
+// Config is the whole configuration of one member. Build it with NewConfig
+// (etcd's defaults) and change what you need; the zero Config is not valid.
+type Config struct {
+	// Name is the member name (etcd --name).
+	Name string
+	// DataDir holds the WAL, snapshots and backend (etcd layout under
+	// DataDir/member). Empty means "<Name>.meshetcd" in the working directory.
+	DataDir string
+
+	// ListenClientURLs are the addresses the gRPC and HTTP client API is
+	// served on (gRPC and HTTP share each port, like etcd). Only http://
+	// for now. Port 0 picks a free port; Member.ClientURLs reports it.
+	ListenClientURLs []url.URL
+	// AdvertiseClientURLs are published in the membership (member list).
+	// An advertised URL with port 0 is replaced by the bound listener's
+	// address, so tests can use port 0 throughout.
+	AdvertiseClientURLs []url.URL
+	// ListenPeerURLs is where the gossip mesh will listen. Multi-member
+	// clustering is not available yet, so nothing listens there today.
+	ListenPeerURLs []url.URL
+	// AdvertisePeerURLs are this member's peer URLs in the membership; with
+	// the cluster token they determine the member id, as in etcd.
+	AdvertisePeerURLs []url.URL
+
+	// InitialCluster is etcd's --initial-cluster ("name=url,name=url").
+	// Empty means this member alone: Name=AdvertisePeerURLs.
+	InitialCluster      string
+	InitialClusterState string // "new" or "existing"
+	InitialClusterToken string
+
+	SnapshotCount     uint64
+	HeartbeatInterval time.Duration // etcd --heartbeat-interval (one raft tick)
+	ElectionTimeout   time.Duration // etcd --election-timeout
+	MaxRequestBytes   uint
+	MaxTxnOps         uint
+	// QuotaBackendBytes: 0 means etcd's default (2 GiB); negative disables.
+	QuotaBackendBytes int64
+	// UnsafeNoFsync disables fsync: faster, and loses acknowledged writes
+	// on a machine crash. Never in production.
+	UnsafeNoFsync bool
+
+	// AutoCompactionMode is "periodic" or "revision"; AutoCompactionRetention
+	// is a duration ("1h", or a bare number of hours) for periodic and a
+	// revision count for revision. "0" disables auto compaction.
+	AutoCompactionMode      string
+	AutoCompactionRetention string
+
+	// gRPC server knobs, etcd's --max-concurrent-streams,
+	// --grpc-keepalive-{min-time,interval,timeout} and
+	// --warning-unary-request-duration. Zero means etcd's default.
+	MaxConcurrentStreams        uint32
+	GRPCKeepAliveMinTime        time.Duration
+	GRPCKeepAliveInterval       time.Duration
+	GRPCKeepAliveTimeout        time.Duration
+	WarningUnaryRequestDuration time.Duration
+
+	// EnablePprof serves net/http/pprof under /debug/pprof/ on the client
+	// ports, like etcd.
+	EnablePprof bool
+
+	// Logger, when set, is used as is and the Log* fields are ignored.
+	Logger     *zap.Logger
+	LogLevel   string   // debug, info, warn, error, panic, fatal
+	LogFormat  string   // json or console
+	LogOutputs []string // "default", "stderr", "stdout" or file paths
+}
+
+// NewConfig returns a Config with etcd's defaults: a one-member cluster named
+// "default" with data in ./default.meshetcd, clients on 127.0.0.1:2379 and
+// the peer (mesh) URL 127.0.0.1:2380.
+func NewConfig() Config {
+	return Config{
+		Name:                        DefaultName,
+		ListenClientURLs:            []url.URL{mustURL(DefaultListenClientURL)},
+		AdvertiseClientURLs:         []url.URL{mustURL(DefaultAdvertiseClientURL)},
+		ListenPeerURLs:              []url.URL{mustURL(DefaultListenPeerURL)},
+		AdvertisePeerURLs:           []url.URL{mustURL(DefaultInitialAdvertisePeerURL)},
+		InitialClusterState:         ClusterStateNew,
+		InitialClusterToken:         DefaultInitialClusterToken,
+		SnapshotCount:               DefaultSnapshotCount,
+		HeartbeatInterval:           DefaultHeartbeatInterval,
+		ElectionTimeout:             DefaultElectionTimeout,
+		MaxRequestBytes:             DefaultMaxRequestBytes,
+		MaxTxnOps:                   DefaultMaxTxnOps,
+		AutoCompactionMode:          DefaultAutoCompactionMode,
+		AutoCompactionRetention:     DefaultAutoCompactionRetention,
+		MaxConcurrentStreams:        math.MaxUint32,
+		GRPCKeepAliveMinTime:        5 * time.Second,
+		GRPCKeepAliveInterval:       2 * time.Hour,
+		GRPCKeepAliveTimeout:        20 * time.Second,
+		WarningUnaryRequestDuration: 300 * time.Millisecond,
+		LogLevel:                    DefaultLogLevel,
+		LogFormat:                   DefaultLogFormat,
+		LogOutputs:                  []string{DefaultLogOutput},
+	}
+}
+
+// mustURL parses one of the constant defaults above; they are known good.
+func mustURL(s string) url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(fmt.Sprintf("embed: bad built-in default URL %q: %v", s, err))
+	}
+	return *u
+}
+
+// EffectiveDataDir is DataDir, or "<Name>.meshetcd" when DataDir is empty.
+func (c *Config) EffectiveDataDir() string {
+	if c.DataDir != "" {
+		return c.DataDir
+	}
+	return c.Name + ".meshetcd"
+}
+
+// InitialClusterMap parses InitialCluster; an empty InitialCluster means
+// this member alone with its advertised peer URLs.
+func (c *Config) InitialClusterMap() (types.URLsMap, error) {
+	if strings.TrimSpace(c.InitialCluster) == "" {
+		if len(c.AdvertisePeerURLs) == 0 {
+			return nil, errors.New("--initial-advertise-peer-urls must not be empty")
+		}
+		return types.URLsMap{c.Name: types.URLs(c.AdvertisePeerURLs)}, nil
+	}
+	m, err := types.NewURLsMap(c.InitialCluster)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --initial-cluster %q: %w", c.InitialCluster, err)
+	}
+	return m, nil
+}
+
+// Validate checks the configuration the way etcd's embed.Config.Validate
+// does (same messages where etcd has one), plus what meshetcd cannot do yet.
+// It does not touch the disk or the network.
+func (c *Config) Validate() error {
+	if c.Name == "" {
+		return errors.New("--name must not be empty")
+	}
+	if len(c.ListenClientURLs) == 0 {
+		return errors.New("--listen-client-urls must not be empty")
+	}
+	if err := checkBindURLs("--listen-client-urls", c.ListenClientURLs); err != nil {
+		return err
+	}
+	if len(c.AdvertiseClientURLs) == 0 {
+		return ErrUnsetAdvertiseClientURLs
+	}
+	if err := checkHostURLs(c.AdvertiseClientURLs); err != nil {
+		return fmt.Errorf(`--advertise-client-urls %q must be in the format "host:port" (%w)`, urlsString(c.AdvertiseClientURLs), err)
+	}
+	if err := checkBindURLs("--listen-peer-urls", c.ListenPeerURLs); err != nil {
+		return err
+	}
+	if err := checkHostURLs(c.AdvertisePeerURLs); err != nil {
+		return fmt.Errorf(`--initial-advertise-peer-urls %q must be "host:port" (%w)`, urlsString(c.AdvertisePeerURLs), err)
+	}
+	for _, u := range c.AdvertisePeerURLs {
+		if u.Scheme != "http" {
+			return fmt.Errorf("--initial-advertise-peer-urls %q: only http:// peer URLs are supported (peer TLS is not implemented; the mesh has its own encryption)", u.String())
+		}
+	}
+
+	switch c.InitialClusterState {
+	case ClusterStateNew, ClusterStateExisting:
+	default:
+		return fmt.Errorf("unexpected clusterState %q", c.InitialClusterState)
+	}
+	if c.InitialClusterToken == "" {
+		return errors.New("--initial-cluster-token must not be empty")
+	}
+	ic, err := c.InitialClusterMap()
+	if err != nil {
+		return err
+	}
+	if err := checkInitialCluster(c.Name, ic, c.AdvertisePeerURLs); err != nil {
+		return err
+	}
+	if len(ic) > 1 {
+		return fmt.Errorf("--initial-cluster lists %d members: multi-member clusters over the mesh are not available yet in this version of meshetcd (run one member per cluster for now)", len(ic))
+	}
+
+	if c.HeartbeatInterval <= 0 {
+		return fmt.Errorf("--heartbeat-interval must be >0 (set to %dms)", c.HeartbeatInterval.Milliseconds())
+	}
+	if c.ElectionTimeout <= 0 {
+		return fmt.Errorf("--election-timeout must be >0 (set to %dms)", c.ElectionTimeout.Milliseconds())
+	}
+	if 5*c.HeartbeatInterval > c.ElectionTimeout {
+		return fmt.Errorf("--election-timeout[%vms] should be at least as 5 times as --heartbeat-interval[%vms]", c.ElectionTimeout.Milliseconds(), c.HeartbeatInterval.Milliseconds())
+	}
+	if c.ElectionTimeout > maxElectionTimeout {
+		return fmt.Errorf("--election-timeout[%vms] is too long, and should be set less than %vms", c.ElectionTimeout.Milliseconds(), maxElectionTimeout.Milliseconds())
+	}
+	if c.MaxRequestBytes == 0 {
+		return errors.New("--max-request-bytes must be >0")
+	}
+	if c.MaxTxnOps == 0 {
+		return errors.New("--max-txn-ops must be >0")
+	}
+	if err := checkAutoCompaction(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
+		return err
+	}
+	if c.Logger == nil {
+		if _, err := parseLogLevel(c.LogLevel); err != nil {
+			return err
+		}
+		if c.LogFormat != "json" && c.LogFormat != "console" {
+			return fmt.Errorf("unsupported log format %q (supported: json, console)", c.LogFormat)
+		}
+	}
+	return nil
+}
+
+// checkInitialCluster mirrors etcd's bootstrap check that this member's entry
+// in --initial-cluster matches its advertised peer URLs.
+func checkInitialCluster(name string, ic types.URLsMap, apurls []url.URL) error {
+	mine, ok := ic[name]
+	if !ok {
+		return fmt.Errorf("couldn't find local name %q in the initial cluster configuration", name)
+	}
+	want := types.URLs(apurls)
+	want.Sort()
+	got := append(types.URLs(nil), mine...)
+	got.Sort()
+	if want.String() != got.String() {
+		return fmt.Errorf("--initial-cluster has %s=%s but missing from --initial-advertise-peer-urls=%s", name, got.String(), want.String())
+	}
+	return nil
+}
+
+// checkBindURLs is etcd's rule (an IP or "localhost", no path), plus the
+// schemes meshetcd serves today.
+func checkBindURLs(flag string, urls []url.URL) error {
+	for _, u := range urls {
+		switch u.Scheme {
+		case "http":
+		case "https":
+			return fmt.Errorf("%s %q: https:// is not supported yet (client and peer TLS are not implemented); use http://", flag, u.String())
+		case "unix", "unixs":
+			return fmt.Errorf("%s %q: unix sockets are not supported yet; use http://", flag, u.String())
+		default:
+			return fmt.Errorf("%s %q: URL scheme must be http", flag, u.String())
+		}
+		if u.Path != "" {
+			return fmt.Errorf("%s %q: URL must not contain a path", flag, u.String())
+		}
+		host, _, err := net.SplitHostPort(u.Host)
+		if err != nil {
+			return fmt.Errorf("%s %q: %w", flag, u.String(), err)
+		}
+		if host == "localhost" {
+			continue
+		}
+		if net.ParseIP(host) == nil {
+			return fmt.Errorf("expected IP in URL for binding (%s)", u.String())
+		}
+	}
+	return nil
+}
+
+func checkHostURLs(urls []url.URL) error {
+	for _, u := range urls {
+		host, _, err := net.SplitHostPort(u.Host)
+		if err != nil {
+			return err
+		}
+		if host == "" {
+			return fmt.Errorf("unexpected empty host (%s)", u.String())
+		}
+	}
+	return nil
+}
+
+// checkAutoCompaction accepts what etcd accepts: periodic takes a duration
+// or a bare integer number of hours, revision takes a non-negative integer.
+func checkAutoCompaction(mode, retention string) error {
+	switch mode {
+	case CompactorModePeriodic, CompactorModeRevision:
+	case "":
+		return errors.New("undefined auto-compaction-mode")
+	default:
+		return fmt.Errorf("unknown auto-compaction-mode %q", mode)
+	}
+	if retention == "" {
+		retention = "0"
+	}
+	if n, err := strconv.ParseInt(retention, 10, 64); err == nil {
+		if n < 0 {
+			return fmt.Errorf("invalid auto-compaction-retention %q: must not be negative", retention)
+		}
+		return nil
+	}
+	if mode == CompactorModeRevision {
+		return fmt.Errorf("invalid auto-compaction-retention %q for mode revision: want a revision count", retention)
+	}
+	d, err := time.ParseDuration(retention)
+	if err != nil {
+		return fmt.Errorf("invalid auto-compaction-retention %q: %w", retention, err)
+	}
+	if d < 0 {
+		return fmt.Errorf("invalid auto-compaction-retention %q: must not be negative", retention)
+	}
+	return nil
+}
+
+func parseLogLevel(s string) (zapcore.Level, error) {
+	switch s {
+	case "debug", "info", "warn", "error", "dpanic", "panic", "fatal":
+		var l zapcore.Level
+		if err := l.UnmarshalText([]byte(s)); err != nil {
+			return 0, fmt.Errorf("invalid --log-level %q: %w", s, err)
+		}
+		return l, nil
+	default:
+		return 0, fmt.Errorf("invalid --log-level %q (supported: debug, info, warn, error, panic, fatal)", s)
+	}
+}
+
+// NewLogger builds the zap logger etcd would build for these settings: its
+// JSON encoder and field names, writing to stderr by default.
+func NewLogger(level, format string, outputs []string) (*zap.Logger, error) {
+	lvl, err := parseLogLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	lcfg := logutil.DefaultZapLoggerConfig
+	lcfg.Level = zap.NewAtomicLevelAt(lvl)
+	switch format {
+	case "", "json":
+		lcfg.Encoding = "json"
+	case "console":
+		lcfg.Encoding = "console"
+	default:
+		return nil, fmt.Errorf("unsupported log format %q (supported: json, console)", format)
+	}
+	var paths []string
+	for _, o := range outputs {
+		switch o {
+		case "", DefaultLogOutput, "stderr":
+			paths = append(paths, "stderr")
+		case "stdout":
+			paths = append(paths, "stdout")
+		default:
+			if dir := filepath.Dir(o); dir != "." {
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					return nil, fmt.Errorf("cannot create log output directory for %q: %w", o, err)
+				}
+			}
+			paths = append(paths, o)
+		}
+	}
+	if len(paths) == 0 {
+		paths = []string{"stderr"}
+	}
+	lcfg.OutputPaths = dedupe(paths)
+	lcfg.ErrorOutputPaths = lcfg.OutputPaths
+	lg, err := lcfg.Build()
+	if err != nil {
+		return nil, fmt.Errorf("building logger: %w", err)
+	}
+	return lg, nil
+}
+
+func dedupe(ss []string) []string {
+	seen := make(map[string]bool, len(ss))
+	out := ss[:0:0]
+	for _, s := range ss {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func urlsString(us []url.URL) string {
+	ss := make([]string, len(us))
+	for i := range us {
+		ss[i] = us[i].String()
+	}
+	return strings.Join(ss, ",")
+}

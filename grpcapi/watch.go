@@ -463,11 +463,9 @@ func (sws *serverWatchStream) toWatchResponse(wresp mvcc.WatchResponse) *pb.Watc
 			r, err := sws.s.KV().Range(sws.gRPCStream.Context(), ev.Kv.Key, nil,
 				mvcc.RangeOptions{Rev: ev.Kv.ModRevision - 1})
 			if err == nil && len(r.KVs) != 0 {
-				// Copy the event: the mvcc event may be shared with other
-				// watchers of the same revision, which must not see our
-				// PrevKv.
-				cp := &mvccpb.Event{Type: ev.Type, Kv: ev.Kv, PrevKv: r.KVs[0]}
-				events[i] = cp
+				// mvcc builds a separate Event per watcher, so setting
+				// PrevKv in place cannot leak into another watcher.
+				ev.PrevKv = r.KVs[0]
 			}
 		}
 	}

@@ -26,7 +26,7 @@ import (
 // Test harness for the Watch/Lease/Lock tests: one member behind a real gRPC
 // listener on loopback, driven by clientv3.
 //
-// Until kvstore.Server exists this uses a bare mvcc store (fakeStore); the
+// Until kvstore.Server exists this uses a bare mvcc store (wllFakeStore); the
 // writes then go straight to mvcc instead of through the KV service.
 
 // wllTimeout bounds every wait in these tests; generous for a loaded 2-core
@@ -36,7 +36,7 @@ const wllTimeout = 30 * time.Second
 type testEnv struct {
 	t      testing.TB
 	s      kvstore.API
-	fake   *fakeStore
+	fake   *wllFakeStore
 	client *clientv3.Client
 	addr   string
 }
@@ -49,7 +49,7 @@ type envOptions struct {
 func newTestEnv(t testing.TB, o envOptions) *testEnv {
 	t.Helper()
 	lg := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	fs := newFakeStore(t, lg)
+	fs := newWLLFakeStore(t, lg)
 	gs := grpc.NewServer()
 	if o.maxRequestBytes == 0 {
 		o.maxRequestBytes = DefaultMaxRequestBytes
@@ -116,40 +116,40 @@ func (e *testEnv) compact(rev int64) {
 	}
 }
 
-// fakeStore is just enough of kvstore.API for the Watch service.
-type fakeStore struct {
+// wllFakeStore is just enough of kvstore.API for the Watch service.
+type wllFakeStore struct {
 	kvstore.API // nil: any other method panics, which a test would notice
 	kv          mvcc.WatchableKV
-	as          fakeAuthStore
+	as          wllFakeAuthStore
 }
 
-type fakeCluster struct{}
+type wllFakeCluster struct{}
 
-func (fakeCluster) Version() *semver.Version { return semver.New("3.7.0") }
+func (wllFakeCluster) Version() *semver.Version { return semver.New("3.7.0") }
 
-func newFakeStore(t testing.TB, lg *zap.Logger) *fakeStore {
+func newWLLFakeStore(t testing.TB, lg *zap.Logger) *wllFakeStore {
 	bcfg := backend.DefaultBackendConfig(lg)
 	bcfg.Path = t.TempDir() + "/db"
 	be := backend.New(bcfg)
-	le := lease.NewLessor(lg, be, fakeCluster{}, lease.LessorConfig{MinLeaseTTL: 1})
+	le := lease.NewLessor(lg, be, wllFakeCluster{}, lease.LessorConfig{MinLeaseTTL: 1})
 	kv := mvcc.New(lg, be, le, mvcc.StoreConfig{})
 	t.Cleanup(func() {
 		kv.Close()
 		le.Stop()
 		be.Close()
 	})
-	return &fakeStore{kv: kv}
+	return &wllFakeStore{kv: kv}
 }
 
-func (f *fakeStore) KV() mvcc.WatchableKV      { return f.kv }
-func (f *fakeStore) ClusterID() types.ID       { return 0x1000 }
-func (f *fakeStore) MemberID() types.ID        { return 0x2000 }
-func (f *fakeStore) Term() uint64              { return 2 }
-func (f *fakeStore) AuthStore() auth.AuthStore { return f.as }
-func (f *fakeStore) AuthInfoFromCtx(context.Context) (*auth.AuthInfo, error) {
+func (f *wllFakeStore) KV() mvcc.WatchableKV      { return f.kv }
+func (f *wllFakeStore) ClusterID() types.ID       { return 0x1000 }
+func (f *wllFakeStore) MemberID() types.ID        { return 0x2000 }
+func (f *wllFakeStore) Term() uint64              { return 2 }
+func (f *wllFakeStore) AuthStore() auth.AuthStore { return f.as }
+func (f *wllFakeStore) AuthInfoFromCtx(context.Context) (*auth.AuthInfo, error) {
 	return nil, nil
 }
 
-type fakeAuthStore struct{ auth.AuthStore }
+type wllFakeAuthStore struct{ auth.AuthStore }
 
-func (fakeAuthStore) IsRangePermitted(*auth.AuthInfo, []byte, []byte) error { return nil }
+func (wllFakeAuthStore) IsRangePermitted(*auth.AuthInfo, []byte, []byte) error { return nil }

@@ -6,9 +6,7 @@ import (
 	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/lease"
-	"go.etcd.io/etcd/server/v3/storage"
 	"go.uber.org/zap"
 
 	"github.com/meshetcd/meshetcd/kvstore"
@@ -35,7 +33,7 @@ func newLeaseServer(lg *zap.Logger, s kvstore.API) *leaseServer {
 // backend over its quota raises the NOSPACE alarm and fails with
 // ErrGRPCNoSpace before anything is proposed.
 func (ls *leaseServer) LeaseGrant(ctx context.Context, cr *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	if err := ls.checkQuota(ctx, cr); err != nil {
+	if err := checkQuota(ctx, ls.s, ls.lg, "lease", cr); err != nil {
 		return nil, err
 	}
 	resp, err := ls.s.LeaseGrant(ctx, cr)
@@ -138,22 +136,4 @@ func (ls *leaseServer) logStreamErr(ctx context.Context, msg string, err error) 
 		return
 	}
 	ls.lg.Warn(msg, zap.Error(err))
-}
-
-// checkQuota is etcd's quotaAlarmer.check for lease grants. The quota is
-// built per call because the backend is swapped on snapshot install.
-func (ls *leaseServer) checkQuota(ctx context.Context, r *pb.LeaseGrantRequest) error {
-	q := storage.NewBackendQuota(ls.lg, ls.s.Config().QuotaBackendBytes, ls.s.Backend(), "lease")
-	if q.Available(r) {
-		return nil
-	}
-	// Like etcd, the alarm is best effort: the request fails either way.
-	if _, err := ls.s.Alarm(ctx, &pb.AlarmRequest{
-		MemberID: uint64(ls.s.MemberID()),
-		Action:   pb.AlarmRequest_ACTIVATE,
-		Alarm:    pb.AlarmType_NOSPACE,
-	}); err != nil {
-		ls.lg.Warn("failed to raise NOSPACE alarm", zap.Error(err))
-	}
-	return rpctypes.ErrGRPCNoSpace
 }

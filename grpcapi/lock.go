@@ -14,6 +14,8 @@ import (
 	"go.etcd.io/etcd/server/v3/proxy/grpcproxy/adapter"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/meshetcd/meshetcd/kvstore"
 )
 
 // The Lock and Election services are etcd's own v3lock/v3election servers.
@@ -47,6 +49,20 @@ func newLockElection(lg *zap.Logger, kv pb.KVServer, le pb.LeaseServer, w pb.Wat
 		lock:     v3lock.NewLockServer(c),
 		election: v3election.NewElectionServer(c),
 	}
+}
+
+// registerLockElection registers the Lock and Election services on gs. The
+// in-process client lives as long as the member: it is closed when s stops
+// (the goroutine waiting for that is owned by s, like the health tracker).
+func registerLockElection(gs *grpc.Server, s kvstore.Info, lg *zap.Logger, kv pb.KVServer, le pb.LeaseServer, w pb.WatchServer) {
+	l := newLockElection(lg, kv, le, w)
+	l.register(gs)
+	go func() {
+		<-s.StopNotify()
+		if err := l.Close(); err != nil {
+			lg.Warn("failed to close in-process lock/election client", zap.Error(err))
+		}
+	}()
 }
 
 func (l *lockElection) register(gs *grpc.Server) {

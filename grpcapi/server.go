@@ -67,6 +67,12 @@ type Config struct {
 	// returned, so the caller can mount more endpoints (e.g. /mesh/status).
 	ExtraHTTP func(mux *http.ServeMux)
 
+	// WatchProgressNotifyInterval is etcd's
+	// --experimental-watch-progress-notify-interval: how often watchers that
+	// asked for progress notifications get one (default 10 minutes, at
+	// least 100ms, plus up to 10% jitter).
+	WatchProgressNotifyInterval time.Duration
+
 	// ElectionTimeout decides how long a stream that required a leader
 	// survives without one (three election timeouts, like etcd). Zero means
 	// the kvstore's configured election timeout.
@@ -175,10 +181,14 @@ func trackHealth(s kvstore.Info, hs *health.Server, lg *zap.Logger) {
 
 // registerServices registers every etcd service on gs.
 func registerServices(gs *grpc.Server, s kvstore.API, cfg Config) {
-	pb.RegisterKVServer(gs, newKVServer(s, cfg))
+	kv := newKVServer(s, cfg)
+	pb.RegisterKVServer(gs, kv)
 	pb.RegisterMaintenanceServer(gs, newMaintenanceServer(s, cfg))
 	pb.RegisterClusterServer(gs, newClusterServer(s))
 	pb.RegisterAuthServer(gs, newAuthServer(s))
-	// Watch, Lease, Lock and Election (watch.go, lease.go, lock.go) are
-	// registered below by their owner.
+	w := newWatchServer(cfg.Logger, s, newWatchConfig(cfg.Logger, cfg.MaxRequestBytes, cfg.WatchProgressNotifyInterval))
+	pb.RegisterWatchServer(gs, w)
+	le := newLeaseServer(cfg.Logger, s)
+	pb.RegisterLeaseServer(gs, le)
+	registerLockElection(gs, s, cfg.Logger, kv, le, w)
 }

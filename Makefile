@@ -10,8 +10,9 @@ RACE_PKGS := ./mesh/... ./meshconn/... ./raftnode/... ./kvstore/... ./grpcapi/..
 
 all: build
 
+## build: bin/meshetcd (-buildvcs=auto stamps the git commit that --version prints)
 build:
-	$(GO) build -o $(BIN)/meshetcd ./cmd/meshetcd
+	$(GO) build -buildvcs=auto -o $(BIN)/meshetcd ./cmd/meshetcd
 
 ## run: start a single-member server on etcd's defaults (clients on 127.0.0.1:2379)
 run: build

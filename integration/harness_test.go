@@ -1,0 +1,473 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+)
+
+// Timeouts are generous: the suite must not flake on a loaded 2-core box.
+const (
+	readyTimeout = 90 * time.Second
+	exitTimeout  = 60 * time.Second
+	ctlTimeout   = 60 * time.Second
+	reqTimeout   = 30 * time.Second
+)
+
+// readyLine is etcd's exact log message once a member serves clients.
+const readyLine = "ready to serve client requests"
+
+// bins are the binaries under test. They are set once, in TestMain, before
+// any test runs, and never change afterwards.
+var bins struct {
+	meshetcd string
+	etcdctl  string
+	etcd     string // optional: etcd 3.7.3 for differential tests
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	tmp, err := os.MkdirTemp("", "meshetcd-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	root, err := repoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	bins.meshetcd = os.Getenv("MESHETCD_BIN")
+	if bins.meshetcd == "" {
+		bins.meshetcd = filepath.Join(tmp, "meshetcd")
+		if err := goBuild(root, "./cmd/meshetcd", bins.meshetcd); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: building meshetcd:", err)
+			return 1
+		}
+	}
+	bins.etcdctl = os.Getenv("ETCDCTL_BIN")
+	if bins.etcdctl == "" {
+		bins.etcdctl = filepath.Join(tmp, "etcdctl")
+		if err := goBuild(filepath.Join(root, "tools", "etcdctl"), ".", bins.etcdctl); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: building etcdctl:", err)
+			return 1
+		}
+	}
+	bins.etcd = os.Getenv("MESHETCD_DIFF_ETCD_BIN")
+	if bins.etcd == "" {
+		if p := filepath.Join(root, "bin", "etcd"); fileExists(p) {
+			bins.etcd = p
+		}
+	}
+	return m.Run()
+}
+
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if fileExists(filepath.Join(d, "go.mod")) && fileExists(filepath.Join(d, "cmd", "meshetcd")) {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("repository root not found above %s", wd)
+		}
+	}
+}
+
+func goBuild(dir, pkg, out string) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	return cmd.Run()
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// cleanEnv is the parent's environment without ETCD_*/ETCDCTL_* variables,
+// so a developer's shell cannot change what the tests see.
+func cleanEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "ETCD_") || strings.HasPrefix(kv, "ETCDCTL_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// logBuffer collects a child's output and lets tests wait for lines.
+type logBuffer struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	wake  chan struct{} // closed and replaced on every write
+	extra io.Writer
+}
+
+func newLogBuffer() *logBuffer { return &logBuffer{wake: make(chan struct{})} }
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+	close(b.wake)
+	b.wake = make(chan struct{})
+	return len(p), nil
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuffer) snapshot() (string, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String(), b.wake
+}
+
+// logEntry is one zap JSON log line.
+type logEntry map[string]any
+
+func (e logEntry) msg() string { s, _ := e["msg"].(string); return s }
+
+// entries parses the JSON log lines in the buffer (other lines are skipped).
+func (b *logBuffer) entries() []logEntry {
+	var out []logEntry
+	sc := bufio.NewScanner(strings.NewReader(b.String()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var e logEntry
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Proc is a meshetcd (or etcd) child process. It is always killed at the
+// end of the test that started it.
+type Proc struct {
+	t       testing.TB
+	bin     string
+	args    []string
+	env     []string
+	dir     string
+	DataDir string
+	Logs    *logBuffer
+
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when the process has exited
+	exitErr error
+
+	// Endpoint is host:port of the first client listener; ClientURL the same
+	// as a URL. Set once the member is ready.
+	Endpoint  string
+	ClientURL string
+}
+
+// ProcOptions configures StartProc. Zero values are fine.
+type ProcOptions struct {
+	Bin     string   // default: the meshetcd binary under test
+	Name    string   // --name; default "m1"
+	DataDir string   // default: a fresh temp dir
+	Args    []string // extra flags
+	Env     []string // extra environment ("K=V")
+	// NoDefaults passes only Args (no --name/--data-dir/URL flags).
+	NoDefaults bool
+	// NoWait returns without waiting for the ready line.
+	NoWait bool
+	// Dir is the working directory; default a fresh temp dir, so a stray
+	// default.meshetcd never lands in the repository.
+	Dir string
+}
+
+// StartProc starts a member process on free ports with its own data dir and
+// waits until it logs that it is ready to serve client requests.
+func StartProc(t testing.TB, o ProcOptions) *Proc {
+	t.Helper()
+	if o.Bin == "" {
+		o.Bin = bins.meshetcd
+	}
+	if o.Name == "" {
+		o.Name = "m1"
+	}
+	if o.DataDir == "" {
+		o.DataDir = filepath.Join(t.TempDir(), o.Name+".data")
+	}
+	args := o.Args
+	if !o.NoDefaults {
+		// Port 0 everywhere: the child binds a free port itself and logs
+		// it, so there is no race with other tests for a port number.
+		args = append([]string{
+			"--name", o.Name,
+			"--data-dir", o.DataDir,
+			"--listen-client-urls", "http://127.0.0.1:0",
+			"--advertise-client-urls", "http://127.0.0.1:0",
+			"--listen-peer-urls", "http://127.0.0.1:0",
+			"--initial-advertise-peer-urls", "http://127.0.0.1:0",
+		}, args...)
+	}
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	p := &Proc{t: t, bin: o.Bin, args: args, env: cleanEnv(o.Env...), dir: o.Dir, DataDir: o.DataDir}
+	p.start()
+	if !o.NoWait {
+		p.WaitReady()
+	}
+	return p
+}
+
+func (p *Proc) start() {
+	p.t.Helper()
+	p.Logs = newLogBuffer()
+	p.done = make(chan struct{})
+	p.exitErr = nil
+	p.Endpoint, p.ClientURL = "", ""
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = p.env
+	cmd.Dir = p.dir
+	cmd.Stdout = p.Logs
+	cmd.Stderr = p.Logs
+	// Own process group, so a kill reaches anything the child might spawn.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("starting %s: %v", p.bin, err)
+	}
+	p.cmd = cmd
+	done := p.done
+	go func() {
+		err := cmd.Wait()
+		p.exitErr = err
+		close(done)
+	}()
+	p.t.Cleanup(func() {
+		p.Kill()
+		if p.t.Failed() {
+			p.t.Logf("output of %s %s:\n%s", filepath.Base(p.bin), strings.Join(p.args, " "), tail(p.Logs.String(), 150))
+		}
+	})
+}
+
+func tail(s string, lines int) string {
+	ls := strings.Split(s, "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// WaitReady waits for the ready line and learns the client endpoint from
+// the "serving client traffic" line that precedes it.
+func (p *Proc) WaitReady() {
+	p.t.Helper()
+	deadline := time.NewTimer(readyTimeout)
+	defer deadline.Stop()
+	for {
+		s, wake := p.Logs.snapshot()
+		if strings.Contains(s, readyLine) {
+			break
+		}
+		select {
+		case <-wake:
+		case <-p.done:
+			if !strings.Contains(p.Logs.String(), readyLine) {
+				p.t.Fatalf("%s exited before it was ready (%v):\n%s", filepath.Base(p.bin), p.exitErr, tail(p.Logs.String(), 60))
+			}
+		case <-deadline.C:
+			p.t.Fatalf("%s not ready after %v:\n%s", filepath.Base(p.bin), readyTimeout, tail(p.Logs.String(), 60))
+		}
+	}
+	for _, e := range p.Logs.entries() {
+		if strings.HasPrefix(e.msg(), "serving client traffic insecurely") {
+			if a, ok := e["address"].(string); ok {
+				p.Endpoint = a
+				p.ClientURL = "http://" + a
+				return
+			}
+		}
+	}
+	p.t.Fatalf("could not find the client address in the log:\n%s", tail(p.Logs.String(), 60))
+}
+
+// Exited reports whether the process has exited.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig syscall.Signal) {
+	p.t.Helper()
+	if p.Exited() {
+		return
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		p.t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// Wait waits for the process to exit and returns its exit code (-1 if it
+// was killed by a signal).
+func (p *Proc) Wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.t.Fatalf("%s did not exit within %v:\n%s", filepath.Base(p.bin), timeout, tail(p.Logs.String(), 40))
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// Stop sends SIGTERM and returns the exit code.
+func (p *Proc) Stop() int {
+	p.t.Helper()
+	p.Signal(syscall.SIGTERM)
+	return p.Wait(exitTimeout)
+}
+
+// Kill SIGKILLs the process group and waits for the exit. Safe to repeat.
+func (p *Proc) Kill() {
+	if p.cmd == nil || p.Exited() {
+		return
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(exitTimeout):
+		p.t.Errorf("process %d survived SIGKILL", p.cmd.Process.Pid)
+	}
+}
+
+// Restart starts the same command again (same data dir and flags) after
+// the previous process has exited, and waits until it is ready.
+func (p *Proc) Restart() {
+	p.t.Helper()
+	if !p.Exited() {
+		p.t.Fatalf("Restart: the previous process is still running")
+	}
+	p.start()
+	p.WaitReady()
+}
+
+// Client returns a clientv3 client for the process, closed at test end.
+func (p *Proc) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	return newClient(t, p.Endpoint)
+}
+
+func newClient(t testing.TB, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 10 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("clientv3.New(%v): %v", endpoints, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Ctl runs etcdctl against the process and returns stdout, stderr and the
+// error (an *exec.ExitError for a non-zero exit).
+func (p *Proc) Ctl(args ...string) (string, string, error) {
+	return runCtl(p.Endpoint, "", args...)
+}
+
+// CtlIn is Ctl with stdin.
+func (p *Proc) CtlIn(stdin string, args ...string) (string, string, error) {
+	return runCtl(p.Endpoint, stdin, args...)
+}
+
+// MustCtl runs etcdctl and fails the test on a non-zero exit.
+func (p *Proc) MustCtl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, errOut, err := p.Ctl(args...)
+	if err != nil {
+		t.Fatalf("etcdctl %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+func runCtl(endpoint, stdin string, args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	full := append([]string{"--endpoints=" + endpoint, "--dial-timeout=10s", "--command-timeout=30s"}, args...)
+	cmd := exec.CommandContext(ctx, bins.etcdctl, full...)
+	cmd.Env = cleanEnv()
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+// RunOnce runs the binary with args to completion (for flag errors,
+// --version, --help) and returns its exit code and combined output.
+func RunOnce(t testing.TB, bin string, env []string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = cleanEnv(env...)
+	cmd.Dir = t.TempDir() // never create default.meshetcd in the repo
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out)
+	case errors.As(err, &ee):
+		return ee.ExitCode(), string(out)
+	default:
+		t.Fatalf("running %s %v: %v\n%s", bin, args, err, out)
+		return -1, ""
+	}
+}
+
+// ctx returns a request context bounded by reqTimeout.
+func ctx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), reqTimeout)
+	t.Cleanup(cancel)
+	return c
+}
+
+// testLogger logs through t, for in-process members.
+func testLogger(t testing.TB) *zap.Logger {
+	return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+}

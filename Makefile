@@ -22,6 +22,11 @@ run: build
 etcdctl:
 	cd tools/etcdctl && $(GO) build -o $(BIN)/etcdctl .
 
+## etcd, benchmark-tool: etcd 3.7.3 server and etcd's benchmark tool into bin/ for `make bench` (rebuilt only when tools/etcd or tools/benchmark change)
+.PHONY: etcd benchmark-tool
+etcd benchmark-tool:
+	@$(MAKE) --no-print-directory -f bench/bench.mk $@
+
 ## test: vet, unit tests (race detector on concurrent packages), integration tests
 test: build etcdctl test-unit test-integration
 

@@ -1,0 +1,56 @@
+# bench/bench.mk: side-by-side benchmark of meshetcd against etcd 3.7.3 (see bench/README.md).
+# The top-level Makefile delegates `make bench`, `make etcd` and `make benchmark-tool` here;
+# run from the repository root: `make -f bench/bench.mk <target>`.
+#
+#   make bench QUICK=1            ~2-3 min smoke run (3 rounds, ~1.5 s per workload run)
+#   make bench                    full run (5 rounds, ~8 s per run; ~12-15 min on 2 cores)
+#   make bench PROFILE=1          + CPU/heap profiles of each system under put-100
+#   make bench MEMBERS=3          3-member clusters (skipped if meshetcd cannot form one)
+#   make -f bench/bench.mk bench-self QUICK=1   etcd against etcd: every ratio should be ~1
+GO  ?= go
+BIN := $(CURDIR)/bin
+
+ETCD_BIN      ?= $(BIN)/etcd
+MESHETCD_BIN  ?= $(BIN)/meshetcd
+BENCHMARK_BIN ?= $(BIN)/benchmark
+DRIVER        := $(BIN)/sidebyside
+
+truthy = $(filter 1 y yes true on,$(1))
+
+QUICK     ?=
+PROFILE   ?=
+MEMBERS   ?= 1
+ROUNDS    ?=
+DURATION  ?=
+WORKLOADS ?=
+BENCH_FLAGS ?=
+
+SIDEBYSIDE_FLAGS := --etcd-bin $(ETCD_BIN) --benchmark-bin $(BENCHMARK_BIN) --go $(GO) --members $(MEMBERS) \
+	$(if $(call truthy,$(QUICK)),--quick) $(if $(call truthy,$(PROFILE)),--profile) \
+	$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
+	$(if $(WORKLOADS),--workloads $(WORKLOADS)) $(BENCH_FLAGS)
+
+.PHONY: bench bench-self etcd benchmark-tool bench-driver
+
+## bench: etcd vs meshetcd; tables in bench/results/<timestamp>/ (bench/results/latest)
+bench: etcd benchmark-tool bench-driver
+	@test -x $(MESHETCD_BIN) || { echo "$(MESHETCD_BIN) missing: run make build"; exit 1; }
+	$(DRIVER) $(SIDEBYSIDE_FLAGS) --meshetcd-bin $(MESHETCD_BIN)
+
+## bench-self: etcd vs etcd, to check the harness (ratios ~1, spread = noise floor)
+bench-self: etcd benchmark-tool bench-driver
+	$(DRIVER) $(SIDEBYSIDE_FLAGS) --meshetcd-bin $(ETCD_BIN)
+
+# Binaries are rebuilt only when their sources change (never committed: bin/ is ignored).
+etcd: $(BIN)/etcd
+benchmark-tool: $(BIN)/benchmark
+bench-driver: $(DRIVER)
+
+$(BIN)/etcd: tools/etcd/main.go tools/etcd/go.mod tools/etcd/go.sum
+	cd tools/etcd && $(GO) build -o $@ .
+
+$(BIN)/benchmark: tools/benchmark/main.go tools/benchmark/go.mod tools/benchmark/go.sum
+	cd tools/benchmark && $(GO) build -o $@ .
+
+$(DRIVER): $(wildcard bench/cmd/sidebyside/*.go) go.mod go.sum
+	$(GO) build -o $@ ./bench/cmd/sidebyside

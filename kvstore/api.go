@@ -38,13 +38,23 @@ type Config struct {
 	PeerURLs            types.URLs    // this member's advertised peer URLs
 	ClientURLs          types.URLs    // this member's advertised client URLs
 
-	SnapshotCount     uint64        // default 10000
-	HeartbeatInterval time.Duration // default 100ms (one raft tick)
-	ElectionTimeout   time.Duration // default 1000ms
-	MaxRequestBytes   uint          // default 1.5 MiB
-	MaxTxnOps         uint          // default 128
-	QuotaBackendBytes int64         // 0 = etcd default (2 GiB), <0 disables
+	SnapshotCount uint64 // default 10000
+	// SnapshotCatchUpEntries raft entries stay in memory after a snapshot
+	// for slow followers (etcd --experimental-snapshot-catchup-entries).
+	SnapshotCatchUpEntries uint64        // default 5000
+	HeartbeatInterval      time.Duration // default 100ms (one raft tick)
+	ElectionTimeout        time.Duration // default 1000ms
+	MaxRequestBytes        uint          // default 1.5 MiB
+	MaxTxnOps              uint          // default 128
+	// MaxSizePerMsg bounds one raft message's entry batch; it must exceed
+	// MaxRequestBytes (and, with the mesh, stay below its datagram limit).
+	MaxSizePerMsg     uint64 // default MaxRequestBytes + 512 KiB
+	QuotaBackendBytes int64  // 0 = etcd default (2 GiB), <0 disables
 	UnsafeNoFsync     bool
+
+	AuthToken  string        // etcd --auth-token; default "simple"
+	TokenTTL   time.Duration // simple-token lifetime; default 300s
+	BcryptCost int           // default bcrypt.DefaultCost
 	// AutoCompactionMode is "periodic" or "revision"; AutoCompactionRetention
 	// is a duration (periodic) or a revision count (revision). Empty/0 = off.
 	AutoCompactionMode      string

@@ -1,0 +1,141 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/server/v3/auth"
+	"go.etcd.io/etcd/server/v3/etcdserver/apply"
+	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
+)
+
+// maxGapBetweenApplyAndCommitIndex is etcd's limit on how far apply may lag
+// behind commit before new proposals are refused.
+const maxGapBetweenApplyAndCommitIndex = 5000
+
+// raftRequest proposes r and returns the applied response, or the error the
+// apply produced.
+func (s *Server) raftRequest(ctx context.Context, r *pb.InternalRaftRequest) (proto.Message, error) {
+	result, err := s.processInternalRaftRequestOnce(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if result.Err != nil {
+		return nil, result.Err
+	}
+	return result.Resp, nil
+}
+
+// processInternalRaftRequestOnce is etcd's propose-and-wait: a
+// cluster-unique id, the caller's auth identity in the header, size and
+// backlog limits, and a waiter that every failure path frees.
+func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.InternalRaftRequest) (*apply.Result, error) {
+	if s.r.CommittedIndex() > s.AppliedIndex()+maxGapBetweenApplyAndCommitIndex {
+		return nil, servererrors.ErrTooManyRequests
+	}
+	r.Header = &pb.RequestHeader{ID: s.reqIDGen.Next()}
+	// Authenticate carries no token yet; everything else is checked at
+	// apply time against the proposer's identity.
+	if r.Authenticate == nil {
+		ai, err := s.AuthInfoFromCtx(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if ai != nil {
+			r.Header.Username = ai.Username
+			r.Header.AuthRevision = ai.Revision
+		}
+	}
+	data, err := proto.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > int(s.cfg.MaxRequestBytes) {
+		return nil, servererrors.ErrRequestTooLarge
+	}
+	id := r.ID
+	if id == 0 {
+		id = r.Header.ID
+	}
+	ch := s.w.Register(id)
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.requestTimeout())
+	defer cancel()
+	if err := s.r.Propose(cctx, data); err != nil {
+		s.w.Trigger(id, nil) // free the waiter
+		if cctx.Err() != nil {
+			return nil, s.parseProposeCtxErr(cctx.Err(), start)
+		}
+		return nil, err
+	}
+	select {
+	case x := <-ch:
+		if x == nil {
+			// Only Stop-time cleanup triggers nil for a live request.
+			return nil, servererrors.ErrStopped
+		}
+		return x.(*apply.Result), nil
+	case <-cctx.Done():
+		s.w.Trigger(id, nil)
+		return nil, s.parseProposeCtxErr(cctx.Err(), start)
+	case <-s.stopping:
+		s.w.Trigger(id, nil)
+		return nil, servererrors.ErrStopped
+	}
+}
+
+// parseProposeCtxErr maps a proposal's context error like etcd does.
+func (s *Server) parseProposeCtxErr(err error, start time.Time) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return servererrors.ErrCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		elected := time.Unix(0, s.leadElectedTime.Load())
+		prevLeadLost := elected.Add(-2 * s.cfg.ElectionTimeout)
+		if start.After(prevLeadLost) && start.Before(elected) {
+			return servererrors.ErrTimeoutDueToLeaderFail
+		}
+		return servererrors.ErrTimeout
+	default:
+		return err
+	}
+}
+
+// doSerialize runs a local read with etcd's auth protocol: check
+// permission, read, and fail if the auth store changed meanwhile.
+func (s *Server) doSerialize(ctx context.Context, chk func(*auth.AuthInfo) error, get func()) error {
+	ai, err := s.AuthInfoFromCtx(ctx)
+	if err != nil {
+		return err
+	}
+	if ai == nil {
+		ai = &auth.AuthInfo{} // chk expects non-nil AuthInfo
+	}
+	if err := chk(ai); err != nil {
+		return err
+	}
+	get()
+	if ai.Revision != 0 && ai.Revision != s.authStore.Revision() {
+		return auth.ErrAuthOldRevision
+	}
+	return nil
+}
+
+// requireAuthInfo fails requests without credentials when auth is on.
+func (s *Server) requireAuthInfo(ctx context.Context) error {
+	if !s.authStore.IsAuthEnabled() {
+		return nil
+	}
+	ai, err := s.AuthInfoFromCtx(ctx)
+	if err != nil {
+		return err
+	}
+	if ai == nil {
+		return auth.ErrUserEmpty
+	}
+	return nil
+}

@@ -1,0 +1,401 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.etcd.io/etcd/pkg/v3/idutil"
+	"go.etcd.io/etcd/pkg/v3/notify"
+	"go.etcd.io/etcd/pkg/v3/wait"
+	"go.etcd.io/etcd/server/v3/auth"
+	"go.etcd.io/etcd/server/v3/etcdserver/api"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3alarm"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3compactor"
+	"go.etcd.io/etcd/server/v3/etcdserver/apply"
+	"go.etcd.io/etcd/server/v3/etcdserver/cindex"
+	"go.etcd.io/etcd/server/v3/etcdserver/read"
+	"go.etcd.io/etcd/server/v3/lease"
+	serverstorage "go.etcd.io/etcd/server/v3/storage"
+	"go.etcd.io/etcd/server/v3/storage/backend"
+	"go.etcd.io/etcd/server/v3/storage/mvcc"
+	"go.etcd.io/etcd/server/v3/storage/schema"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/meshetcd/meshetcd/raftnode"
+)
+
+// backendOpenTimeout bounds waiting for bbolt's own file lock. Our data-dir
+// lock is taken first, so waiting here means someone bypassed it.
+const backendOpenTimeout = time.Second
+
+// Server is one running member: consensus (raftnode) plus etcd's state
+// machine (mvcc, lessor, auth, alarms) and the request paths around them.
+type Server struct {
+	lg       *zap.Logger
+	cfg      Config
+	memberID types.ID
+	dirLock  *fileutil.LockedFile
+
+	// bemu guards be, which a leader snapshot replaces (applySnapshot).
+	bemu    sync.RWMutex
+	be      backend.Backend
+	beHooks *serverstorage.BackendHooks
+	ci      cindex.ConsistentIndexer
+
+	cluster    *membership.RaftCluster
+	lessor     lease.Lessor
+	kv         mvcc.WatchableKV
+	authStore  auth.AuthStore
+	alarmStore *v3alarm.AlarmStore
+	compactor  v3compactor.Compactor // nil when auto-compaction is off
+	// uberApply is used only by the apply goroutine.
+	uberApply apply.UberApplier
+
+	r        *raftnode.Node
+	read     *read.Read
+	w        wait.Wait
+	reqIDGen *idutil.Generator
+
+	firstCommitInTerm *notify.Notifier
+	appliedIndex      atomic.Uint64
+	appliedTerm       atomic.Uint64
+	leadElectedTime   atomic.Int64 // unix nanos
+
+	readych   chan struct{}
+	readyOnce sync.Once
+
+	// ctx is cancelled when Stop begins; background proposals use it.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	stopping chan struct{} // closed when Stop begins
+	done     chan struct{} // closed when Stop has finished
+	stopOnce sync.Once
+
+	// wg tracks background goroutines; wgMu makes Add and Stop's close of
+	// stopping mutually exclusive so nothing starts after Stop waits.
+	wgMu sync.RWMutex
+	wg   sync.WaitGroup
+}
+
+var _ API = (*Server)(nil)
+
+// New starts a member: it locks DataDir, opens (or creates) the backend and
+// WAL, recovers, and runs raft. The returned Server is running; call Stop.
+// A data directory held by another Server or process fails immediately.
+func New(ctx context.Context, cfg Config) (srv *Server, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("kvstore: start member: %w", err)
+	}
+	lg := cfg.Logger
+	// closers undo whatever was opened if a later step fails.
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
+
+	if err := fileutil.TouchDirAll(lg, cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("kvstore: data directory %s: %w", cfg.DataDir, err)
+	}
+	dirLock, err := fileutil.TryLockFile(cfg.lockPath(), os.O_WRONLY|os.O_CREATE, fileutil.PrivateFileMode)
+	if err != nil {
+		if errors.Is(err, fileutil.ErrLocked) {
+			return nil, fmt.Errorf("kvstore: data directory %s is in use by another member (lock %s): %w", cfg.DataDir, cfg.lockPath(), err)
+		}
+		return nil, fmt.Errorf("kvstore: lock data directory %s: %w", cfg.DataDir, err)
+	}
+	closers = append(closers, func() { dirLock.Close() })
+	if err := fileutil.TouchDirAll(lg, cfg.memberDir()); err != nil {
+		return nil, fmt.Errorf("kvstore: member directory: %w", err)
+	}
+	if err := fileutil.TouchDirAll(lg, cfg.snapDir()); err != nil {
+		return nil, fmt.Errorf("kvstore: snapshot directory: %w", err)
+	}
+	haveWAL := raftnode.WALExists(cfg.walDir())
+	if !haveWAL && cfg.InitialClusterState == clusterStateExisting {
+		return nil, errors.New("kvstore: joining an existing cluster (InitialClusterState \"existing\") is not supported yet")
+	}
+
+	s := &Server{
+		lg:                lg,
+		cfg:               cfg,
+		dirLock:           dirLock,
+		w:                 wait.New(),
+		firstCommitInTerm: notify.NewNotifier(),
+		readych:           make(chan struct{}),
+		stopping:          make(chan struct{}),
+		done:              make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	closers = append(closers, s.cancel)
+
+	// Backend and consistent index first: a restart needs the ConfState
+	// and applied index they hold (etcd-reuse §1.2, §4.4).
+	s.ci = cindex.NewConsistentIndex(nil)
+	s.beHooks = serverstorage.NewBackendHooks(lg, s.ci)
+	be, err := openBackend(cfg, s.beHooks)
+	if err != nil {
+		return nil, err
+	}
+	s.be = be
+	closers = append(closers, func() { be.Close() })
+	s.ci.SetBackend(be)
+	schema.CreateMetaBucket(be.BatchTx())
+
+	raftCfg := raftnode.Config{
+		Logger:                 lg,
+		WALDir:                 cfg.walDir(),
+		SnapDir:                cfg.snapDir(),
+		TickInterval:           cfg.HeartbeatInterval,
+		ElectionTicks:          cfg.electionTicks(),
+		SnapshotCount:          cfg.SnapshotCount,
+		SnapshotCatchUpEntries: cfg.SnapshotCatchUpEntries,
+		MaxSizePerMsg:          cfg.MaxSizePerMsg,
+		UnsafeNoFsync:          cfg.UnsafeNoFsync,
+		Transport:              cfg.Transport,
+	}
+	var clusterID types.ID
+	if haveWAL {
+		cs, err := confStateFromBackend(lg, be)
+		if err != nil {
+			return nil, err
+		}
+		s.r, err = raftnode.Restart(raftCfg, raftnode.Recovery{ConfState: cs, AppliedIndex: s.ci.ConsistentIndex()})
+		if err != nil {
+			return nil, fmt.Errorf("kvstore: restart raft from %s: %w", cfg.walDir(), err)
+		}
+		s.memberID, clusterID = types.ID(s.r.ID()), types.ID(s.r.ClusterID())
+		s.cluster = membership.NewCluster(lg)
+		s.cluster.SetID(s.memberID, clusterID)
+		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
+		s.cluster.Recover(api.UpdateCapability)
+	} else {
+		cl, peers, err := newClusterMembership(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.cluster = cl
+		s.memberID, clusterID = cl.MemberByName(cfg.Name).ID, cl.ID()
+		s.r, err = raftnode.Create(raftCfg, raftnode.Bootstrap{NodeID: uint64(s.memberID), ClusterID: uint64(clusterID), Peers: peers})
+		if err != nil {
+			return nil, fmt.Errorf("kvstore: create raft member: %w", err)
+		}
+		s.cluster.SetID(s.memberID, clusterID)
+		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
+	}
+	closers = append(closers, s.r.Stop)
+	s.reqIDGen = idutil.NewGenerator(uint16(s.memberID), time.Now())
+
+	// The lessor comes before mvcc: restoring mvcc re-attaches keys to leases.
+	s.lessor = lease.NewLessor(lg, be, s.cluster, lease.LessorConfig{
+		MinLeaseTTL:                cfg.minLeaseTTL(),
+		ExpiredLeasesRetryInterval: cfg.requestTimeout(),
+		CheckpointPersist:          true,
+	})
+	closers = append(closers, s.lessor.Stop)
+	tp, err := auth.NewTokenProvider(lg, cfg.AuthToken, s.r.ApplyWait, cfg.TokenTTL)
+	if err != nil {
+		return nil, fmt.Errorf("kvstore: auth token provider %q: %w", cfg.AuthToken, err)
+	}
+	s.kv = mvcc.New(lg, be, s.lessor, mvcc.StoreConfig{})
+	closers = append(closers, func() { s.kv.Close() })
+	s.authStore = auth.NewAuthStore(lg, schema.NewAuthBackend(lg, be), tp, cfg.BcryptCost)
+	closers = append(closers, func() { s.authStore.Close() })
+	if s.alarmStore, err = v3alarm.NewAlarmStore(lg, schema.NewAlarmBackend(lg, be)); err != nil {
+		return nil, fmt.Errorf("kvstore: restore alarms: %w", err)
+	}
+	if retention, _ := cfg.autoCompactionRetention(); retention != 0 {
+		s.compactor, err = v3compactor.New(lg, cfg.AutoCompactionMode, retention, s.kv, s)
+		if err != nil {
+			return nil, fmt.Errorf("kvstore: auto-compaction: %w", err)
+		}
+		// Only the leader compacts; LeadershipChanged resumes it.
+		s.compactor.Pause()
+		s.compactor.Run()
+		closers = append(closers, s.compactor.Stop)
+	}
+	s.uberApply = s.newUberApplier()
+	s.lessor.SetCheckpointer(s.checkpointLease)
+	// Installed last so no constructor above runs it (etcd-reuse §7.2).
+	be.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook())
+
+	s.read = read.NewRead(readServer{s}, s.r)
+	if err := s.r.Start(applier{s}); err != nil {
+		return nil, fmt.Errorf("kvstore: start raft: %w", err)
+	}
+	s.goAttach(s.read.LinearizableReadLoop)
+	s.goAttach(s.revokeExpiredLeasesLoop)
+	s.goAttach(s.publish)
+	go s.stopOnRaftFailure()
+	lg.Info("started member",
+		zap.String("name", cfg.Name),
+		zap.String("member-id", s.memberID.String()),
+		zap.String("cluster-id", clusterID.String()),
+		zap.String("data-dir", cfg.DataDir),
+		zap.Bool("restarted", haveWAL))
+	return s, nil
+}
+
+// openBackend opens bbolt, turning the backend's panic on failure into an
+// error.
+func openBackend(cfg Config, hooks backend.Hooks) (be backend.Backend, err error) {
+	bcfg := backend.DefaultBackendConfig(cfg.Logger)
+	bcfg.Path = cfg.backendPath()
+	bcfg.Hooks = hooks
+	bcfg.Timeout = backendOpenTimeout
+	bcfg.UnsafeNoFsync = cfg.UnsafeNoFsync
+	defer func() {
+		if p := recover(); p != nil {
+			be, err = nil, fmt.Errorf("kvstore: open backend %s: %v", bcfg.Path, p)
+		}
+	}()
+	return backend.New(bcfg), nil
+}
+
+// newClusterMembership derives member and cluster ids from the initial
+// cluster exactly as etcd does, and the raft peers whose conf-change
+// entries will add the members when applied.
+func newClusterMembership(cfg Config) (*membership.RaftCluster, []raft.Peer, error) {
+	cl, err := membership.NewClusterFromURLsMap(cfg.Logger, cfg.InitialClusterToken, cfg.InitialCluster)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kvstore: initial cluster %s: %w", cfg.InitialCluster, err)
+	}
+	self := cl.MemberByName(cfg.Name)
+	if self == nil {
+		return nil, nil, fmt.Errorf("kvstore: member %q is not in the initial cluster %s", cfg.Name, cfg.InitialCluster)
+	}
+	var peers []raft.Peer
+	for _, id := range cl.MemberIDs() {
+		ctx, err := memberJSON(cl.Member(id))
+		if err != nil {
+			return nil, nil, err
+		}
+		peers = append(peers, raft.Peer{ID: uint64(id), Context: ctx})
+	}
+	return cl, peers, nil
+}
+
+// confStateFromBackend is etcd's buildConfStateFromV3store.
+func confStateFromBackend(lg *zap.Logger, be backend.Backend) (*raftpb.ConfState, error) {
+	mb := schema.NewMembershipBackend(lg, be)
+	mb.MustCreateBackendBuckets()
+	members, _ := mb.MustReadMembersFromBackend()
+	cs := &raftpb.ConfState{}
+	for _, m := range members {
+		if m.IsLearner {
+			cs.Learners = append(cs.Learners, uint64(m.ID))
+		} else {
+			cs.Voters = append(cs.Voters, uint64(m.ID))
+		}
+	}
+	return cs, nil
+}
+
+func (s *Server) newUberApplier() apply.UberApplier {
+	return apply.NewUberApplier(apply.ApplierOptions{
+		Logger:               s.lg,
+		KV:                   s.kv,
+		AlarmStore:           s.alarmStore,
+		AuthStore:            s.authStore,
+		Lessor:               s.lessor,
+		Cluster:              s.cluster,
+		RaftStatus:           raftStatus{s},
+		SnapshotServer:       snapshotServer{},
+		ConsistentIndex:      s.ci,
+		Backend:              s.Backend(),
+		QuotaBackendBytesCfg: s.cfg.QuotaBackendBytes,
+		WarningApplyDuration: 100 * time.Millisecond,
+	})
+}
+
+// txPostLockInsideApplyHook moves the applying index into the consistent
+// index once an apply takes the batch lock, so the index lands in the same
+// bbolt commit as the data (etcd-reuse §2.1).
+func (s *Server) txPostLockInsideApplyHook() func() {
+	return func() {
+		applyingIdx, applyingTerm := s.ci.ConsistentApplyingIndex()
+		if applyingIdx > s.ci.UnsafeConsistentIndex() {
+			s.ci.SetConsistentIndex(applyingIdx, applyingTerm)
+		}
+	}
+}
+
+// goAttach runs f in a goroutine that Stop waits for. After Stop began it
+// does nothing and returns false.
+func (s *Server) goAttach(f func()) bool {
+	s.wgMu.RLock()
+	defer s.wgMu.RUnlock()
+	select {
+	case <-s.stopping:
+		s.lg.Warn("server is stopping; skipped background work")
+		return false
+	default:
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// stopOnRaftFailure stops the member when raft stops by itself (a WAL
+// write failed); the cause was already logged by raftnode.
+func (s *Server) stopOnRaftFailure() {
+	select {
+	case <-s.r.Done():
+		if err := s.r.Err(); err != nil {
+			s.lg.Error("stopping member: raft failed", zap.Error(err))
+		}
+		s.Stop()
+	case <-s.stopping:
+	}
+}
+
+// Stop stops the member cleanly: background work, raft (and the WAL),
+// lessor, mvcc, auth and the backend, then releases the data-dir lock.
+// It is idempotent; concurrent callers all return once it is done.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() {
+		s.wgMu.Lock()
+		close(s.stopping)
+		s.wgMu.Unlock()
+		s.cancel()
+		if s.compactor != nil {
+			s.compactor.Stop()
+		}
+		s.wg.Wait()
+		// Raft goes before the state machine so no apply runs on closed stores.
+		s.r.Stop()
+		s.lessor.Stop()
+		s.kv.Close()
+		s.authStore.Close()
+		if err := s.Backend().Close(); err != nil {
+			s.lg.Warn("failed to close backend", zap.Error(err))
+		}
+		if err := s.dirLock.Close(); err != nil {
+			s.lg.Warn("failed to release data directory lock", zap.Error(err))
+		}
+		s.lg.Info("stopped member", zap.String("member-id", s.memberID.String()))
+		close(s.done)
+	})
+	<-s.done
+}

@@ -63,7 +63,7 @@ func serveForTest(t *testing.T, api kvstore.API, cfg Config) string {
 	return l.Addr().String()
 }
 
-func newClient(t *testing.T, addr string) *clientv3.Client {
+func dialClient(t *testing.T, addr string) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{addr},
@@ -106,7 +106,7 @@ func wantWireError(t *testing.T, what string, err, want error) {
 	}
 }
 
-func checkHeader(t *testing.T, h *pb.ResponseHeader, rev int64) {
+func checkFakeHeader(t *testing.T, h *pb.ResponseHeader, rev int64) {
 	t.Helper()
 	if h == nil {
 		t.Fatal("nil header")
@@ -121,14 +121,14 @@ func checkHeader(t *testing.T, h *pb.ResponseHeader, rev int64) {
 
 func TestKVRoundTrip(t *testing.T) {
 	f := newFakeStore(t)
-	cli := newClient(t, serveForTest(t, f, Config{}))
+	cli := dialClient(t, serveForTest(t, f, Config{}))
 	ctx := testCtx(t)
 
 	pr, err := cli.Put(ctx, "a", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, pr.Header, 2)
+	checkFakeHeader(t, pr.Header, 2)
 	if _, err := cli.Put(ctx, "b", "2"); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestKVRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, gr.Header, 3)
+	checkFakeHeader(t, gr.Header, 3)
 	if gr.Count != 2 || string(gr.Kvs[0].Value) != "1" || gr.Kvs[1].ModRevision != 3 {
 		t.Fatalf("get: %+v", gr)
 	}
@@ -144,7 +144,7 @@ func TestKVRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, dr.Header, 4)
+	checkFakeHeader(t, dr.Header, 4)
 	if dr.Deleted != 1 {
 		t.Fatalf("deleted %d", dr.Deleted)
 	}
@@ -156,7 +156,7 @@ func TestKVRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, tr.Header, 5)
+	checkFakeHeader(t, tr.Header, 5)
 	if !tr.Succeeded || string(tr.Responses[1].GetResponseRange().Kvs[0].Value) != "2" {
 		t.Fatalf("txn: %+v", tr)
 	}
@@ -166,7 +166,7 @@ func TestKVRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, old.Header, 5)
+	checkFakeHeader(t, old.Header, 5)
 	if len(old.Kvs) != 1 || string(old.Kvs[0].Value) != "1" {
 		t.Fatalf("get at rev 2: %+v", old)
 	}
@@ -175,7 +175,7 @@ func TestKVRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, cr.Header, 5)
+	checkFakeHeader(t, cr.Header, 5)
 	_, err = cli.Get(ctx, "a", clientv3.WithRev(2))
 	wantWireError(t, "get compacted revision", err, rpctypes.ErrGRPCCompacted)
 	_, err = cli.Get(ctx, "a", clientv3.WithRev(100))
@@ -188,7 +188,7 @@ func TestKVRoundTrip(t *testing.T) {
 
 func TestKVValidationErrors(t *testing.T) {
 	f := newFakeStore(t)
-	cli := newClient(t, serveForTest(t, f, Config{}))
+	cli := dialClient(t, serveForTest(t, f, Config{}))
 	ctx := testCtx(t)
 	// The raw client: clientv3 validates some things itself, and the point
 	// is what the server answers.
@@ -248,7 +248,7 @@ func TestKVValidationErrors(t *testing.T) {
 func TestKVQuota(t *testing.T) {
 	f := newFakeStore(t)
 	f.quota = 1 // any write exceeds it
-	cli := newClient(t, serveForTest(t, f, Config{}))
+	cli := dialClient(t, serveForTest(t, f, Config{}))
 	ctx := testCtx(t)
 	_, err := cli.Put(ctx, "a", "1")
 	wantWireError(t, "put over quota", err, rpctypes.ErrGRPCNoSpace)
@@ -266,7 +266,7 @@ func TestKVQuota(t *testing.T) {
 
 func TestRangeStream(t *testing.T) {
 	f := newFakeStore(t)
-	cli := newClient(t, serveForTest(t, f, Config{}))
+	cli := dialClient(t, serveForTest(t, f, Config{}))
 	ctx := testCtx(t)
 	const n = 45 // several chunks: the first holds 10 keys
 	for i := range n {
@@ -299,7 +299,7 @@ func TestRangeStream(t *testing.T) {
 	if kvs != n || last.Count != n || last.More || chunks < 2 {
 		t.Fatalf("all: kvs=%d chunks=%d last=%+v", kvs, chunks, last)
 	}
-	checkHeader(t, last.Header, n+1)
+	checkFakeHeader(t, last.Header, n+1)
 
 	kvs, last, _ = collect(&pb.RangeRequest{Key: []byte("k/"), RangeEnd: []byte("k0"), Limit: 15})
 	if kvs != 15 || last.Count != n || !last.More {
@@ -321,7 +321,7 @@ func TestRangeStream(t *testing.T) {
 func TestMaintenance(t *testing.T) {
 	f := newFakeStore(t)
 	addr := serveForTest(t, f, Config{})
-	cli := newClient(t, addr)
+	cli := dialClient(t, addr)
 	ctx := testCtx(t)
 	if _, err := cli.Put(ctx, "snap-key", "snap-value"); err != nil {
 		t.Fatal(err)
@@ -331,7 +331,7 @@ func TestMaintenance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, st.Header, 2)
+	checkFakeHeader(t, st.Header, 2)
 	if st.Version != version.Version || st.Leader != fakeMemberID || st.RaftIndex != 10 || st.RaftAppliedIndex != 9 ||
 		st.RaftTerm != 2 || st.DbSize <= 0 || st.DbSizeInUse <= 0 || st.IsLearner || len(st.Errors) != 0 || st.DbSizeQuota <= 0 {
 		t.Fatalf("status: %+v", st)
@@ -352,7 +352,7 @@ func TestMaintenance(t *testing.T) {
 	if err != nil || len(al.Alarms) != 1 {
 		t.Fatalf("alarm list: %v %+v", err, al)
 	}
-	checkHeader(t, al.Header, 0)
+	checkFakeHeader(t, al.Header, 0)
 	if _, err := cli.AlarmDisarm(ctx, &clientv3.AlarmMember{MemberID: fakeMemberID, Alarm: pb.AlarmType_NOSPACE}); err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +361,7 @@ func TestMaintenance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHeader(t, hk.Header, 2)
+	checkFakeHeader(t, hk.Header, 2)
 	if hk.Hash == 0 || hk.HashRevision != 2 {
 		t.Fatalf("hashkv: %+v", hk)
 	}
@@ -419,14 +419,14 @@ func TestMaintenance(t *testing.T) {
 
 func TestClusterMemberList(t *testing.T) {
 	f := newFakeStore(t)
-	cli := newClient(t, serveForTest(t, f, Config{}))
+	cli := dialClient(t, serveForTest(t, f, Config{}))
 	ctx := testCtx(t)
 	for _, opts := range [][]clientv3.OpOption{nil, {clientv3.WithSerializable()}} {
 		ml, err := cli.MemberList(ctx, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkHeader(t, ml.Header, 0)
+		checkFakeHeader(t, ml.Header, 0)
 		if ml.Header.Revision != 0 {
 			t.Fatalf("member list header has a revision (etcd's has none): %d", ml.Header.Revision)
 		}
@@ -450,7 +450,7 @@ func TestClusterMemberList(t *testing.T) {
 func TestInterceptors(t *testing.T) {
 	f := newFakeStore(t)
 	addr := serveForTest(t, f, Config{})
-	cli := newClient(t, addr)
+	cli := dialClient(t, addr)
 	ctx := testCtx(t)
 
 	kv := pb.NewKVClient(cli.ActiveConnection())

@@ -37,6 +37,8 @@ var (
 	ErrWrongCluster  = errors.New("mesh: peer belongs to a different cluster (cluster label mismatch)")
 	ErrNameCollision = errors.New("mesh: another live peer uses this name")
 	ErrVersion       = errors.New("mesh: no common protocol version")
+	// ErrEncryptionMismatch: one side is encrypted, the other plaintext.
+	ErrEncryptionMismatch = errors.New("mesh: encryption mode mismatch (one side has no mesh secret)")
 )
 
 // DatagramHandler receives one datagram. It runs on the channel's own
@@ -49,6 +51,9 @@ type RouteEvent struct {
 	Peer      PeerName
 	Reachable bool
 	NextHop   PeerName // empty when unreachable; == Peer for a direct link
+	// UID is Peer's incarnation (random per start; 0 if unknown). An event
+	// with the same reachability but a new UID means Peer restarted.
+	UID uint64
 }
 
 // The Router methods meshconn and raftnode rely on:

@@ -1,0 +1,372 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+)
+
+// target is an address we may dial: a seed (retried forever) or one
+// discovered from a peer's advertised addresses.
+type target struct {
+	addr      string
+	seed      bool
+	peer      PeerName // last peer seen at this address
+	attempts  int
+	nextTry   time.Time
+	dialling  bool
+	connected bool
+	self      bool // our own address: never dial
+	lastErr   string
+	lastSeen  time.Time // discovery: when a record last advertised it
+	stale     bool      // only known from a tombstone
+}
+
+// connMaker keeps us connected: seeds forever with jittered exponential
+// backoff, plus addresses advertised in the topology, within ConnLimit and
+// MaxPendingHandshakes.
+type connMaker struct {
+	r       *Router
+	mu      sync.Mutex
+	targets map[string]*target
+	wake    chan struct{}
+}
+
+func newConnMaker(r *Router) *connMaker {
+	return &connMaker{r: r, targets: map[string]*target{}, wake: make(chan struct{}, 1)}
+}
+
+func (m *connMaker) poke() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (m *connMaker) addSeeds(addrs ...string) {
+	m.mu.Lock()
+	for _, a := range addrs {
+		if a == "" {
+			continue
+		}
+		t, ok := m.targets[a]
+		if !ok {
+			t = &target{addr: a}
+			m.targets[a] = t
+		}
+		t.seed = true
+		t.stale = false
+	}
+	m.mu.Unlock()
+	m.poke()
+}
+
+func (m *connMaker) run() {
+	r := m.r
+	defer r.wg.Done()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-timer.C:
+		case <-m.wake:
+		}
+		next := m.step(time.Now())
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(next)
+	}
+}
+
+// step refreshes the target list from the topology, starts due dials and
+// returns how long to sleep.
+func (m *connMaker) step(now time.Time) time.Duration {
+	r := m.r
+	r.mu.Lock()
+	connected := make(map[PeerName]bool, len(r.conns))
+	for n := range r.conns {
+		connected[n] = true
+	}
+	budget := min(r.cfg.ConnLimit-len(r.conns)-len(r.pendingConn), r.cfg.MaxPendingHandshakes-len(r.pendingConn))
+	known := len(r.topo.records) - 1
+	wantMore := known <= r.cfg.FullMeshThreshold || len(r.conns) < r.cfg.Degree
+	own := map[string]bool{}
+	for _, a := range r.advertise {
+		own[a] = true
+	}
+	type adv struct {
+		peer  PeerName
+		addrs []string
+		stale bool
+	}
+	var advs []adv
+	for name, rec := range r.topo.records {
+		if name != r.name {
+			advs = append(advs, adv{name, rec.Addrs, false})
+		}
+	}
+	for name, ts := range r.topo.tombstones {
+		advs = append(advs, adv{name, ts.Addrs, true})
+	}
+	alone := len(r.conns) == 0
+	r.mu.Unlock()
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, a := range advs {
+		for _, addr := range a.addrs {
+			if own[addr] {
+				continue
+			}
+			t, ok := m.targets[addr]
+			if !ok {
+				t = &target{addr: addr}
+				m.targets[addr] = t
+			}
+			t.peer = a.peer
+			if !a.stale {
+				t.lastSeen = now
+				t.stale = false
+			} else if t.lastSeen.IsZero() {
+				t.stale = true
+			}
+		}
+	}
+	wait := time.Second
+	addrs := make([]string, 0, len(m.targets))
+	for a := range m.targets {
+		addrs = append(addrs, a)
+	}
+	slices.Sort(addrs)
+	for _, addr := range addrs {
+		t := m.targets[addr]
+		// Forget discovered addresses nobody has advertised for a while.
+		if !t.seed && !t.dialling && !t.connected && now.Sub(t.lastSeen) > r.cfg.TombstoneTTL && !t.stale {
+			delete(m.targets, addr)
+			continue
+		}
+		if t.self || own[addr] || t.dialling || t.connected {
+			continue
+		}
+		if t.peer != "" && connected[t.peer] {
+			continue
+		}
+		if !t.seed && !wantMore {
+			continue
+		}
+		if alone && t.seed && t.attempts > 0 && t.nextTry.Sub(now) > r.cfg.BackoffMin {
+			// Alone in the world: try the seeds again now.
+			t.nextTry = now
+		}
+		if d := t.nextTry.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		if budget <= 0 {
+			wait = min(wait, 100*time.Millisecond)
+			continue
+		}
+		budget--
+		t.dialling = true
+		r.wg.Add(1)
+		go m.dial(t.addr)
+	}
+	return max(wait, 10*time.Millisecond)
+}
+
+// dial connects to addr and runs the handshake.
+func (m *connMaker) dial(addr string) {
+	r := m.r
+	defer r.wg.Done()
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.DialTimeout)
+	nc, err := r.cfg.Transport.Dial(ctx, addr)
+	cancel()
+	var peer PeerName
+	if err == nil {
+		if !r.reserveHandshake(nc, addr) {
+			_ = nc.Close()
+			m.mu.Lock()
+			if t := m.targets[addr]; t != nil {
+				t.dialling = false
+				t.nextTry = time.Now().Add(100 * time.Millisecond)
+			}
+			m.mu.Unlock()
+			return
+		}
+		peer, err = r.runHandshake(nc, true, addr)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.targets[addr]
+	if t == nil {
+		return
+	}
+	t.dialling = false
+	if peer != "" {
+		t.peer = peer
+	}
+	if err == nil {
+		return // connected() already marked it
+	}
+	t.lastErr = err.Error()
+	if errors.Is(err, errSelfConnect) {
+		t.self = true
+		return
+	}
+	t.attempts++
+	t.nextTry = time.Now().Add(m.backoff(t, err))
+	m.poke()
+}
+
+// backoff is exponential with full jitter, floored at BackoffMin, capped
+// at BackoffMax (StaleBackoffMax for addresses of collected peers), with a
+// long floor for errors that retrying soon cannot fix.
+func (m *connMaker) backoff(t *target, err error) time.Duration {
+	cfg := m.r.cfg
+	ceiling := cfg.BackoffMax
+	if t.stale && !t.seed {
+		ceiling = cfg.StaleBackoffMax
+	}
+	exp := cfg.BackoffMin << min(t.attempts, 20)
+	if exp <= 0 || exp > ceiling {
+		exp = ceiling
+	}
+	d := cfg.BackoffMin + time.Duration(m.r.randIntN(int(exp)+1))
+	switch {
+	case errors.Is(err, ErrNameCollision):
+		d = max(d, cfg.NameCollisionBackoff)
+	case errors.Is(err, ErrAuth), errors.Is(err, ErrWrongCluster), errors.Is(err, ErrEncryptionMismatch), errors.Is(err, ErrVersion):
+		d = max(d, cfg.AuthFailureBackoff)
+	}
+	return d
+}
+
+// connected marks the address of an established connection.
+func (m *connMaker) connected(addr string, peer PeerName) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t := m.targets[addr]; t != nil {
+		t.connected = true
+		t.peer = peer
+		t.lastErr = ""
+	}
+}
+
+// disconnected schedules a redial of a lost connection's address; a
+// connection that lived long enough resets the backoff.
+func (m *connMaker) disconnected(addr string, peer PeerName, since time.Time) {
+	m.mu.Lock()
+	now := time.Now()
+	if t := m.targets[addr]; t != nil {
+		t.connected = false
+		if now.Sub(since) >= m.r.cfg.BackoffResetAfter {
+			t.attempts = 0
+		}
+		t.attempts++
+		t.nextTry = now.Add(m.backoff(t, nil))
+	}
+	m.mu.Unlock()
+	m.poke()
+}
+
+// TargetStatus describes one address the connection maker knows.
+type TargetStatus struct {
+	Addr      string    `json:"addr"`
+	Seed      bool      `json:"seed"`
+	Peer      PeerName  `json:"peer,omitempty"`
+	State     string    `json:"state"` // connected, dialling, waiting, self
+	Attempts  int       `json:"attempts"`
+	NextTry   time.Time `json:"next_try,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
+}
+
+func (m *connMaker) status() []TargetStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]TargetStatus, 0, len(m.targets))
+	for _, t := range m.targets {
+		st := TargetStatus{Addr: t.addr, Seed: t.seed, Peer: t.peer, Attempts: t.attempts, LastError: t.lastErr}
+		switch {
+		case t.self:
+			st.State = "self"
+		case t.connected:
+			st.State = "connected"
+		case t.dialling:
+			st.State = "dialling"
+		default:
+			st.State = "waiting"
+			st.NextTry = t.nextTry
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b TargetStatus) int {
+		if a.Addr < b.Addr {
+			return -1
+		}
+		return 1
+	})
+	return out
+}
+
+// acceptThrottle is a global token bucket plus one per remote host, so a
+// connect flood (or online password guessing) cannot swamp the router.
+type acceptThrottle struct {
+	mu         sync.Mutex
+	global     tokenBucket
+	perHost    map[string]*tokenBucket
+	hostRate   float64
+	hostBurst  float64
+	maxTracked int
+}
+
+func newAcceptThrottle(rate, burst, hostRate, hostBurst float64) *acceptThrottle {
+	return &acceptThrottle{
+		global:     tokenBucket{rate: rate, burst: burst, tokens: burst},
+		perHost:    map[string]*tokenBucket{},
+		hostRate:   hostRate,
+		hostBurst:  hostBurst,
+		maxTracked: 4096,
+	}
+}
+
+func (a *acceptThrottle) allow(host string, now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	b, ok := a.perHost[host]
+	if !ok {
+		if len(a.perHost) >= a.maxTracked {
+			clear(a.perHost) // forgetting buckets only makes us more lenient
+		}
+		b = &tokenBucket{rate: a.hostRate, burst: a.hostBurst, tokens: a.hostBurst, last: now}
+		a.perHost[host] = b
+	}
+	if !b.take(now) {
+		return false
+	}
+	return a.global.take(now)
+}
+
+type tokenBucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func (b *tokenBucket) take(now time.Time) bool {
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}

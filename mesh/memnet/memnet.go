@@ -1,0 +1,580 @@
+package memnet
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DefaultBufferSize is the per-direction buffer of a connection, roughly a
+// loopback TCP socket's send plus receive buffer.
+const DefaultBufferSize = 256 << 10
+
+// Errors returned by connections and dials.
+var (
+	ErrRefused = fmt.Errorf("memnet: connection refused: %w", syscall.ECONNREFUSED)
+	ErrReset   = fmt.Errorf("memnet: connection reset by peer: %w", syscall.ECONNRESET)
+	ErrClosed  = net.ErrClosed
+)
+
+// Addr is a memnet address, "host:port".
+type Addr string
+
+// Network returns "memnet".
+func (Addr) Network() string { return "memnet" }
+
+func (a Addr) String() string { return string(a) }
+
+type hostPair struct{ a, b string } // unordered: a <= b
+
+func pairOf(a, b string) hostPair {
+	if a > b {
+		a, b = b, a
+	}
+	return hostPair{a, b}
+}
+
+type direction struct{ from, to string }
+
+// Network is an in-memory network of hosts. The zero value is not usable;
+// call New.
+type Network struct {
+	bufferSize int
+
+	mu         sync.Mutex
+	listeners  map[string]*listener // by address
+	nextPort   int
+	cut        map[hostPair]bool
+	blackholed map[hostPair]bool
+	delay      map[direction]time.Duration
+	dropRate   map[direction]float64
+	stalled    map[string]bool
+	readRate   map[string]int // bytes per second, 0 = unlimited
+	endpoints  map[*endpoint]struct{}
+	rng        *rand.Rand
+	// changed is closed and replaced whenever a fault changes, waking every
+	// blocked reader and writer so they re-evaluate the link state.
+	changed chan struct{}
+}
+
+// Option configures a Network.
+type Option func(*Network)
+
+// WithBufferSize sets the per-direction connection buffer in bytes.
+func WithBufferSize(n int) Option { return func(nw *Network) { nw.bufferSize = n } }
+
+// WithSeed makes random drops reproducible.
+func WithSeed(seed uint64) Option {
+	return func(nw *Network) { nw.rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)) }
+}
+
+// New returns an empty network.
+func New(opts ...Option) *Network {
+	nw := &Network{
+		bufferSize: DefaultBufferSize,
+		listeners:  map[string]*listener{},
+		nextPort:   10000,
+		cut:        map[hostPair]bool{},
+		blackholed: map[hostPair]bool{},
+		delay:      map[direction]time.Duration{},
+		dropRate:   map[direction]float64{},
+		stalled:    map[string]bool{},
+		readRate:   map[string]int{},
+		endpoints:  map[*endpoint]struct{}{},
+		rng:        rand.New(rand.NewPCG(1, 2)),
+		changed:    make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(nw)
+	}
+	return nw
+}
+
+// Host returns the named host's view of the network. Hosts need not be
+// declared; a name is a host.
+func (nw *Network) Host(name string) *Host { return &Host{nw: nw, name: name} }
+
+// notifyLocked wakes all waiters; nw.mu must be held.
+func (nw *Network) notifyLocked() {
+	close(nw.changed)
+	nw.changed = make(chan struct{})
+}
+
+// Cut resets all connections between hosts a and b and refuses new dials
+// until Heal.
+func (nw *Network) Cut(a, b string) {
+	nw.mu.Lock()
+	nw.cut[pairOf(a, b)] = true
+	var victims []*endpoint
+	for ep := range nw.endpoints {
+		if pairOf(ep.localHost, ep.remoteHost) == pairOf(a, b) {
+			victims = append(victims, ep)
+		}
+	}
+	nw.notifyLocked()
+	nw.mu.Unlock()
+	for _, ep := range victims {
+		ep.reset()
+	}
+}
+
+// Blackhole silently stops delivery between hosts a and b in both
+// directions; dials between them hang until their context ends.
+func (nw *Network) Blackhole(a, b string) {
+	nw.mu.Lock()
+	nw.blackholed[pairOf(a, b)] = true
+	nw.notifyLocked()
+	nw.mu.Unlock()
+}
+
+// Heal removes Cut and Blackhole faults between a and b.
+func (nw *Network) Heal(a, b string) {
+	nw.mu.Lock()
+	delete(nw.cut, pairOf(a, b))
+	delete(nw.blackholed, pairOf(a, b))
+	nw.notifyLocked()
+	nw.mu.Unlock()
+}
+
+// Partition cuts every pair of hosts that are in different groups. Hosts in
+// no group are unaffected.
+func (nw *Network) Partition(groups ...[]string) {
+	for i := range groups {
+		for j := i + 1; j < len(groups); j++ {
+			for _, a := range groups[i] {
+				for _, b := range groups[j] {
+					nw.Cut(a, b)
+				}
+			}
+		}
+	}
+}
+
+// HealAll removes every fault of every kind.
+func (nw *Network) HealAll() {
+	nw.mu.Lock()
+	nw.cut = map[hostPair]bool{}
+	nw.blackholed = map[hostPair]bool{}
+	nw.delay = map[direction]time.Duration{}
+	nw.dropRate = map[direction]float64{}
+	nw.stalled = map[string]bool{}
+	nw.readRate = map[string]int{}
+	nw.notifyLocked()
+	nw.mu.Unlock()
+}
+
+// SetDelay delays data sent from host from to host to by d (0 removes it).
+func (nw *Network) SetDelay(from, to string, d time.Duration) {
+	nw.mu.Lock()
+	nw.delay[direction{from, to}] = d
+	nw.notifyLocked()
+	nw.mu.Unlock()
+}
+
+// SetDropRate discards each write from host from to host to with
+// probability p (0 removes the fault).
+func (nw *Network) SetDropRate(from, to string, p float64) {
+	nw.mu.Lock()
+	nw.dropRate[direction{from, to}] = p
+	nw.notifyLocked()
+	nw.mu.Unlock()
+}
+
+// StallReads makes every read on host's connections block (stalled=true)
+// until called again with false: a peer that stopped reading.
+func (nw *Network) StallReads(host string, stalled bool) {
+	nw.mu.Lock()
+	nw.stalled[host] = stalled
+	nw.notifyLocked()
+	nw.mu.Unlock()
+}
+
+// SetReadRate limits each read on host's connections to about bytesPerSec
+// (0 removes the limit): a slow reader.
+func (nw *Network) SetReadRate(host string, bytesPerSec int) {
+	nw.mu.Lock()
+	nw.readRate[host] = bytesPerSec
+	nw.notifyLocked()
+	nw.mu.Unlock()
+}
+
+// Host is one host's view: it listens and dials as that host.
+type Host struct {
+	nw   *Network
+	name string
+}
+
+// Name returns the host name.
+func (h *Host) Name() string { return h.name }
+
+// Listen listens on address "host:port". The host part is ignored (the
+// listener belongs to h); port 0 or an empty address picks a free port.
+func (h *Host) Listen(address string) (net.Listener, error) {
+	port := "0"
+	if address != "" {
+		i := strings.LastIndexByte(address, ':')
+		if i < 0 {
+			return nil, fmt.Errorf("memnet: listen %q: missing port", address)
+		}
+		port = address[i+1:]
+	}
+	nw := h.nw
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	if port == "0" || port == "" {
+		nw.nextPort++
+		port = strconv.Itoa(nw.nextPort)
+	}
+	addr := h.name + ":" + port
+	if _, busy := nw.listeners[addr]; busy {
+		return nil, fmt.Errorf("memnet: listen %s: %w", addr, syscall.EADDRINUSE)
+	}
+	l := &listener{nw: nw, host: h.name, addr: Addr(addr), backlog: make(chan *endpoint, 128), closed: make(chan struct{})}
+	nw.listeners[addr] = l
+	return l, nil
+}
+
+// Dial connects to a listener's address. It fails at once if the link is
+// cut or nobody listens, and hangs until ctx ends if the link is blackholed.
+func (h *Host) Dial(ctx context.Context, address string) (net.Conn, error) {
+	nw := h.nw
+	for {
+		nw.mu.Lock()
+		l := nw.listeners[address]
+		if l == nil {
+			nw.mu.Unlock()
+			return nil, fmt.Errorf("memnet: dial %s: %w", address, ErrRefused)
+		}
+		pair := pairOf(h.name, l.host)
+		if nw.cut[pair] {
+			nw.mu.Unlock()
+			return nil, fmt.Errorf("memnet: dial %s: %w", address, ErrRefused)
+		}
+		if nw.blackholed[pair] {
+			changed := nw.changed
+			nw.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("memnet: dial %s: %w", address, ctx.Err())
+			case <-changed:
+				continue
+			}
+		}
+		nw.nextPort++
+		local := Addr(h.name + ":" + strconv.Itoa(nw.nextPort))
+		ab := newPipe(nw.bufferSize)
+		ba := newPipe(nw.bufferSize)
+		client := &endpoint{nw: nw, localAddr: local, remoteAddr: l.addr, localHost: h.name, remoteHost: l.host, in: ba, out: ab}
+		server := &endpoint{nw: nw, localAddr: l.addr, remoteAddr: local, localHost: l.host, remoteHost: h.name, in: ab, out: ba}
+		client.init()
+		server.init()
+		select {
+		case l.backlog <- server:
+		default:
+			nw.mu.Unlock()
+			return nil, fmt.Errorf("memnet: dial %s: backlog full: %w", address, ErrRefused)
+		}
+		nw.endpoints[client] = struct{}{}
+		nw.endpoints[server] = struct{}{}
+		nw.mu.Unlock()
+		return client, nil
+	}
+}
+
+type listener struct {
+	nw        *Network
+	host      string
+	addr      Addr
+	backlog   chan *endpoint
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case ep := <-l.backlog:
+		return ep, nil
+	case <-l.closed:
+		return nil, fmt.Errorf("memnet: accept on %s: %w", l.addr, net.ErrClosed)
+	}
+}
+
+func (l *listener) Close() error {
+	l.closeOnce.Do(func() {
+		l.nw.mu.Lock()
+		delete(l.nw.listeners, string(l.addr))
+		l.nw.mu.Unlock()
+		close(l.closed)
+		// Connections still in the backlog were never accepted: refuse them.
+		for {
+			select {
+			case ep := <-l.backlog:
+				ep.reset()
+			default:
+				return
+			}
+		}
+	})
+	return nil
+}
+
+func (l *listener) Addr() net.Addr { return l.addr }
+
+// pipe is one direction of a connection: a bounded byte queue.
+type pipe struct {
+	mu       sync.Mutex
+	chunks   []chunk
+	size     int
+	capacity int
+	eof      bool // writer closed: reader gets EOF after draining
+	gone     bool // reader closed: writer gets EPIPE
+	broken   bool // reset: both sides get ErrReset
+	wake     chan struct{}
+}
+
+type chunk struct {
+	data      []byte
+	deliverAt time.Time
+}
+
+func newPipe(capacity int) *pipe {
+	return &pipe{capacity: capacity, wake: make(chan struct{})}
+}
+
+// signalLocked wakes the other side; p.mu must be held.
+func (p *pipe) signalLocked() {
+	close(p.wake)
+	p.wake = make(chan struct{})
+}
+
+type endpoint struct {
+	nw                    *Network
+	localAddr, remoteAddr Addr
+	localHost, remoteHost string
+	in, out               *pipe
+	readDeadline          deadline
+	writeDeadline         deadline
+	closeOnce             sync.Once
+}
+
+func (ep *endpoint) init() {
+	ep.readDeadline.init()
+	ep.writeDeadline.init()
+}
+
+// linkState reports the faults that apply to reads or writes of ep.
+func (ep *endpoint) linkState() (blackholed, stalled bool, readRate int, delay time.Duration, drop bool, changed chan struct{}) {
+	nw := ep.nw
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	blackholed = nw.blackholed[pairOf(ep.localHost, ep.remoteHost)]
+	stalled = nw.stalled[ep.localHost]
+	readRate = nw.readRate[ep.localHost]
+	delay = nw.delay[direction{ep.localHost, ep.remoteHost}]
+	if p := nw.dropRate[direction{ep.localHost, ep.remoteHost}]; p > 0 {
+		drop = nw.rng.Float64() < p
+	}
+	return blackholed, stalled, readRate, delay, drop, nw.changed
+}
+
+func (ep *endpoint) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	p := ep.in
+	for {
+		blackholed, stalled, readRate, _, _, changed := ep.linkState()
+		p.mu.Lock()
+		if p.broken {
+			p.mu.Unlock()
+			return 0, ErrReset
+		}
+		if p.gone {
+			p.mu.Unlock()
+			return 0, ErrClosed
+		}
+		var retryTimer *time.Timer
+		var retry <-chan time.Time
+		if !blackholed && !stalled && len(p.chunks) > 0 {
+			now := time.Now()
+			c := &p.chunks[0]
+			if !c.deliverAt.After(now) {
+				limit := len(b)
+				if readRate > 0 {
+					limit = min(limit, max(1, readRate/100))
+				}
+				n := copy(b[:limit], c.data)
+				c.data = c.data[n:]
+				if len(c.data) == 0 {
+					p.chunks[0] = chunk{}
+					p.chunks = p.chunks[1:]
+				}
+				p.size -= n
+				p.signalLocked()
+				p.mu.Unlock()
+				if readRate > 0 {
+					time.Sleep(time.Duration(n) * time.Second / time.Duration(readRate))
+				}
+				return n, nil
+			}
+			retryTimer = time.NewTimer(c.deliverAt.Sub(now))
+			retry = retryTimer.C
+		}
+		if p.eof && len(p.chunks) == 0 {
+			p.mu.Unlock()
+			return 0, io.EOF
+		}
+		wake := p.wake
+		p.mu.Unlock()
+		timedOut := false
+		select {
+		case <-wake:
+		case <-changed:
+		case <-retry:
+		case <-ep.readDeadline.wait():
+			timedOut = true
+		}
+		if retryTimer != nil {
+			retryTimer.Stop()
+		}
+		if timedOut {
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+}
+
+func (ep *endpoint) Write(b []byte) (int, error) {
+	p := ep.out
+	written := 0
+	for {
+		_, _, _, delay, drop, changed := ep.linkState()
+		p.mu.Lock()
+		if p.broken {
+			p.mu.Unlock()
+			return written, ErrReset
+		}
+		if p.eof {
+			p.mu.Unlock()
+			return written, ErrClosed
+		}
+		if p.gone {
+			p.mu.Unlock()
+			return written, fmt.Errorf("memnet: write: %w", syscall.EPIPE)
+		}
+		if drop && written == 0 {
+			p.mu.Unlock()
+			return len(b), nil
+		}
+		if space := p.capacity - p.size; space > 0 {
+			n := min(space, len(b)-written)
+			data := make([]byte, n)
+			copy(data, b[written:written+n])
+			p.chunks = append(p.chunks, chunk{data: data, deliverAt: time.Now().Add(delay)})
+			p.size += n
+			written += n
+			p.signalLocked()
+		}
+		if written == len(b) {
+			p.mu.Unlock()
+			return written, nil
+		}
+		wake := p.wake
+		p.mu.Unlock()
+		select {
+		case <-wake:
+		case <-changed:
+		case <-ep.writeDeadline.wait():
+			return written, os.ErrDeadlineExceeded
+		}
+	}
+}
+
+// Close closes this end: the peer reads EOF after the buffered data, and
+// its writes fail.
+func (ep *endpoint) Close() error {
+	ep.closeOnce.Do(func() {
+		ep.out.mu.Lock()
+		ep.out.eof = true
+		ep.out.signalLocked()
+		ep.out.mu.Unlock()
+		ep.in.mu.Lock()
+		ep.in.gone = true
+		ep.in.signalLocked()
+		ep.in.mu.Unlock()
+		ep.nw.mu.Lock()
+		delete(ep.nw.endpoints, ep)
+		ep.nw.mu.Unlock()
+	})
+	return nil
+}
+
+// reset breaks both directions, as a TCP RST would.
+func (ep *endpoint) reset() {
+	for _, p := range []*pipe{ep.in, ep.out} {
+		p.mu.Lock()
+		p.broken = true
+		p.signalLocked()
+		p.mu.Unlock()
+	}
+	ep.nw.mu.Lock()
+	delete(ep.nw.endpoints, ep)
+	ep.nw.mu.Unlock()
+}
+
+func (ep *endpoint) LocalAddr() net.Addr  { return ep.localAddr }
+func (ep *endpoint) RemoteAddr() net.Addr { return ep.remoteAddr }
+
+func (ep *endpoint) SetDeadline(t time.Time) error {
+	ep.readDeadline.set(t)
+	ep.writeDeadline.set(t)
+	return nil
+}
+func (ep *endpoint) SetReadDeadline(t time.Time) error  { ep.readDeadline.set(t); return nil }
+func (ep *endpoint) SetWriteDeadline(t time.Time) error { ep.writeDeadline.set(t); return nil }
+
+// deadline is a settable deadline whose expiry closes a channel, so blocked
+// operations can select on it.
+type deadline struct {
+	mu      sync.Mutex
+	timer   *time.Timer
+	expired chan struct{}
+}
+
+func (d *deadline) init() { d.expired = make(chan struct{}) }
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.expired // the timer fired (or is firing); wait until it closed the channel
+	}
+	d.timer = nil
+	select {
+	case <-d.expired:
+		d.expired = make(chan struct{})
+	default:
+	}
+	if t.IsZero() {
+		return
+	}
+	if dur := time.Until(t); dur > 0 {
+		expired := d.expired
+		d.timer = time.AfterFunc(dur, func() { close(expired) })
+		return
+	}
+	close(d.expired)
+}
+
+func (d *deadline) wait() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.expired
+}

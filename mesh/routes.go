@@ -1,0 +1,194 @@
+package mesh
+
+import (
+	"slices"
+	"sync"
+)
+
+// routeTable is an immutable snapshot of routes, published through an
+// atomic pointer so the send path never takes a lock. Broadcast trees are
+// computed lazily per source and cached in the snapshot.
+type routeTable struct {
+	self PeerName
+	// next maps a reachable destination to the neighbour to send through.
+	next map[PeerName]PeerName
+	hops map[PeerName]int
+	uids map[PeerName]uint64
+	// adj is the symmetric graph the routes were computed over, with each
+	// neighbour list sorted.
+	adj map[PeerName][]PeerName
+
+	treeMu sync.Mutex
+	trees  map[PeerName][]PeerName // source → our children in its tree
+}
+
+// nextHop returns the neighbour to send to dst through.
+func (t *routeTable) nextHop(dst PeerName) (PeerName, bool) {
+	n, ok := t.next[dst]
+	return n, ok
+}
+
+// buildGraph returns the symmetric established graph. Our own edges come
+// from our live connections (a link is usable as soon as our handshake
+// completes, since the duplex handshake proves both directions); edges
+// between two other peers need both records to claim them established,
+// so half-open links are never used.
+func buildGraph(self PeerName, records map[PeerName]*peerRecord, direct map[PeerName]uint64) map[PeerName][]PeerName {
+	adj := map[PeerName][]PeerName{self: nil}
+	for d := range direct {
+		if d == self {
+			continue
+		}
+		adj[self] = append(adj[self], d)
+		adj[d] = append(adj[d], self)
+	}
+	for name, r := range records {
+		if name == self {
+			continue
+		}
+		for _, c := range r.Conns {
+			if !c.Established || c.Peer == self || c.Peer <= name {
+				continue // self edges come from direct; each other pair once
+			}
+			o, ok := records[c.Peer]
+			if !ok || !o.hasEstablished(name) {
+				continue
+			}
+			adj[name] = append(adj[name], c.Peer)
+			adj[c.Peer] = append(adj[c.Peer], name)
+		}
+	}
+	for n := range adj {
+		slices.Sort(adj[n])
+	}
+	return adj
+}
+
+// computeRoutes runs a breadth-first search from self. Each level is
+// visited in name order and neighbours in name order, so every peer with
+// the same view computes the same paths.
+//
+// direct maps each neighbour with an established connection to its UID.
+func computeRoutes(self PeerName, records map[PeerName]*peerRecord, direct map[PeerName]uint64) *routeTable {
+	adj := buildGraph(self, records, direct)
+	t := &routeTable{
+		self:  self,
+		next:  map[PeerName]PeerName{},
+		hops:  map[PeerName]int{self: 0},
+		uids:  map[PeerName]uint64{},
+		adj:   adj,
+		trees: map[PeerName][]PeerName{},
+	}
+	for n, r := range records {
+		t.uids[n] = r.UID
+	}
+	for n, uid := range direct {
+		t.uids[n] = uid // the live handshake is fresher than gossip
+	}
+	level := []PeerName{self}
+	for depth := 1; len(level) > 0; depth++ {
+		var nextLevel []PeerName
+		for _, u := range level {
+			for _, v := range adj[u] {
+				if _, seen := t.hops[v]; seen {
+					continue
+				}
+				t.hops[v] = depth
+				if u == self {
+					t.next[v] = v
+				} else {
+					t.next[v] = t.next[u]
+				}
+				nextLevel = append(nextLevel, v)
+			}
+		}
+		slices.Sort(nextLevel)
+		level = nextLevel
+	}
+	return t
+}
+
+// broadcastChildren returns the neighbours we forward a broadcast from src
+// to: those whose parent is us in src's breadth-first tree. When every
+// peer has the same view each peer receives each broadcast exactly once;
+// while views differ, the (src, seq) dedup window and the TTL bound the
+// damage.
+func (t *routeTable) broadcastChildren(src PeerName) []PeerName {
+	t.treeMu.Lock()
+	defer t.treeMu.Unlock()
+	if c, ok := t.trees[src]; ok {
+		return c
+	}
+	children := bfsChildren(t.adj, src, t.self)
+	t.trees[src] = children
+	return children
+}
+
+// bfsChildren returns the children of node in the BFS tree rooted at src.
+func bfsChildren(adj map[PeerName][]PeerName, src, node PeerName) []PeerName {
+	if _, ok := adj[src]; !ok {
+		return nil
+	}
+	parent := map[PeerName]PeerName{src: ""}
+	level := []PeerName{src}
+	for len(level) > 0 {
+		var nextLevel []PeerName
+		for _, u := range level {
+			for _, v := range adj[u] {
+				if _, seen := parent[v]; seen {
+					continue
+				}
+				parent[v] = u
+				nextLevel = append(nextLevel, v)
+			}
+		}
+		slices.Sort(nextLevel)
+		level = nextLevel
+	}
+	var children []PeerName
+	for _, v := range adj[node] {
+		if p, ok := parent[v]; ok && p == node && v != src {
+			children = append(children, v)
+		}
+	}
+	return children
+}
+
+// routeEvents lists what changed between two tables, in name order.
+func routeEvents(old, cur *routeTable) []RouteEvent {
+	var evs []RouteEvent
+	names := map[PeerName]bool{}
+	if old != nil {
+		for n := range old.next {
+			names[n] = true
+		}
+	}
+	for n := range cur.next {
+		names[n] = true
+	}
+	sorted := make([]PeerName, 0, len(names))
+	for n := range names {
+		sorted = append(sorted, n)
+	}
+	slices.Sort(sorted)
+	for _, n := range sorted {
+		var oldHop PeerName
+		var oldOK bool
+		var oldUID uint64
+		if old != nil {
+			oldHop, oldOK = old.next[n]
+			oldUID = old.uids[n]
+		}
+		newHop, newOK := cur.next[n]
+		newUID := cur.uids[n]
+		if oldOK == newOK && oldHop == newHop && (!newOK || oldUID == newUID) {
+			continue
+		}
+		ev := RouteEvent{Peer: n, Reachable: newOK, NextHop: newHop, UID: newUID}
+		if !newOK {
+			ev.UID = oldUID
+		}
+		evs = append(evs, ev)
+	}
+	return evs
+}

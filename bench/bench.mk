@@ -2,7 +2,7 @@
 # The top-level Makefile delegates `make bench`, `make etcd` and `make benchmark-tool` here;
 # run from the repository root: `make -f bench/bench.mk <target>`.
 #
-#   make bench QUICK=1            ~2-3 min smoke run (3 rounds, ~1.5 s per workload run)
+#   make bench QUICK=1            ~2-3 min smoke run (3 rounds, ~2 s per workload run)
 #   make bench                    full run (5 rounds, ~8 s per run; ~12-15 min on 2 cores)
 #   make bench PROFILE=1          + CPU/heap profiles of each system under put-100
 #   make bench MEMBERS=3          3-member clusters (skipped if meshetcd cannot form one)

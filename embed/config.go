@@ -109,6 +109,9 @@ type Config struct {
 	GRPCKeepAliveInterval       time.Duration
 	GRPCKeepAliveTimeout        time.Duration
 	WarningUnaryRequestDuration time.Duration
+	// WatchProgressNotifyInterval is etcd's --watch-progress-notify-interval
+	// (0 means etcd's default, 10 minutes).
+	WatchProgressNotifyInterval time.Duration
 
 	// EnablePprof serves net/http/pprof under /debug/pprof/ on the client
 	// ports, like etcd.

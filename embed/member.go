@@ -3,22 +3,301 @@ package embed
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/storage/wal"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/meshetcd/meshetcd/grpcapi"
+	"github.com/meshetcd/meshetcd/kvstore"
 )
 
-// Member is one running meshetcd member.
-type Member struct{}
+// Member is one running meshetcd member. It owns its listeners, its gRPC
+// and HTTP servers and its kvstore; Close stops them all.
+type Member struct {
+	cfg        Config
+	lg         *zap.Logger
+	srv        *kvstore.Server
+	gs         *grpc.Server
+	listenURLs []url.URL // the bound client listener addresses
+	clientURLs []url.URL // advertised client URLs, port 0 resolved
 
-// StartMember validates cfg and starts a member. The kvstore and grpcapi
-// packages it assembles are still landing; until they do it refuses to start.
-func StartMember(ctx context.Context, cfg Config) (*Member, error) {
+	cancelServe context.CancelFunc
+	wg          sync.WaitGroup // serving and watching goroutines
+	errc        chan error     // first fatal error; buffered
+	closing     chan struct{}  // closed when Close starts
+	closeOnce   sync.Once
+	closeErr    error
+}
+
+// StartMember validates cfg, opens the client listeners, starts the kvstore
+// (which recovers or bootstraps the data directory), serves the etcd gRPC
+// API and HTTP endpoints on every listener, and returns once the member is
+// ready to serve linearizable requests. ctx bounds the start only; the
+// member then runs until Close or a fatal error (see Err).
+//
+// A second member on a data directory that is in use fails at once.
+func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return nil, errors.New("meshetcd: member assembly is not wired yet (waiting for kvstore and grpcapi)")
+	lg := cfg.Logger
+	if lg == nil {
+		if lg, err = NewLogger(cfg.LogLevel, cfg.LogFormat, cfg.LogOutputs); err != nil {
+			return nil, err
+		}
+	}
+	dataDir := cfg.EffectiveDataDir()
+	if cfg.DataDir == "" {
+		lg.Warn("'data-dir' was empty; using default", zap.String("data-dir", dataDir))
+	}
+	hasWAL := wal.Exist(filepath.Join(dataDir, "member", "wal"))
+	if cfg.InitialClusterState == ClusterStateExisting && !hasWAL {
+		return nil, errors.New("--initial-cluster-state=existing (joining a running cluster) is not supported yet in this version of meshetcd")
+	}
+	ic, err := cfg.InitialClusterMap()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Name == DefaultName {
+		lg.Warn("it isn't recommended to use default name, please set a value for --name. " +
+			"Note that etcd might run into issue when multiple members have the same default name")
+	}
+
+	listeners := make([]net.Listener, 0, len(cfg.ListenClientURLs))
+	defer func() {
+		if err != nil {
+			for _, l := range listeners {
+				_ = l.Close()
+			}
+		}
+	}()
+	var bound []url.URL
+	for _, u := range cfg.ListenClientURLs {
+		l, lerr := net.Listen("tcp", u.Host)
+		if lerr != nil {
+			return nil, fmt.Errorf("cannot listen for client traffic on %s: %w", u.String(), lerr)
+		}
+		listeners = append(listeners, l)
+		b := u
+		b.Host = l.Addr().String()
+		if h, _, _ := net.SplitHostPort(u.Host); h == "localhost" {
+			b.Host = net.JoinHostPort("localhost", strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+		}
+		bound = append(bound, b)
+	}
+	advertised := resolveZeroPorts(cfg.AdvertiseClientURLs, cfg.ListenClientURLs, bound)
+
+	srv, err := kvstore.New(ctx, kvstore.Config{
+		Logger:                  lg,
+		Name:                    cfg.Name,
+		DataDir:                 dataDir,
+		InitialCluster:          ic,
+		InitialClusterToken:     cfg.InitialClusterToken,
+		InitialClusterState:     cfg.InitialClusterState,
+		PeerURLs:                types.URLs(cfg.AdvertisePeerURLs),
+		ClientURLs:              types.URLs(advertised),
+		SnapshotCount:           cfg.SnapshotCount,
+		HeartbeatInterval:       cfg.HeartbeatInterval,
+		ElectionTimeout:         cfg.ElectionTimeout,
+		MaxRequestBytes:         cfg.MaxRequestBytes,
+		MaxTxnOps:               cfg.MaxTxnOps,
+		QuotaBackendBytes:       cfg.QuotaBackendBytes,
+		UnsafeNoFsync:           cfg.UnsafeNoFsync,
+		AutoCompactionMode:      cfg.AutoCompactionMode,
+		AutoCompactionRetention: cfg.AutoCompactionRetention,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot start member %q on data dir %q: %w", cfg.Name, dataDir, err)
+	}
+
+	gcfg := grpcapi.Config{
+		Logger:                      lg,
+		MaxRequestBytes:             cfg.MaxRequestBytes,
+		MaxTxnOps:                   cfg.MaxTxnOps,
+		MaxConcurrentStreams:        cfg.MaxConcurrentStreams,
+		GRPCKeepAliveMinTime:        cfg.GRPCKeepAliveMinTime,
+		GRPCKeepAliveInterval:       cfg.GRPCKeepAliveInterval,
+		GRPCKeepAliveTimeout:        cfg.GRPCKeepAliveTimeout,
+		WarningUnaryRequestDuration: cfg.WarningUnaryRequestDuration,
+		EnablePprof:                 cfg.EnablePprof,
+		WatchProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
+		Version:                     Version,
+		ElectionTimeout:             cfg.ElectionTimeout,
+	}
+	serveCtx, cancelServe := context.WithCancel(context.Background())
+	m = &Member{
+		cfg:         cfg,
+		lg:          lg,
+		srv:         srv,
+		gs:          grpcapi.NewGRPCServer(srv, gcfg),
+		listenURLs:  bound,
+		clientURLs:  advertised,
+		cancelServe: cancelServe,
+		errc:        make(chan error, 1),
+		closing:     make(chan struct{}),
+	}
+	h := grpcapi.NewHTTPHandler(srv, gcfg)
+	for i, l := range listeners {
+		addr := bound[i].String()
+		lg.Info("serving client traffic insecurely; this is strongly discouraged!", zap.String("address", l.Addr().String()))
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if err := grpcapi.Serve(serveCtx, l, m.gs, h); err != nil {
+				m.fail(fmt.Errorf("serving client traffic on %s: %w", addr, err))
+			}
+		}()
+	}
+	listeners = nil // owned by the Serve goroutines now
+	m.wg.Add(1)
+	go m.watchStop()
+
+	select {
+	case <-srv.ReadyNotify():
+	case err := <-m.errc:
+		_ = m.Close()
+		return nil, err
+	case <-srv.StopNotify():
+		_ = m.Close()
+		return nil, fmt.Errorf("member %q stopped before it became ready", cfg.Name)
+	case <-ctx.Done():
+		_ = m.Close()
+		return nil, fmt.Errorf("member %q did not become ready: %w", cfg.Name, ctx.Err())
+	}
+	for range bound {
+		// etcd's exact line, once per client listener; tools wait for it.
+		lg.Info("ready to serve client requests")
+	}
+	lg.Info("published local member to cluster",
+		zap.String("local-member-name", cfg.Name),
+		zap.String("local-member-id", srv.MemberID().String()),
+		zap.String("cluster-id", srv.ClusterID().String()),
+		zap.Strings("client-urls", urlStrings(advertised)))
+	return m, nil
 }
 
-// Err reports fatal errors of a running member.
-func (m *Member) Err() <-chan error { return nil }
+// resolveZeroPorts replaces each advertised URL whose port is 0 by the
+// address bound for the listen URL with the same host:port, or else by the
+// first listener that was asked for port 0.
+func resolveZeroPorts(adv, listen, bound []url.URL) []url.URL {
+	out := make([]url.URL, len(adv))
+	for i, a := range adv {
+		out[i] = a
+		if a.Port() != "0" {
+			continue
+		}
+		j := -1
+		for k, l := range listen {
+			if l.Host == a.Host {
+				j = k
+				break
+			}
+			if j < 0 && l.Port() == "0" {
+				j = k
+			}
+		}
+		if j >= 0 {
+			out[i].Host = bound[j].Host
+		}
+	}
+	return out
+}
 
-// Close stops the member.
-func (m *Member) Close() error { return nil }
+// watchStop turns an unexpected kvstore stop into a fatal error.
+func (m *Member) watchStop() {
+	defer m.wg.Done()
+	select {
+	case <-m.srv.StopNotify():
+		select {
+		case <-m.closing:
+		default:
+			m.fail(errors.New("the member's state machine stopped unexpectedly"))
+		}
+	case <-m.closing:
+	}
+}
+
+func (m *Member) fail(err error) {
+	select {
+	case <-m.closing:
+		return // errors caused by Close are not failures
+	default:
+	}
+	m.lg.Error("member failed", zap.Error(err))
+	select {
+	case m.errc <- err:
+	default: // the first error is the one that matters
+	}
+}
+
+// Err delivers the member's first fatal error (a listener failure, or the
+// state machine stopping on its own). The member is unusable after that;
+// call Close.
+func (m *Member) Err() <-chan error { return m.errc }
+
+// ClientURLs are the member's advertised client URLs, with port 0 replaced
+// by the bound port.
+func (m *Member) ClientURLs() []url.URL {
+	return append([]url.URL(nil), m.clientURLs...)
+}
+
+// ListenClientURLs are the bound client listener addresses.
+func (m *Member) ListenClientURLs() []url.URL {
+	return append([]url.URL(nil), m.listenURLs...)
+}
+
+// Server is the member's state machine, for in-process callers that want to
+// bypass gRPC.
+func (m *Member) Server() *kvstore.Server { return m.srv }
+
+// Config is the configuration the member was started with.
+func (m *Member) Config() Config { return m.cfg }
+
+// Client returns a new clientv3 client connected to this member's client
+// listeners. The caller closes it.
+func (m *Member) Client() (*clientv3.Client, error) {
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   urlStrings(m.listenURLs),
+		DialTimeout: 5 * time.Second,
+		Logger:      m.lg.Named("client"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connecting a client to member %q: %w", m.cfg.Name, err)
+	}
+	return c, nil
+}
+
+// Close shuts the member down gracefully: the listeners stop accepting,
+// in-flight requests get a short grace period, the gRPC and HTTP servers
+// stop, then the state machine stops (flushing its storage). It is safe to
+// call more than once and from several goroutines; later calls return the
+// first call's result.
+func (m *Member) Close() error {
+	m.closeOnce.Do(func() {
+		close(m.closing)
+		m.lg.Info("closing member", zap.String("name", m.cfg.Name))
+		m.cancelServe()
+		m.wg.Wait()
+		m.srv.Stop()
+		m.lg.Info("member closed", zap.String("name", m.cfg.Name))
+	})
+	return m.closeErr
+}
+
+func urlStrings(us []url.URL) []string {
+	ss := make([]string, len(us))
+	for i := range us {
+		ss[i] = us[i].String()
+	}
+	return ss
+}

@@ -146,7 +146,6 @@ var etcdExtraFlags = []extraFlag{
 	{"compact-hash-check-time", "duration", "1m0s", harmless, ""},
 	{"compaction-batch-limit", "int", "0", harmless, ""},
 	{"compaction-sleep-interval", "duration", "0s", harmless, ""},
-	{"watch-progress-notify-interval", "duration", "0s", harmless, ""},
 	{"downgrade-check-time", "duration", "5s", harmless, ""},
 	{"warning-apply-duration", "duration", "100ms", harmless, ""},
 
@@ -235,6 +234,7 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.DurationVar(&cfg.GRPCKeepAliveMinTime, "grpc-keepalive-min-time", 5*time.Second, "Minimum interval duration that a client should wait before pinging server.")
 	fs.DurationVar(&cfg.GRPCKeepAliveInterval, "grpc-keepalive-interval", 2*time.Hour, "Frequency duration of server-to-client ping to check if a connection is alive (0 to disable).")
 	fs.DurationVar(&cfg.GRPCKeepAliveTimeout, "grpc-keepalive-timeout", 20*time.Second, "Additional duration of wait before closing a non-responsive connection (0 to disable).")
+	fs.DurationVar(&cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", 0, "Duration of periodic watch progress notifications (0 means 10m).")
 	fs.DurationVar(&cfg.WarningUnaryRequestDuration, "warning-unary-request-duration", 300*time.Millisecond, "Time duration after which a warning is logged if a unary request takes more than this duration.")
 
 	// clustering

@@ -50,7 +50,7 @@ func main() {
 	flag.StringVar(&c.goBin, "go", "go", "go command, for `go tool pprof -top`")
 	flag.IntVar(&c.members, "members", 1, "members per cluster (static bootstrap with --initial-cluster)")
 	flag.IntVar(&c.rounds, "rounds", 0, "rounds; each round starts both systems fresh and runs every workload on each (default 3 with --quick, else 5)")
-	flag.DurationVar(&c.duration, "duration", 0, "target length of one workload run; request totals are calibrated on the baseline to fill it (default 1.5s with --quick, else 8s)")
+	flag.DurationVar(&c.duration, "duration", 0, "target length of one workload run; request totals are calibrated on the baseline to fill it (default 2s with --quick, else 8s)")
 	flag.BoolVar(&c.quick, "quick", false, "short smoke run (~2-3 minutes)")
 	flag.StringVar(&c.totals, "totals", "", "fixed request totals instead of calibration, e.g. put-1=2000,put-100=20000 (watch-latency: number of puts)")
 	flag.StringVar(&c.workloads, "workloads", "", "comma-separated subset of workloads (default all: "+workloadNames()+")")
@@ -111,7 +111,7 @@ func run(c config) error {
 		c.rounds = map[bool]int{true: 3, false: 5}[c.quick]
 	}
 	if c.duration == 0 {
-		c.duration = map[bool]time.Duration{true: 1500 * time.Millisecond, false: 8 * time.Second}[c.quick]
+		c.duration = map[bool]time.Duration{true: 2 * time.Second, false: 8 * time.Second}[c.quick]
 	}
 	if c.runTimeout == 0 {
 		c.runTimeout = max(30*c.duration, 60*time.Second)

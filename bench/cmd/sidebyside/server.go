@@ -251,7 +251,7 @@ func (c *cluster) checkAlive() error {
 	return nil
 }
 
-// stop terminates every member (SIGTERM, then SIGKILL after 10s) and removes the data dir.
+// stop terminates every member (SIGTERM, then SIGKILL after 3s: the data is thrown away) and removes the data dir.
 func (c *cluster) stop() {
 	for _, m := range c.members {
 		if m.cmd != nil && m.cmd.Process != nil && m.running() {
@@ -264,7 +264,7 @@ func (c *cluster) stop() {
 		}
 		select {
 		case <-m.exited:
-		case <-time.After(10 * time.Second):
+		case <-time.After(3 * time.Second):
 			_ = m.cmd.Process.Kill()
 			<-m.exited
 		}

@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
+	"go.uber.org/zap"
 )
 
 // End-to-end tests of the Watch service through a real gRPC listener, with
@@ -260,18 +261,20 @@ func TestWatchRequestProgress(t *testing.T) {
 }
 
 func TestWatchFragment(t *testing.T) {
-	// maxRequestBytes 1 makes the fragment threshold grpcOverheadBytes+1.
-	e := newTestEnv(t, envOptions{maxRequestBytes: 1})
+	// The fragment threshold is --max-request-bytes + grpcOverheadBytes
+	// (2 MiB by default): replaying 25 x 100 KiB needs more.
+	const n = 25
+	e := newTestEnv(t, envOptions{})
 	val := strings.Repeat("x", 100*1024)
-	first := e.put("big0", val)
-	for i := 1; i < 12; i++ {
-		e.put(fmt.Sprintf("big%d", i), val)
+	first := e.put("big00", val)
+	for i := 1; i < n; i++ {
+		e.put(fmt.Sprintf("big%02d", i), val)
 	}
 
 	// clientv3 reassembles fragments into one response.
 	wr := nextResp(t, e.client.Watch(e.ctx(), "big", clientv3.WithPrefix(), clientv3.WithRev(first), clientv3.WithFragment()))
-	if len(wr.Events) != 12 {
-		t.Fatalf("reassembled response has %d events, want 12", len(wr.Events))
+	if len(wr.Events) != n {
+		t.Fatalf("reassembled response has %d events, want %d", len(wr.Events), n)
 	}
 
 	// On the wire: several Fragment=true responses, then one without.
@@ -287,14 +290,14 @@ func TestWatchFragment(t *testing.T) {
 	if r := recvRaw(t, ws); !r.Created {
 		t.Fatalf("want created, got %+v", r)
 	}
-	var n, frags int
-	for n < 12 {
+	var got, frags int
+	for got < n {
 		r := recvRaw(t, ws)
-		n += len(r.Events)
+		got += len(r.Events)
 		if r.Fragment {
 			frags++
-		} else if n != 12 {
-			t.Fatalf("unfragmented response after %d of 12 events", n)
+		} else if got != n {
+			t.Fatalf("unfragmented response after %d of %d events", got, n)
 		}
 	}
 	if frags == 0 {
@@ -303,8 +306,8 @@ func TestWatchFragment(t *testing.T) {
 
 	// Without the option the server sends one big response.
 	wr = nextResp(t, e.client.Watch(e.ctx(), "big", clientv3.WithPrefix(), clientv3.WithRev(first)))
-	if len(wr.Events) != 12 {
-		t.Fatalf("unfragmented response has %d events, want 12", len(wr.Events))
+	if len(wr.Events) != n {
+		t.Fatalf("unfragmented response has %d events, want %d", len(wr.Events), n)
 	}
 }
 
@@ -543,10 +546,5 @@ func TestWatchSlowConsumerDoesNotBlock(t *testing.T) {
 
 func newExtraClient(t testing.TB, e *testEnv) *clientv3.Client {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{e.addr}, DialTimeout: wllTimeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return newWLLClient(t, e.addr, zap.NewNop())
 }

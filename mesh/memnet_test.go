@@ -256,5 +256,5 @@ func (g *countingGossiper) OnGossip([]byte) (GossipData, error) { return nil, ni
 
 type broadcastMsg string
 
-func (m broadcastMsg) Encode() [][]byte           { return [][]byte{[]byte(m)} }
+func (m broadcastMsg) Encode() [][]byte            { return [][]byte{[]byte(m)} }
 func (m broadcastMsg) Merge(GossipData) GossipData { return m }

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"sort"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -108,7 +111,7 @@ func Restart(cfg Config, r Recovery) (*Node, error) {
 	}
 	walSnaps, err := wal.ValidSnapshotEntries(lg, cfg.WALDir)
 	if err != nil {
-		return nil, fmt.Errorf("raftnode: read snapshot records from WAL %s: %w", cfg.WALDir, err)
+		return nil, fmt.Errorf("raftnode: WAL %s is corrupt: read snapshot records: %w", cfg.WALDir, err)
 	}
 	snapshot := &raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{Index: new(uint64(0)), Term: new(uint64(0))}}
 	if len(walSnaps) > 0 {
@@ -124,9 +127,23 @@ func Restart(cfg Config, r Recovery) (*Node, error) {
 	}
 	snapshot.Metadata.ConfState = proto.Clone(r.ConfState).(*raftpb.ConfState)
 
-	w, metadata, hs, ents, err := openWAL(cfg, &walpb.Snapshot{Index: new(snapIndex), Term: new(snapshot.Metadata.GetTerm())})
+	w, metadata, hs, ents, repairedSegment, err := openWAL(cfg, &walpb.Snapshot{Index: new(snapIndex), Term: new(snapshot.Metadata.GetTerm())})
 	if err != nil {
 		return nil, err
+	}
+	lastIndex := snapIndex
+	if len(ents) > 0 {
+		lastIndex = ents[len(ents)-1].GetIndex()
+	}
+	if repairedSegment != "" && lastIndex < r.AppliedIndex {
+		// A torn tail only ever holds records that were never fsynced, so
+		// never applied. Losing applied entries means the "tail" was
+		// garbage in the middle of the log: undo the repair and refuse.
+		w.Close()
+		if rerr := os.Rename(repairedSegment+".broken", repairedSegment); rerr != nil {
+			lg.Error("failed to restore WAL segment after a refused repair", zap.String("segment", repairedSegment), zap.Error(rerr))
+		}
+		return nil, fmt.Errorf("raftnode: WAL %s is corrupt: truncating it would drop entries %d..%d the state machine already applied", cfg.WALDir, lastIndex+1, r.AppliedIndex)
 	}
 	var md pb.Metadata
 	if err := proto.Unmarshal(metadata, &md); err != nil {
@@ -171,31 +188,47 @@ func Restart(cfg Config, r Recovery) (*Node, error) {
 
 // openWAL opens the WAL after snap and reads it, repairing a torn tail
 // (io.ErrUnexpectedEOF: the last record was cut by a crash) at most once.
-func openWAL(cfg Config, snapAt *walpb.Snapshot) (*wal.WAL, []byte, *raftpb.HardState, []*raftpb.Entry, error) {
+// repairedSegment names the truncated segment (its original is kept as
+// <segment>.broken) when a repair happened.
+func openWAL(cfg Config, snapAt *walpb.Snapshot) (w *wal.WAL, metadata []byte, hs *raftpb.HardState, ents []*raftpb.Entry, repairedSegment string, err error) {
 	lg := cfg.Logger
-	repaired := false
 	for {
 		w, err := wal.Open(lg, cfg.WALDir, snapAt)
 		if err != nil {
-			return nil, nil, nil, nil, fmt.Errorf("raftnode: open WAL %s: %w", cfg.WALDir, err)
+			return nil, nil, nil, nil, "", fmt.Errorf("raftnode: WAL %s is corrupt: open: %w", cfg.WALDir, err)
 		}
 		if cfg.UnsafeNoFsync {
 			w.SetUnsafeNoFsync()
 		}
 		metadata, hs, ents, err := readAllNoPanic(w)
 		if err == nil {
-			return w, metadata, hs, ents, nil
+			return w, metadata, hs, ents, repairedSegment, nil
 		}
 		w.Close()
-		if repaired || !errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, nil, nil, nil, fmt.Errorf("raftnode: WAL %s is corrupt and cannot be repaired: %w", cfg.WALDir, err)
+		if repairedSegment != "" || !errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, nil, nil, nil, "", fmt.Errorf("raftnode: WAL %s is corrupt and cannot be repaired: %w", cfg.WALDir, err)
+		}
+		last, lerr := lastSegment(cfg.WALDir)
+		if lerr != nil {
+			return nil, nil, nil, nil, "", lerr
 		}
 		if !wal.Repair(lg, cfg.WALDir) {
-			return nil, nil, nil, nil, fmt.Errorf("raftnode: repair torn WAL tail in %s failed: %w", cfg.WALDir, err)
+			return nil, nil, nil, nil, "", fmt.Errorf("raftnode: WAL %s is corrupt: repairing its tail failed: %w", cfg.WALDir, err)
 		}
-		lg.Warn("repaired torn WAL tail; the last unacknowledged record was dropped", zap.String("wal-dir", cfg.WALDir), zap.Error(err))
-		repaired = true
+		lg.Warn("repaired torn WAL tail; the unacknowledged last record was dropped",
+			zap.String("segment", last), zap.String("original-kept-as", last+".broken"), zap.Error(err))
+		repairedSegment = last
 	}
+}
+
+// lastSegment is the WAL segment wal.Repair works on.
+func lastSegment(dir string) (string, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "*.wal"))
+	if err != nil || len(names) == 0 {
+		return "", fmt.Errorf("raftnode: no WAL segments in %s: %v", dir, err)
+	}
+	sort.Strings(names)
+	return names[len(names)-1], nil
 }
 
 // readAllNoPanic turns a decoder panic on garbage into an error: a corrupt

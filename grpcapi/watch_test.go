@@ -548,3 +548,72 @@ func newExtraClient(t testing.TB, e *testEnv) *clientv3.Client {
 	t.Helper()
 	return newWLLClient(t, e.addr, zap.NewNop())
 }
+
+// TestWatchAuthPermission: with auth enabled a watch needs read permission
+// on its whole range; otherwise the create is answered created+canceled
+// with etcd's error, and the stream stays usable.
+func TestWatchAuthPermission(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	ctx := e.ctx()
+	for _, step := range []func() error{
+		func() error { _, err := e.client.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := e.client.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := e.client.RoleAdd(ctx, "reader"); return err },
+		func() error {
+			_, err := e.client.RoleGrantPermission(ctx, "reader", "a", "c", clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := e.client.UserAdd(ctx, "alice", "alicepw"); return err },
+		func() error { _, err := e.client.UserGrantRole(ctx, "alice", "reader"); return err },
+		func() error { _, err := e.client.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("auth setup: %v", err)
+		}
+	}
+
+	alice, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{e.addr}, DialTimeout: wllTimeout,
+		Username: "alice", Password: "alicepw", Logger: zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { alice.Close() })
+
+	// etcd puts the gRPC error's full text ("rpc error: code = ...") in
+	// CancelReason, and clientv3 hands that text back from Err(); match it.
+	denied := func(wch clientv3.WatchChan, what string) {
+		t.Helper()
+		wr := nextResp(t, wch)
+		if !wr.Canceled || wr.Err() == nil || wr.Err().Error() != rpctypes.ErrGRPCPermissionDenied.Error() {
+			t.Fatalf("%s: want canceled with permission denied, got %+v (err %v)", what, wr, wr.Err())
+		}
+	}
+	denied(alice.Watch(ctx, "z"), "key outside the role")
+	denied(alice.Watch(ctx, "b", clientv3.WithRange("d")), "range sticking out of the role")
+	denied(alice.Watch(ctx, "", clientv3.WithFromKey()), "whole keyspace")
+
+	ok := watchCreated(t, alice, ctx, "a", clientv3.WithRange("c"))
+	root, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{e.addr}, DialTimeout: wllTimeout,
+		Username: "root", Password: "rootpw", Logger: zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	if _, err := root.Put(ctx, "b", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if evs := collectEvents(t, ok, 1); string(evs[0].Kv.Key) != "b" {
+		t.Fatalf("got %s", evString(evs[0]))
+	}
+
+	// No token at all: etcd says the user name is empty.
+	anon := newWLLClient(t, e.addr, zap.NewNop())
+	wr := nextResp(t, anon.Watch(ctx, "a"))
+	if !wr.Canceled || wr.Err() == nil || wr.Err().Error() != rpctypes.ErrGRPCUserEmpty.Error() {
+		t.Fatalf("anonymous watch: %+v (err %v)", wr, wr.Err())
+	}
+}

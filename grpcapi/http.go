@@ -37,7 +37,7 @@ const (
 // port: /health, /livez, /readyz (with their per-check sub-paths), /version,
 // /metrics (the default Prometheus registry, where the reused etcd packages
 // register), /debug/pprof/ when cfg.EnablePprof, and whatever cfg.ExtraHTTP
-// mounts.
+// mounts; all behind etcd's CORS and host-whitelist checks.
 func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 	cfg = cfg.withDefaults(s)
 	hh := &httpHandlers{s: s, lg: cfg.Logger, version: cfg.Version, metrics: newHealthMetrics(), reqTimeout: requestTimeout(cfg.ElectionTimeout)}
@@ -65,7 +65,7 @@ func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 	if cfg.ExtraHTTP != nil {
 		cfg.ExtraHTTP(mux)
 	}
-	return mux
+	return &accessController{lg: cfg.Logger, cors: cfg.CORS, hostWhitelist: cfg.HostWhitelist, next: mux}
 }
 
 // requestTimeout is etcd's ServerConfig.ReqTimeout: 5s plus two election

@@ -230,9 +230,10 @@ func (ms *maintenanceServer) MoveLeader(ctx context.Context, r *pb.MoveLeaderReq
 }
 
 // Downgrade answers like an etcd cluster that has nowhere to downgrade to:
-// meshetcd runs one storage version, so no target is valid and there is
-// never a downgrade in progress. Version format errors come first, as in
-// etcd.
+// meshetcd runs one storage version, so no target is valid (version format
+// errors come first, as in etcd) and there is never a downgrade in
+// progress. CANCEL then succeeds with the cluster version, because etcd
+// 3.7.3 only logs the "no inflight downgrade" error and answers success.
 func (ms *maintenanceServer) Downgrade(ctx context.Context, r *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
 	if err := isAdminPermitted(ctx, ms.s); err != nil {
 		return nil, togRPCError(err)
@@ -244,7 +245,13 @@ func (ms *maintenanceServer) Downgrade(ctx context.Context, r *pb.DowngradeReque
 		}
 		return nil, togRPCError(serverversion.ErrInvalidDowngradeTargetVersion)
 	case pb.DowngradeRequest_CANCEL:
-		return nil, togRPCError(serverversion.ErrNoInflightDowngrade)
+		if err := ms.s.LinearizableReadNotify(ctx); err != nil {
+			return nil, togRPCError(err)
+		}
+		ms.lg.Warn("failed to cancel downgrade", zap.Error(serverversion.ErrNoInflightDowngrade))
+		resp := &pb.DowngradeResponse{Header: &pb.ResponseHeader{}, Version: version.Cluster(version.Version)}
+		ms.hdr.fill(resp.Header)
+		return resp, nil
 	default:
 		return nil, togRPCError(etcderr.ErrUnknownMethod)
 	}

@@ -63,6 +63,13 @@ type Config struct {
 	// Version is meshetcd's own version, reported as "meshetcd" by /version.
 	Version string
 
+	// CORS is etcd's --cors: origins allowed to make browser requests to
+	// the HTTP endpoints. Empty means any ("*"), etcd's default.
+	CORS []string
+	// HostWhitelist is etcd's --host-whitelist: Host header values accepted
+	// on plain-HTTP requests. Empty means any ("*"), etcd's default.
+	HostWhitelist []string
+
 	// ExtraHTTP, when set, is called with the HTTP mux before it is
 	// returned, so the caller can mount more endpoints (e.g. /mesh/status).
 	ExtraHTTP func(mux *http.ServeMux)

@@ -375,8 +375,14 @@ func TestMaintenance(t *testing.T) {
 	if _, err := cli.Defragment(ctx, addr); err != nil {
 		t.Fatal(err)
 	}
-	_, err = cli.Downgrade(ctx, clientv3.DowngradeCancel, "")
-	wantWireError(t, "downgrade cancel", err, rpctypes.ErrGRPCNoInflightDowngrade)
+	// etcd 3.7.3 answers a cancel without a downgrade with success.
+	dg, err := cli.Downgrade(ctx, clientv3.DowngradeCancel, "")
+	if err != nil || dg.Version != "3.7" {
+		t.Fatalf("downgrade cancel: %v %+v", err, dg)
+	}
+	checkFakeHeader(t, dg.Header, 2)
+	_, err = cli.Downgrade(ctx, clientv3.DowngradeValidate, "3.6")
+	wantWireError(t, "downgrade validate", err, rpctypes.ErrGRPCInvalidDowngradeTargetVersion)
 	_, err = cli.Downgrade(ctx, clientv3.DowngradeValidate, "x.y")
 	wantWireError(t, "downgrade bad version", err, rpctypes.ErrGRPCWrongDowngradeVersionFormat)
 
@@ -600,5 +606,47 @@ func TestHTTPPprof(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("pprof: %d", resp.StatusCode)
+	}
+}
+
+func TestHTTPAccessControl(t *testing.T) {
+	f := newFakeStore(t)
+	hc := &http.Client{Timeout: testTimeout}
+	do := func(addr, method, path, host string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+addr+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+
+	// etcd's defaults: any host, CORS "*".
+	open := serveForTest(t, f, Config{})
+	resp := do(open, http.MethodGet, "/health", "evil.example:2379")
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "*" ||
+		resp.Header.Get("Access-Control-Allow-Methods") != "POST, GET, OPTIONS, PUT, DELETE" {
+		t.Fatalf("default access: %d %v", resp.StatusCode, resp.Header)
+	}
+	if resp := do(open, http.MethodOptions, "/v3/kv/range", ""); resp.StatusCode != 200 {
+		t.Fatalf("CORS preflight: %d", resp.StatusCode)
+	}
+
+	strict := serveForTest(t, f, Config{HostWhitelist: []string{"127.0.0.1", "etcd.local"}, CORS: []string{"https://ui.example"}})
+	if resp := do(strict, http.MethodGet, "/health", "evil.example"); resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Fatalf("unlisted host: %d", resp.StatusCode)
+	}
+	resp = do(strict, http.MethodGet, "/health", "etcd.local:2379")
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("listed host: %d %v", resp.StatusCode, resp.Header)
 	}
 }

@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -615,5 +616,77 @@ func TestWatchAuthPermission(t *testing.T) {
 	wr := nextResp(t, anon.Watch(ctx, "a"))
 	if !wr.Canceled || wr.Err() == nil || wr.Err().Error() != rpctypes.ErrGRPCUserEmpty.Error() {
 		t.Fatalf("anonymous watch: %+v (err %v)", wr, wr.Err())
+	}
+}
+
+// TestStreamsDoNotLeakGoroutines: watch and keepalive streams leave no
+// goroutine behind once their client goes away (server side: the handler,
+// the send loop and the receive loop all end).
+func TestStreamsDoNotLeakGoroutines(t *testing.T) {
+	const streams = 40
+	e := newTestEnv(t, envOptions{})
+	ctx := e.ctx()
+	g, err := e.client.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func() {
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{e.addr}, DialTimeout: wllTimeout, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		wc := pb.NewWatchClient(c.ActiveConnection())
+		lc := pb.NewLeaseClient(c.ActiveConnection())
+		for i := range streams {
+			ws, err := wc.Watch(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sendRaw(t, ws, createReq(&pb.WatchCreateRequest{Key: []byte(fmt.Sprint("leak", i)), PrevKv: true}))
+			if r := recvRaw(t, ws); !r.Created {
+				t.Fatalf("%+v", r)
+			}
+			ks, err := lc.LeaseKeepAlive(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ks.Send(&pb.LeaseKeepAliveRequest{ID: int64(g.ID)}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ks.Recv(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	open() // warm up connection pools and lazily started goroutines
+	waitGoroutinesSettle()
+	base := runtime.NumGoroutine()
+	open()
+	deadline := time.Now().Add(wllTimeout)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= base+5 {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before %d streams were opened and closed:\n%s",
+				n, base, 2*streams, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitGoroutinesSettle waits until the goroutine count stops falling.
+func waitGoroutinesSettle() {
+	prev := runtime.NumGoroutine()
+	for range 100 {
+		time.Sleep(50 * time.Millisecond)
+		n := runtime.NumGoroutine()
+		if n >= prev {
+			return
+		}
+		prev = n
 	}
 }

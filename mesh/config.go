@@ -112,8 +112,8 @@ type Config struct {
 
 	// MaxPeers bounds the topology (1024 records).
 	MaxPeers int
-	// ConnLimit bounds our connections, counting handshakes in progress, and
-	// the connections one record may list (64).
+	// ConnLimit bounds our connections, counting handshakes in progress (64).
+	// A received record may list at most MaxPeers connections.
 	ConnLimit int
 	// MaxPendingHandshakes caps concurrent inbound+outbound handshakes (16).
 	MaxPendingHandshakes int

@@ -116,7 +116,9 @@ func New(cfg Config) (*Router, error) {
 	}
 	now := cfg.Clock.Now()
 	self := &peerRecord{Name: cfg.Name, UID: uid, Version: uint64(now.UnixMilli()), NickName: cfg.NickName}
-	r.topo = newTopology(self, cfg.MaxPeers, cfg.ConnLimit)
+	// A record cannot list more neighbours than there are peers; our own
+	// ConnLimit is a local choice that says nothing about other peers.
+	r.topo = newTopology(self, cfg.MaxPeers, cfg.MaxPeers)
 	r.bcastSeq.Store(uint64(now.UnixNano()))
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	emptyConns := map[PeerName]*conn{}

@@ -1,0 +1,151 @@
+package mesh
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// A neighbour that stops reading must not hold up traffic to anyone else:
+// sends never block, its queue fills and reports ErrQueueFull, and the
+// connection is dropped once it stops answering pings.
+func TestStalledPeerDoesNotBlockOthers(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	c.start("b", nil, "a")
+	c.start("c", nil, "a")
+	c.net.Cut("b", "c") // only a links them
+	ib, ic := &inbox{}, &inbox{}
+	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.routers["c"].NewDatagramChannel(20, "t", PriorityRaft, ic.handler); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "a reaches b and c", func() bool { return a.Reachable("b") && a.Reachable("c") })
+
+	c.net.StallReads("b", true)
+	big := bytes.Repeat([]byte{1}, 256<<10)
+	sawFull := false
+	start := time.Now()
+	for i := 0; i < 1000 && !sawFull; i++ {
+		err := ch.Send("b", big)
+		switch {
+		case errors.Is(err, ErrQueueFull), errors.Is(err, ErrNoRoute):
+			sawFull = true
+		case err != nil:
+			t.Fatalf("send to stalled b: %v", err)
+		}
+	}
+	if !sawFull {
+		t.Fatal("a accepted 250 MiB for a peer that does not read")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("sends to a stalled peer took %v: they must not block", d)
+	}
+	for i := 0; i < 20; i++ {
+		msg := fmt.Sprintf("m%d", i)
+		eventually(t, waitLong, "a→c while b is stalled", func() bool {
+			_ = ch.Send("c", []byte(msg))
+			return ic.has("a:" + msg)
+		})
+	}
+	eventually(t, waitLong, "a drops the connection to the stalled b", func() bool { return a.connFor("b") == nil })
+	c.net.StallReads("b", false)
+	eventually(t, waitLong, "b comes back", func() bool { return a.Reachable("b") })
+}
+
+// A link that goes silent without a reset is detected by the heartbeat
+// timeout and routed around, well inside a Raft election timeout.
+func TestBlackholedLinkIsRoutedAround(t *testing.T) {
+	c := newCluster(t)
+	fast := func(cfg *Config) {
+		cfg.HeartbeatInterval = 100 * time.Millisecond
+		cfg.DeadTimeout = 700 * time.Millisecond
+	}
+	a := c.start("a", fast)
+	c.start("b", fast, "a")
+	c.start("relay", fast, "a", "b")
+	ib := &inbox{}
+	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "a routes to b directly", func() bool {
+		hop, ok := a.routes.Load().nextHop("b")
+		return ok && hop == "b" && a.Reachable("relay") && c.routers["b"].Reachable("relay")
+	})
+	c.net.Blackhole("a", "b")
+	cut := time.Now()
+	eventually(t, waitLong, "a routes to b via relay", func() bool {
+		hop, ok := a.routes.Load().nextHop("b")
+		return ok && hop == "relay"
+	})
+	t.Logf("rerouted %v after the blackhole", time.Since(cut))
+	eventually(t, waitLong, "a→b delivered via relay", func() bool {
+		_ = ch.Send("b", []byte("around"))
+		return ib.has("a:around")
+	})
+}
+
+// Datagrams queued on a connection that dies are moved to another route
+// once instead of being lost with it.
+func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	c.start("b", nil, "a")
+	c.start("relay", nil, "a", "b")
+	ib := &inbox{}
+	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "a routes to b directly, relay connected to both", func() bool {
+		hop, ok := a.routes.Load().nextHop("b")
+		return ok && hop == "b" && a.Reachable("relay") && c.routers["b"].connFor("relay") != nil
+	})
+	// Stall b so a's frames pile up in a's queue for b, then cut the link.
+	c.net.StallReads("b", true)
+	payload := bytes.Repeat([]byte{2}, 32<<10)
+	for i := 0; i < 40; i++ {
+		if err := ch.Send("b", append([]byte(fmt.Sprintf("q%02d:", i)), payload...)); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	eventually(t, waitLong, "frames queued for b", func() bool {
+		conn := a.connFor("b")
+		return conn != nil && conn.queuedBytes.Load() > 0
+	})
+	c.net.Cut("a", "b")
+	c.net.StallReads("b", false)
+	eventually(t, waitLong, "queued frames rerouted", func() bool { return a.Status().Counters["rerouted"] > 0 })
+	eventually(t, waitLong, "rerouted frames delivered to b", func() bool {
+		ib.mu.Lock()
+		defer ib.mu.Unlock()
+		return len(ib.msgs) > 0
+	})
+}
+
+func TestDedupWindow(t *testing.T) {
+	w := dedupWindow{}
+	for _, tc := range []struct {
+		seq  uint64
+		want bool
+	}{{100, true}, {100, false}, {99, true}, {99, false}, {200, true}, {150, true}, {136, false}, {137, true}, {137, false}} {
+		if got := w.observe(tc.seq); got != tc.want {
+			t.Fatalf("observe(%d) = %v, want %v", tc.seq, got, tc.want)
+		}
+	}
+}

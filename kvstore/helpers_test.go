@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/client/pkg/v3/types"
 )
 
 // waitTimeout is generous: tests share two cores with other work.
@@ -64,4 +65,13 @@ func mustGet(t testing.TB, s *Server, key string) *pb.RangeResponse {
 		t.Fatalf("Range(%q): %v", key, err)
 	}
 	return resp
+}
+
+func mustURLsMap(t testing.TB, s string) types.URLsMap {
+	t.Helper()
+	m, err := types.NewURLsMap(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

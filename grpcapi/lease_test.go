@@ -272,3 +272,59 @@ func TestLeaseExpiryDeletesKeys(t *testing.T) {
 		t.Fatalf("time to live after expiry: %+v %v", ttl, err)
 	}
 }
+
+// BenchmarkLeaseKeepAlive: keepalive round trips on one stream.
+func BenchmarkLeaseKeepAlive(b *testing.B) {
+	e := newTestEnv(b, envOptions{})
+	ctx := e.ctx()
+	g, err := e.client.Grant(ctx, 60)
+	if err != nil {
+		b.Fatal(err)
+	}
+	stream, err := pb.NewLeaseClient(e.client.ActiveConnection()).LeaseKeepAlive(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := &pb.LeaseKeepAliveRequest{ID: int64(g.ID)}
+	for b.Loop() {
+		if err := stream.Send(req); err != nil {
+			b.Fatal(err)
+		}
+		if r, err := stream.Recv(); err != nil || r.TTL != 60 {
+			b.Fatalf("keepalive: %v %v", r, err)
+		}
+	}
+}
+
+// BenchmarkLeaseKeepAliveParallel: many streams (one per goroutine) renewing
+// their own leases at once.
+func BenchmarkLeaseKeepAliveParallel(b *testing.B) {
+	e := newTestEnv(b, envOptions{})
+	ctx := e.ctx()
+	lc := pb.NewLeaseClient(e.client.ActiveConnection())
+	b.SetParallelism(8)
+	b.RunParallel(func(pb_ *testing.PB) {
+		g, err := e.client.Grant(ctx, 60)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		stream, err := lc.LeaseKeepAlive(ctx)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		req := &pb.LeaseKeepAliveRequest{ID: int64(g.ID)}
+		for pb_.Next() {
+			if err := stream.Send(req); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := stream.Recv(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+		_ = stream.CloseSend()
+	})
+}

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/metadata"
 )
 
 // End-to-end tests of the Watch service through a real gRPC listener, with
@@ -690,3 +691,68 @@ func waitGoroutinesSettle() {
 		prev = n
 	}
 }
+
+// startWatchers opens streams x perStream watchers on key (each stream is a
+// separate gRPC stream: clientv3 keys streams by outgoing metadata) and
+// returns a channel that receives one value per delivered event.
+func startWatchers(b *testing.B, e *testEnv, key string, streams, perStream int) <-chan struct{} {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan struct{}, streams*perStream)
+	var wg sync.WaitGroup
+	b.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	var created sync.WaitGroup
+	for s := range streams {
+		sctx := metadata.AppendToOutgoingContext(ctx, "bench-stream", fmt.Sprint(s))
+		created.Go(func() {
+			for range perStream {
+				wch := e.client.Watch(sctx, key, clientv3.WithCreatedNotify())
+				if wr := <-wch; !wr.Created {
+					b.Errorf("watch not created: %v", wr.Err())
+					return
+				}
+				wg.Go(func() {
+					for wr := range wch {
+						for range wr.Events {
+							select {
+							case got <- struct{}{}:
+							case <-ctx.Done():
+								return
+							}
+						}
+					}
+				})
+			}
+		})
+	}
+	created.Wait()
+	return got
+}
+
+func benchmarkWatchFanout(b *testing.B, streams, perStream int) {
+	e := newTestEnv(b, envOptions{})
+	got := startWatchers(b, e, "bench", streams, perStream)
+	n := streams * perStream
+	ctx := e.ctx()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := e.client.Put(ctx, "bench", "v"); err != nil {
+			b.Fatal(err)
+		}
+		for range n {
+			<-got
+		}
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkWatchLatency100: one op = a Put and its event reaching all 100
+// watchers (10 streams x 10); ns/op is put-to-last-delivery latency.
+func BenchmarkWatchLatency100(b *testing.B) { benchmarkWatchFanout(b, 10, 10) }
+
+// BenchmarkWatchFanout10000: one Put delivered to 10,000 watchers (100
+// streams x 100).
+func BenchmarkWatchFanout10000(b *testing.B) { benchmarkWatchFanout(b, 100, 100) }

@@ -240,8 +240,13 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 		return fmt.Errorf("restore mvcc from snapshot %d: %w", idx, err)
 	}
 	newbe.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook())
+	alarms, err := v3alarm.NewAlarmStore(lg, schema.NewAlarmBackend(lg, newbe))
+	if err != nil {
+		return fmt.Errorf("restore alarms from snapshot: %w", err)
+	}
 	oldbe := s.be
 	s.be = newbe
+	s.alarmStore = alarms
 	s.bemu.Unlock()
 	bemuLocked = false
 	// Closing waits for open read transactions; don't hold up apply.
@@ -250,9 +255,6 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 			lg.Warn("failed to close old backend", zap.Error(err))
 		}
 	})
-	if s.alarmStore, err = v3alarm.NewAlarmStore(lg, schema.NewAlarmBackend(lg, newbe)); err != nil {
-		return fmt.Errorf("restore alarms from snapshot: %w", err)
-	}
 	s.authStore.Recover(schema.NewAuthBackend(lg, newbe))
 	s.cluster.SetBackend(schema.NewMembershipBackend(lg, newbe))
 	s.cluster.Recover(api.UpdateCapability)

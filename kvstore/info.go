@@ -54,6 +54,8 @@ func (s *Server) AuthInfoFromCtx(ctx context.Context) (*auth.AuthInfo, error) {
 
 // Alarms lists the active alarms.
 func (s *Server) Alarms() []*pb.AlarmMember {
+	s.bemu.RLock() // a leader snapshot replaces the alarm store with the backend
+	defer s.bemu.RUnlock()
 	return s.alarmStore.Get(pb.AlarmType_NONE)
 }
 

@@ -323,11 +323,11 @@ func (s *state) round(ctx context.Context, r int) error {
 				return fmt.Errorf("baseline: %w", err)
 			}
 			if s.cfg.members > 1 && r == 1 {
-				s.notes = append(s.notes, fmt.Sprintf("%s cannot form a %d-member cluster yet: %v", sys.name, s.cfg.members, err))
+				s.notes = append(s.notes, fmt.Sprintf("%s cannot form a %d-member cluster yet: %v", sys.name, s.cfg.members, oneLine(err, 2000)))
 				for _, c := range clusters {
 					c.stop()
 				}
-				return skipError{fmt.Sprintf("%s cannot form a %d-member cluster yet (%v)", sys.name, s.cfg.members, firstLine(err))}
+				return skipError{fmt.Sprintf("%s cannot form a %d-member cluster yet (%v)", sys.name, s.cfg.members, oneLine(err, 400))}
 			}
 			if r == 1 {
 				for _, c := range clusters {
@@ -514,6 +514,21 @@ func (s *state) writeResults() error {
 
 func logf(format string, args ...any) {
 	fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// oneLine flattens a multi-line error (one with a log tail) to at most n bytes.
+func oneLine(err error, n int) string {
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	s := strings.Join(parts, " | ")
+	if len(s) > n {
+		s = s[:n] + "…"
+	}
+	return s
 }
 
 func firstLine(err error) string {

@@ -104,6 +104,7 @@ loop:
 		args       []string
 	}{
 		{cpuPath, sys.name + "-cpu-" + w.name + ".top.txt", nil},
+		{cpuPath, sys.name + "-cpu-cum-" + w.name + ".top.txt", []string{"-cum"}},
 		{heapPath, sys.name + "-heap-inuse-" + w.name + ".top.txt", []string{"-sample_index=inuse_space"}},
 		{heapPath, sys.name + "-heap-alloc-" + w.name + ".top.txt", []string{"-sample_index=alloc_space"}},
 	} {

@@ -245,7 +245,7 @@ func (c *cluster) endpoints() []string {
 func (c *cluster) checkAlive() error {
 	for _, m := range c.members {
 		if !m.running() {
-			return fmt.Errorf("%s %s exited (%v); log %s:\n%s", c.sys.name, m.name, m.exitErr, m.logPath, tailFile(m.logPath, 15))
+			return fmt.Errorf("%s %s exited (%v); end of %s:\n%s", c.sys.name, m.name, m.exitErr, m.logPath, tailFile(m.logPath, 3))
 		}
 	}
 	return nil
@@ -356,7 +356,12 @@ func tailFile(path string, n int) string {
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if !strings.HasPrefix(l, "# ") { // our own header: the command line
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

@@ -375,7 +375,7 @@ func (s *state) round(ctx context.Context, r int) error {
 		if cl == nil {
 			continue
 		}
-		rr := roundResult{Round: r, System: sys.name, ReadySec: cl.ready.Seconds()}
+		rr := roundResult{Round: r, System: sys.name, ReadySec: cl.ready.Seconds(), Members: cl.perMember()}
 		cpu, hwm, err := cl.usage()
 		if err != nil {
 			rr.Err = firstLine(err)

@@ -43,6 +43,7 @@ type roundResult struct {
 	ReadySec  float64 // start to ready (leader, all members, seed write)
 	CPU       float64 // seconds, summed over members, whole round
 	PeakRSSKB int64
+	Members   string // per-member CPU and VmHWM (VmHWM since the last per-run reset)
 }
 
 // metric is one row of the summary table.
@@ -355,10 +356,10 @@ func writeRoundsCSV(path string, rounds []roundResult) error {
 	}
 	defer f.Close()
 	cw := csv.NewWriter(f)
-	_ = cw.Write([]string{"round", "system", "ok", "error", "ready_s", "server_cpu_s", "server_peak_rss_kb"})
+	_ = cw.Write([]string{"round", "system", "ok", "error", "ready_s", "server_cpu_s", "server_peak_rss_kb", "members"})
 	for _, r := range rounds {
 		_ = cw.Write([]string{strconv.Itoa(r.Round), r.System, strconv.FormatBool(r.OK), r.Err,
-			f64(r.ReadySec), f64(r.CPU), strconv.FormatInt(r.PeakRSSKB, 10)})
+			f64(r.ReadySec), f64(r.CPU), strconv.FormatInt(r.PeakRSSKB, 10), r.Members})
 	}
 	cw.Flush()
 	return cw.Error()

@@ -339,6 +339,21 @@ func (c *cluster) usage() (cpu float64, hwmKB int64, err error) {
 	return cpu, hwmKB, nil
 }
 
+// perMember describes each member's lifetime CPU and current VmHWM, e.g.
+// "m0 cpu=3.10s hwm=61MiB; m1 ...".
+func (c *cluster) perMember() string {
+	var parts []string
+	for _, m := range c.members {
+		ps, err := readProcStat(m.pid())
+		if err != nil {
+			parts = append(parts, m.name+" "+err.Error())
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s cpu=%.2fs hwm=%.0fMiB", m.name, ps.cpu, float64(ps.hwmKB)/1024))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // resetPeakRSS resets every member's VmHWM to its current RSS (Linux >= 4.0), so the
 // next reading is the peak during one workload. It reports whether that worked.
 func (c *cluster) resetPeakRSS() bool {

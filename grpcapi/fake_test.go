@@ -182,3 +182,7 @@ type fakeAuthStore struct {
 func (fakeAuthStore) IsAuthEnabled() bool                          { return false }
 func (fakeAuthStore) IsAdminPermitted(*auth.AuthInfo) error        { return nil }
 func (fakeAuthStore) WithRoot(ctx context.Context) context.Context { return ctx }
+func (fakeAuthStore) IsRangePermitted(*auth.AuthInfo, []byte, []byte) error {
+	return nil
+}
+func (fakeAuthStore) Revision() uint64 { return 0 }

@@ -62,6 +62,9 @@ func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
+	if cfg.Gateway != nil {
+		mux.Handle("/v3/", cfg.Gateway)
+	}
 	if cfg.ExtraHTTP != nil {
 		cfg.ExtraHTTP(mux)
 	}

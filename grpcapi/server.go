@@ -70,6 +70,10 @@ type Config struct {
 	// on plain-HTTP requests. Empty means any ("*"), etcd's default.
 	HostWhitelist []string
 
+	// Gateway, when set, is mounted at /v3/ on the HTTP handler (etcd's
+	// JSON gateway, see NewGateway).
+	Gateway http.Handler
+
 	// ExtraHTTP, when set, is called with the HTTP mux before it is
 	// returned, so the caller can mount more endpoints (e.g. /mesh/status).
 	ExtraHTTP func(mux *http.ServeMux)

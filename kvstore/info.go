@@ -16,6 +16,8 @@ import (
 	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/storage/backend"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
+
+	"github.com/meshetcd/meshetcd/raftnode"
 )
 
 func (s *Server) MemberID() types.ID  { return s.memberID }
@@ -194,3 +196,9 @@ func (r readServer) FirstCommitInTermNotify() <-chan struct{} {
 	return r.s.firstCommitInTerm.Receive()
 }
 func (r readServer) Done() <-chan struct{} { return r.s.stopping }
+
+// Raft is this member's raft node, for wiring a transport: incoming
+// messages go to Raft().Step, delivery failures to its Reporter methods,
+// and a received snapshot's database to Raft().Snapshotter().SaveDBFrom
+// before its message is stepped.
+func (s *Server) Raft() *raftnode.Node { return s.r }

@@ -1,0 +1,356 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+	"go.etcd.io/etcd/server/v3/lease"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/meshetcd/meshetcd/raftnode"
+)
+
+// memNetwork connects in-process members: one FIFO queue and delivery
+// goroutine per destination, like a mesh link. Members register after New;
+// messages to unregistered (or stopped) members are dropped and reported.
+type memNetwork struct {
+	mu      sync.Mutex
+	nodes   map[uint64]*raftnode.Node
+	queues  map[uint64]chan *raftpb.Message
+	stopc   chan struct{}
+	wg      sync.WaitGroup
+	stopped bool
+}
+
+func newMemNetwork(t *testing.T) *memNetwork {
+	n := &memNetwork{nodes: map[uint64]*raftnode.Node{}, queues: map[uint64]chan *raftpb.Message{}, stopc: make(chan struct{})}
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *memNetwork) stop() {
+	n.mu.Lock()
+	if !n.stopped {
+		n.stopped = true
+		close(n.stopc)
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+}
+
+func (n *memNetwork) register(node *raftnode.Node) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.nodes[node.ID()] = node
+	if _, ok := n.queues[node.ID()]; ok {
+		return
+	}
+	q := make(chan *raftpb.Message, 4096)
+	n.queues[node.ID()] = q
+	n.wg.Add(1)
+	go func(id uint64) {
+		defer n.wg.Done()
+		for {
+			select {
+			case m := <-q:
+				if dst := n.node(id); dst != nil {
+					_ = dst.Step(context.Background(), m)
+				}
+			case <-n.stopc:
+				return
+			}
+		}
+	}(node.ID())
+}
+
+func (n *memNetwork) unregister(id uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.nodes, id)
+}
+
+func (n *memNetwork) node(id uint64) *raftnode.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.nodes[id]
+}
+
+// transport is one member's view of the network.
+type memTransport struct {
+	net  *memNetwork
+	self uint64
+}
+
+func (t *memTransport) reporter() raftnode.Reporter {
+	if t.self == 0 {
+		return nil
+	}
+	if n := t.net.node(t.self); n != nil {
+		return n
+	}
+	return nil
+}
+
+func (t *memTransport) Send(msgs []*raftpb.Message) {
+	for _, m := range msgs {
+		t.net.mu.Lock()
+		q, ok := t.net.queues[m.GetTo()]
+		_, alive := t.net.nodes[m.GetTo()]
+		t.net.mu.Unlock()
+		delivered := false
+		if ok && alive {
+			select {
+			case q <- m:
+				delivered = true
+			default:
+			}
+		}
+		if !delivered {
+			if r := t.reporter(); r != nil {
+				r.ReportUnreachable(m.GetTo())
+			}
+		}
+	}
+}
+
+func (t *memTransport) SendSnapshot(m snap.Message) {
+	to := m.GetTo()
+	t.net.mu.Lock()
+	stopped := t.net.stopped
+	if !stopped {
+		t.net.wg.Add(1)
+	}
+	t.net.mu.Unlock()
+	if stopped {
+		m.CloseWithError(errors.New("network stopped"))
+		return
+	}
+	go func() {
+		defer t.net.wg.Done()
+		err := func() error {
+			dst := t.net.node(to)
+			if dst == nil {
+				return fmt.Errorf("member %x unreachable", to)
+			}
+			if _, err := dst.Snapshotter().SaveDBFrom(m.ReadCloser, m.Snapshot.GetMetadata().GetIndex()); err != nil {
+				return err
+			}
+			return dst.Step(context.Background(), m.Message)
+		}()
+		m.CloseWithError(err)
+		if r := t.reporter(); r != nil {
+			r.ReportSnapshot(to, err != nil)
+		}
+	}()
+}
+
+type testCluster struct {
+	t       *testing.T
+	net     *memNetwork
+	cfgs    []Config
+	members []*Server
+}
+
+func newTestCluster(t *testing.T, size int, mutate func(*Config)) *testCluster {
+	c := &testCluster{t: t, net: newMemNetwork(t)}
+	initial := ""
+	for i := 0; i < size; i++ {
+		if i > 0 {
+			initial += ","
+		}
+		initial += fmt.Sprintf("m%d=http://127.0.0.1:%d", i, 23100+i)
+	}
+	base := t.TempDir()
+	for i := 0; i < size; i++ {
+		cfg := testConfig(t, filepath.Join(base, fmt.Sprintf("m%d", i)))
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.InitialCluster = mustURLsMap(t, initial)
+		cfg.PeerURLs = cfg.InitialCluster[cfg.Name]
+		cfg.ClientURLs = mustURLsMap(t, fmt.Sprintf("x=http://127.0.0.1:%d", 23200+i))["x"]
+		if mutate != nil {
+			mutate(&cfg)
+		}
+		c.cfgs = append(c.cfgs, cfg)
+	}
+	c.members = make([]*Server, size)
+	for i := range c.cfgs {
+		c.start(i)
+	}
+	for i := range c.members {
+		c.waitReady(i)
+	}
+	t.Cleanup(func() {
+		for _, m := range c.members {
+			if m != nil {
+				m.Stop()
+			}
+		}
+	})
+	return c
+}
+
+func (c *testCluster) start(i int) {
+	tr := &memTransport{net: c.net}
+	cfg := c.cfgs[i]
+	cfg.Transport = tr
+	s, err := New(context.Background(), cfg)
+	if err != nil {
+		c.t.Fatalf("start member %d: %v", i, err)
+	}
+	tr.self = s.Raft().ID()
+	c.net.register(s.Raft())
+	c.members[i] = s
+}
+
+func (c *testCluster) stop(i int) {
+	c.net.unregister(c.members[i].Raft().ID())
+	c.members[i].Stop()
+	c.members[i] = nil
+}
+
+func (c *testCluster) waitReady(i int) {
+	select {
+	case <-c.members[i].ReadyNotify():
+	case <-time.After(waitTimeout):
+		c.t.Fatalf("member %d not ready", i)
+	}
+}
+
+// leader waits for the running members to agree on a leader.
+func (c *testCluster) leader() int {
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		for i, m := range c.members {
+			if m != nil && m.Leader() == m.MemberID() {
+				return i
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.t.Fatal("no leader elected")
+	return -1
+}
+
+func (c *testCluster) follower() int {
+	lead := c.leader()
+	for i, m := range c.members {
+		if m != nil && i != lead {
+			return i
+		}
+	}
+	c.t.Fatal("no follower")
+	return -1
+}
+
+func TestClusterReplicatesThroughFollowers(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	f := c.members[c.follower()]
+	ctx := testCtx(t)
+
+	// A follower's proposal is forwarded to the leader by raft.
+	put, err := f.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	if err != nil {
+		t.Fatalf("Put on follower: %v", err)
+	}
+	for i, m := range c.members {
+		r, err := m.Range(ctx, &pb.RangeRequest{Key: []byte("k")})
+		if err != nil || len(r.Kvs) != 1 || r.Header.Revision != put.Header.Revision {
+			t.Fatalf("linearizable read on member %d = %v, %v; want k at rev %d", i, r, err, put.Header.Revision)
+		}
+	}
+	ms := f.Members()
+	if len(ms) != 3 {
+		t.Fatalf("members = %v", ms)
+	}
+	for _, m := range ms {
+		if m.Name == "" || len(m.ClientURLs) != 1 {
+			t.Fatalf("member %s not published: %+v", m.ID, m)
+		}
+	}
+	if f.ClusterID() != c.members[c.leader()].ClusterID() {
+		t.Fatal("members disagree on the cluster id")
+	}
+	// Keepalives need the leader's lessor; forwarding comes with the mesh.
+	l, err := f.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 60})
+	if err != nil {
+		t.Fatalf("LeaseGrant on follower: %v", err)
+	}
+	if _, err := f.LeaseRenew(ctx, lease.LeaseID(l.ID)); !errors.Is(err, lease.ErrNotPrimary) {
+		t.Fatalf("LeaseRenew on follower: err = %v, want ErrNotPrimary", err)
+	}
+	if ttl, err := c.members[c.leader()].LeaseRenew(ctx, lease.LeaseID(l.ID)); err != nil || ttl != 60 {
+		t.Fatalf("LeaseRenew on leader = %d, %v", ttl, err)
+	}
+}
+
+func TestClusterLeaderFailoverAndMoveLeader(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	ctx := testCtx(t)
+	old := c.leader()
+	mustPut(t, c.members[old], "before", "1")
+	c.stop(old)
+	lead := c.leader()
+	if lead == old {
+		t.Fatal("stopped member still leads")
+	}
+	mustPut(t, c.members[lead], "after", "2")
+	c.start(old)
+	c.waitReady(old)
+	deadline := time.Now().Add(waitTimeout)
+	for len(mustGet(t, c.members[old], "after").Kvs) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("restarted member never caught up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	lead = c.leader()
+	target := (lead + 1) % 3
+	ls := c.members[lead]
+	if err := ls.MoveLeader(ctx, uint64(ls.MemberID()), uint64(c.members[target].MemberID())); err != nil {
+		t.Fatalf("MoveLeader: %v", err)
+	}
+	if got := c.leader(); got != target {
+		t.Fatalf("leader after MoveLeader = m%d, want m%d", got, target)
+	}
+	mustPut(t, c.members[target], "moved", "3")
+}
+
+// TestClusterSnapshotCatchUp compacts the log while a member is down, so it
+// can only catch up from a database snapshot sent by the leader.
+func TestClusterSnapshotCatchUp(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotCount = 10
+		cfg.SnapshotCatchUpEntries = 5
+	})
+	lagging := c.follower()
+	c.stop(lagging)
+	lead := c.members[c.leader()]
+	for i := 0; i < 60; i++ {
+		mustPut(t, lead, fmt.Sprintf("k%02d", i), "v")
+	}
+	c.start(lagging)
+	c.waitReady(lagging)
+	m := c.members[lagging]
+	r, err := m.Range(testCtx(t), &pb.RangeRequest{Key: []byte("k"), RangeEnd: []byte("l")})
+	if err != nil || r.Count != 60 {
+		t.Fatalf("caught-up member has %v, %v; want 60 keys", r, err)
+	}
+	mustPut(t, m, "after-snapshot", "ok")
+	m.Stop()
+	c.members[lagging] = nil
+	c.net.unregister(m.Raft().ID())
+	// And it restarts from the installed snapshot database.
+	c.start(lagging)
+	c.waitReady(lagging)
+	if r := mustGet(t, c.members[lagging], "k59"); len(r.Kvs) != 1 {
+		t.Fatal("snapshot data lost across restart")
+	}
+}

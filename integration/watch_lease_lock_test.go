@@ -1,0 +1,246 @@
+package integration
+
+import (
+	"errors"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// etcdctl watch / lease / lock / elect against a real member process. Each
+// test also runs against etcd 3.7.3 when its binary is available
+// (forEachServer), which proves the expected output is etcd's.
+
+// bgCtl is an etcdctl process that keeps running (watch, elect, lock) while
+// the test goes on. It is killed at the end of the test that started it.
+type bgCtl struct {
+	cmd  *exec.Cmd
+	out  *logBuffer // stdout and stderr
+	done chan struct{}
+}
+
+func startCtl(t *testing.T, endpoint string, args ...string) *bgCtl {
+	t.Helper()
+	full := append([]string{"--endpoints=" + endpoint, "--dial-timeout=10s"}, args...)
+	cmd := exec.Command(bins.etcdctl, full...)
+	cmd.Env = cleanEnv()
+	b := &bgCtl{cmd: cmd, out: newLogBuffer(), done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = b.out, b.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting etcdctl %v: %v", args, err)
+	}
+	go func() {
+		defer close(b.done)
+		_ = cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-b.done
+	})
+	return b
+}
+
+// waitOutput waits until the output satisfies ok, and returns it.
+func (b *bgCtl) waitOutput(t *testing.T, what string, ok func(string) bool) string {
+	t.Helper()
+	deadline := time.After(ctlTimeout)
+	for {
+		s, wake := b.out.snapshot()
+		if ok(s) {
+			return s
+		}
+		select {
+		case <-wake:
+		case <-b.done:
+			if s := b.out.String(); ok(s) {
+				return s
+			}
+			t.Fatalf("etcdctl exited before %s; output:\n%s", what, b.out.String())
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s; output:\n%s", what, s)
+		}
+	}
+}
+
+// interrupt sends SIGINT (etcdctl resigns/unlocks on it) and waits for exit.
+func (b *bgCtl) interrupt(t *testing.T) {
+	t.Helper()
+	_ = b.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-b.done:
+	case <-time.After(exitTimeout):
+		t.Fatal("etcdctl did not exit on SIGINT")
+	}
+}
+
+func outputLines(s string) []string { return strings.Split(strings.TrimRight(s, "\n"), "\n") }
+
+func TestEtcdctlWatch(t *testing.T) {
+	forEachServer(t, func(t *testing.T, p *Proc) {
+		p.MustCtl(t, "put", "foo", "a")       // rev 2
+		p.MustCtl(t, "put", "foo", "b")       // rev 3
+		p.MustCtl(t, "del", "foo")            // rev 4
+		p.MustCtl(t, "put", "foobar", "other") // rev 5
+
+		// History replay from revision 2 with previous values; once the
+		// history is printed the watch is live.
+		w := startCtl(t, p.Endpoint, "watch", "--rev=2", "--prev-kv", "--prefix", "foo")
+		replay := "PUT\nfoo\na\n" + "PUT\nfoo\na\nfoo\nb\n" + "DELETE\nfoo\nb\nfoo\n\n" + "PUT\nfoobar\nother\n"
+		w.waitOutput(t, "history replay", func(s string) bool { return strings.HasPrefix(s, replay) || len(s) > len(replay) })
+		if got := w.out.String(); got != replay {
+			t.Fatalf("replay:\n%q\nwant\n%q", got, replay)
+		}
+		p.MustCtl(t, "put", "foo", "c")
+		p.MustCtl(t, "put", "zzz", "not watched")
+		p.MustCtl(t, "put", "foobar", "again")
+		want := replay + "PUT\nfoo\nc\n" + "PUT\nfoobar\nother\nfoobar\nagain\n"
+		w.waitOutput(t, "live events", func(s string) bool { return len(s) >= len(want) })
+		if got := w.out.String(); got != want {
+			t.Fatalf("watch output:\n%q\nwant\n%q", got, want)
+		}
+
+		// A compacted start revision fails the watch with etcd's error.
+		p.MustCtl(t, "compact", "4")
+		out, errOut, err := p.Ctl("watch", "--rev=2", "foo")
+		if err == nil || !strings.Contains(out+errOut, "required revision has been compacted") {
+			t.Fatalf("watch from compacted revision: err=%v\nstdout: %s\nstderr: %s", err, out, errOut)
+		}
+	})
+}
+
+var leaseIDRe = regexp.MustCompile(`^lease ([0-9a-f]+) granted with TTL\(60s\)$`)
+
+func TestEtcdctlLease(t *testing.T) {
+	forEachServer(t, func(t *testing.T, p *Proc) {
+		m := leaseIDRe.FindStringSubmatch(strings.TrimSpace(p.MustCtl(t, "lease", "grant", "60")))
+		if m == nil {
+			t.Fatal("lease grant output not recognised")
+		}
+		id := m[1]
+		p.MustCtl(t, "put", "leased", "v", "--lease="+id)
+
+		ttl := strings.TrimSpace(p.MustCtl(t, "lease", "timetolive", id, "--keys"))
+		if !regexp.MustCompile(`^lease ` + id + ` granted with TTL\(60s\), remaining\((59|60)s\), attached keys\(\[leased\]\)$`).MatchString(ttl) {
+			t.Fatalf("timetolive: %q", ttl)
+		}
+		if got := strings.TrimSpace(p.MustCtl(t, "lease", "keep-alive", "--once", id)); got != "lease "+id+" keepalived with TTL(60)" {
+			t.Fatalf("keep-alive --once: %q", got)
+		}
+		if got := p.MustCtl(t, "lease", "list"); !strings.Contains(got, "found 1 leases\n"+id+"\n") {
+			t.Fatalf("lease list: %q", got)
+		}
+
+		// Revoking deletes the attached key; a watcher sees the DELETE.
+		w := startCtl(t, p.Endpoint, "watch", "leased", "--rev=1")
+		w.waitOutput(t, "the put", func(s string) bool { return strings.Contains(s, "PUT\nleased\nv\n") })
+		if got := strings.TrimSpace(p.MustCtl(t, "lease", "revoke", id)); got != "lease "+id+" revoked" {
+			t.Fatalf("revoke: %q", got)
+		}
+		w.waitOutput(t, "the DELETE", func(s string) bool { return strings.HasSuffix(s, "DELETE\nleased\n\n") })
+		if got := p.MustCtl(t, "get", "leased"); got != "" {
+			t.Fatalf("key after revoke: %q", got)
+		}
+
+		// Unknown leases: etcd's messages and exit codes.
+		if got := strings.TrimSpace(p.MustCtl(t, "lease", "timetolive", "1234")); got != "lease 0000000000001234 already expired" {
+			t.Fatalf("timetolive unknown: %q", got)
+		}
+		out, errOut, err := p.Ctl("lease", "keep-alive", "--once", "1234")
+		if code := exitCode(err); code != 2 || !strings.Contains(errOut, "Error: etcdserver: requested lease not found") {
+			t.Fatalf("keep-alive --once unknown: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		out, errOut, err = p.Ctl("lease", "revoke", "1234")
+		if code := exitCode(err); code != 1 || !strings.Contains(errOut, "Error: failed to revoke lease (etcdserver: requested lease not found)") {
+			t.Fatalf("revoke unknown: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		out, errOut, err = p.Ctl("lease", "grant", strconv.Itoa(9000000001))
+		if err == nil || !strings.Contains(errOut, "etcdserver: too large lease TTL") {
+			t.Fatalf("grant beyond max TTL: err=%v\nstdout: %s\nstderr: %s", err, out, errOut)
+		}
+	})
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// TestEtcdctlLock: two etcdctl lock commands running a program under the
+// same lock never overlap.
+func TestEtcdctlLock(t *testing.T) {
+	forEachServer(t, func(t *testing.T, p *Proc) {
+		prog := `echo start $(date +%s%N); sleep 0.3; echo end $(date +%s%N)`
+		a := startCtl(t, p.Endpoint, "lock", "L", "--", "sh", "-c", prog)
+		b := startCtl(t, p.Endpoint, "lock", "L", "--", "sh", "-c", prog)
+		type span struct{ start, end int64 }
+		parse := func(c *bgCtl) span {
+			out := c.waitOutput(t, "the locked program to finish", func(s string) bool { return strings.Contains(s, "end ") })
+			var sp span
+			for _, l := range outputLines(out) {
+				f := strings.Fields(l)
+				if len(f) == 2 && (f[0] == "start" || f[0] == "end") {
+					n, err := strconv.ParseInt(f[1], 10, 64)
+					if err != nil {
+						t.Fatalf("bad output line %q", l)
+					}
+					if f[0] == "start" {
+						sp.start = n
+					} else {
+						sp.end = n
+					}
+				}
+			}
+			if sp.start == 0 || sp.end == 0 {
+				t.Fatalf("output without start/end: %q", out)
+			}
+			return sp
+		}
+		sa, sb := parse(a), parse(b)
+		if sa.start < sb.end && sb.start < sa.end {
+			t.Fatalf("lock holders overlapped: %v and %v", sa, sb)
+		}
+		for _, c := range []*bgCtl{a, b} {
+			select {
+			case <-c.done:
+			case <-time.After(exitTimeout):
+				t.Fatal("etcdctl lock did not exit after its program")
+			}
+		}
+	})
+}
+
+// TestEtcdctlElect: elect --listen reports the first leader, and the
+// second candidate once the first resigns (SIGINT).
+func TestEtcdctlElect(t *testing.T) {
+	forEachServer(t, func(t *testing.T, p *Proc) {
+		leaderRe := regexp.MustCompile(`(?m)^E/[0-9a-f]+\n(p[12])\n`)
+		listen := startCtl(t, p.Endpoint, "elect", "--listen", "E")
+		p1 := startCtl(t, p.Endpoint, "elect", "E", "p1")
+		p1.waitOutput(t, "p1 to lead", func(s string) bool { return leaderRe.MatchString(s) })
+		listen.waitOutput(t, "p1 observed", func(s string) bool { return strings.Contains(s, "\np1\n") })
+
+		p2 := startCtl(t, p.Endpoint, "elect", "E", "p2")
+		// p2 must not lead while p1 does; give it a moment to (wrongly) win.
+		time.Sleep(500 * time.Millisecond)
+		if s := p2.out.String(); s != "" {
+			t.Fatalf("p2 output while p1 leads: %q", s)
+		}
+		p1.interrupt(t)
+		p2.waitOutput(t, "p2 to lead", func(s string) bool { return leaderRe.MatchString(s) })
+		out := listen.waitOutput(t, "p2 observed", func(s string) bool { return strings.Contains(s, "\np2\n") })
+		if got := leaderRe.FindAllStringSubmatch(out, -1); len(got) != 2 || got[0][1] != "p1" || got[1][1] != "p2" {
+			t.Fatalf("listener output %q", out)
+		}
+		p2.interrupt(t)
+	})
+}

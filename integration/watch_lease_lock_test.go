@@ -81,9 +81,9 @@ func outputLines(s string) []string { return strings.Split(strings.TrimRight(s, 
 
 func TestEtcdctlWatch(t *testing.T) {
 	forEachServer(t, func(t *testing.T, p *Proc) {
-		p.MustCtl(t, "put", "foo", "a")       // rev 2
-		p.MustCtl(t, "put", "foo", "b")       // rev 3
-		p.MustCtl(t, "del", "foo")            // rev 4
+		p.MustCtl(t, "put", "foo", "a")        // rev 2
+		p.MustCtl(t, "put", "foo", "b")        // rev 3
+		p.MustCtl(t, "del", "foo")             // rev 4
 		p.MustCtl(t, "put", "foobar", "other") // rev 5
 
 		// History replay from revision 2 with previous values; once the

@@ -48,22 +48,27 @@ func requiresLeader(md metadata.MD) bool {
 	return len(ks) > 0 && ks[0] == rpctypes.MetadataHasLeader
 }
 
-// checkClientAPIVersion rejects a client version header that is not UTF-8,
-// like etcd (which also counts it in a metric we do not have).
-func checkClientAPIVersion(md metadata.MD) error {
-	if vs := md.Get(rpctypes.MetadataClientAPIVersionKey); len(vs) > 0 && !utf8.ValidString(vs[0]) {
+// checkClientAPIVersion rejects a client version header that is not UTF-8
+// and counts the request per client version, like etcd.
+func checkClientAPIVersion(md metadata.MD, kind string, m grpcMetrics) error {
+	ver := "unknown"
+	if vs := md.Get(rpctypes.MetadataClientAPIVersionKey); len(vs) > 0 {
+		ver = vs[0]
+	}
+	if !utf8.ValidString(ver) {
 		return rpctypes.ErrGRPCInvalidClientAPIVersion
 	}
+	m.clientRequests.WithLabelValues(kind, ver).Inc()
 	return nil
 }
 
-func newUnaryInterceptor(s kvstore.Info) grpc.UnaryServerInterceptor {
+func newUnaryInterceptor(s kvstore.Info, m grpcMetrics) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if s.IsLearner() && !isRPCSupportedForLearner(req) {
 			return nil, rpctypes.ErrGRPCNotSupportedForLearner
 		}
 		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			if err := checkClientAPIVersion(md); err != nil {
+			if err := checkClientAPIVersion(md, "unary", m); err != nil {
 				return nil, err
 			}
 			if requiresLeader(md) && s.Leader() == types.ID(raft.None) {
@@ -74,7 +79,7 @@ func newUnaryInterceptor(s kvstore.Info) grpc.UnaryServerInterceptor {
 	}
 }
 
-func newStreamInterceptor(s kvstore.Info, cfg Config) grpc.StreamServerInterceptor {
+func newStreamInterceptor(s kvstore.Info, cfg Config, m grpcMetrics) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		// A learner serves no stream but Snapshot (etcd's rule).
 		if s.IsLearner() && info.FullMethod != snapshotMethod {
@@ -84,7 +89,7 @@ func newStreamInterceptor(s kvstore.Info, cfg Config) grpc.StreamServerIntercept
 		if !ok {
 			return handler(srv, ss)
 		}
-		if err := checkClientAPIVersion(md); err != nil {
+		if err := checkClientAPIVersion(md, "stream", m); err != nil {
 			return err
 		}
 		if !requiresLeader(md) {

@@ -222,8 +222,23 @@ func TestWithKVStore(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if !strings.Contains(string(b), "etcd_mvcc_db_total_size_in_bytes") {
-			t.Fatal("/metrics lacks etcd's mvcc metrics")
+		for _, want := range []string{
+			"etcd_mvcc_db_total_size_in_bytes",
+			`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`,
+			`grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Txn",grpc_service="etcdserverpb.KV",grpc_type="unary"}`,
+			`grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}`,
+			`etcd_server_client_requests_total{client_api_version="3.7",type="unary"}`,
+			"etcd_network_client_grpc_sent_bytes_total",
+			"etcd_network_client_grpc_received_bytes_total",
+		} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "etcd_network_client_grpc_received_bytes_total ") && strings.HasSuffix(line, " 0") {
+				t.Errorf("no received bytes counted: %s", line)
+			}
 		}
 	})
 }

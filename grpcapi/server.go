@@ -137,13 +137,19 @@ func (c Config) withDefaults(s kvstore.Info) Config {
 func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 	cfg = cfg.withDefaults(s)
 
+	metrics := newGRPCMetrics()
 	opts := []grpc.ServerOption{
+		grpc.StatsHandler(byteCounter{metrics}),
+		// etcd's order: logging, metrics, then the checks, so refused
+		// requests are logged and counted too.
 		grpc.ChainUnaryInterceptor(
 			newLogUnaryInterceptor(cfg),
-			newUnaryInterceptor(s),
+			metrics.server.UnaryServerInterceptor(),
+			newUnaryInterceptor(s, metrics),
 		),
 		grpc.ChainStreamInterceptor(
-			newStreamInterceptor(s, cfg),
+			metrics.server.StreamServerInterceptor(),
+			newStreamInterceptor(s, cfg, metrics),
 		),
 		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes + grpcOverheadBytes)),
 		grpc.MaxSendMsgSize(maxSendBytes),
@@ -160,6 +166,9 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 	gs := grpc.NewServer(opts...)
 
 	registerServices(gs, s, cfg)
+	// Zero-valued series for every method, as etcd does, so rates exist
+	// before the first call.
+	metrics.server.InitializeMetrics(gs)
 
 	hs := health.NewServer()
 	// health.NewServer starts out SERVING; etcd only serves once the member

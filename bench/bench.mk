@@ -2,10 +2,11 @@
 # The top-level Makefile delegates `make bench`, `make etcd` and `make benchmark-tool` here;
 # run from the repository root: `make -f bench/bench.mk <target>`.
 #
-#   make bench QUICK=1            ~2-3 min smoke run (3 rounds, ~2 s per workload run)
+#   make bench QUICK=1            ~2-3 min smoke run (3 rounds, ~2.5 s per workload run)
 #   make bench                    full run (5 rounds, ~8 s per run; ~12-15 min on 2 cores)
 #   make bench PROFILE=1          + CPU/heap profiles of each system under put-100
 #   make bench MEMBERS=3          3-member clusters (skipped if meshetcd cannot form one)
+#   make bench MEMBERS=1,3        one run per cluster size
 #   make -f bench/bench.mk bench-self QUICK=1   etcd against etcd: every ratio should be ~1
 GO  ?= go
 BIN := $(CURDIR)/bin
@@ -16,6 +17,7 @@ BENCHMARK_BIN ?= $(BIN)/benchmark
 DRIVER        := $(BIN)/sidebyside
 
 truthy = $(filter 1 y yes true on,$(1))
+comma := ,
 
 QUICK     ?=
 PROFILE   ?=
@@ -25,7 +27,7 @@ DURATION  ?=
 WORKLOADS ?=
 BENCH_FLAGS ?=
 
-SIDEBYSIDE_FLAGS := --etcd-bin $(ETCD_BIN) --benchmark-bin $(BENCHMARK_BIN) --go $(GO) --members $(MEMBERS) \
+SIDEBYSIDE_FLAGS := --etcd-bin $(ETCD_BIN) --benchmark-bin $(BENCHMARK_BIN) --go $(GO) \
 	$(if $(call truthy,$(QUICK)),--quick) $(if $(call truthy,$(PROFILE)),--profile) \
 	$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
 	$(if $(WORKLOADS),--workloads $(WORKLOADS)) $(BENCH_FLAGS)
@@ -35,11 +37,15 @@ SIDEBYSIDE_FLAGS := --etcd-bin $(ETCD_BIN) --benchmark-bin $(BENCHMARK_BIN) --go
 ## bench: etcd vs meshetcd; tables in bench/results/<timestamp>/ (bench/results/latest)
 bench: etcd benchmark-tool bench-driver
 	@test -x $(MESHETCD_BIN) || { echo "$(MESHETCD_BIN) missing: run make build"; exit 1; }
-	$(DRIVER) $(SIDEBYSIDE_FLAGS) --meshetcd-bin $(MESHETCD_BIN)
+	@set -e; for m in $(subst $(comma), ,$(MEMBERS)); do \
+		echo "$(DRIVER) $(SIDEBYSIDE_FLAGS) --members $$m --meshetcd-bin $(MESHETCD_BIN)"; \
+		$(DRIVER) $(SIDEBYSIDE_FLAGS) --members $$m --meshetcd-bin $(MESHETCD_BIN); done
 
 ## bench-self: etcd vs etcd, to check the harness (ratios ~1, spread = noise floor)
 bench-self: etcd benchmark-tool bench-driver
-	$(DRIVER) $(SIDEBYSIDE_FLAGS) --meshetcd-bin $(ETCD_BIN)
+	@set -e; for m in $(subst $(comma), ,$(MEMBERS)); do \
+		echo "$(DRIVER) $(SIDEBYSIDE_FLAGS) --members $$m --meshetcd-bin $(ETCD_BIN)"; \
+		$(DRIVER) $(SIDEBYSIDE_FLAGS) --members $$m --meshetcd-bin $(ETCD_BIN); done
 
 # Binaries are rebuilt only when their sources change (never committed: bin/ is ignored).
 etcd: $(BIN)/etcd

@@ -39,6 +39,7 @@ type config struct {
 	profileSeconds                              int
 	serverArgs                                  string
 	keepData                                    bool
+	lockPath                                    string
 }
 
 func main() {
@@ -50,7 +51,7 @@ func main() {
 	flag.StringVar(&c.goBin, "go", "go", "go command, for `go tool pprof -top`")
 	flag.IntVar(&c.members, "members", 1, "members per cluster (static bootstrap with --initial-cluster)")
 	flag.IntVar(&c.rounds, "rounds", 0, "rounds; each round starts both systems fresh and runs every workload on each (default 3 with --quick, else 5)")
-	flag.DurationVar(&c.duration, "duration", 0, "target length of one workload run; request totals are calibrated on the baseline to fill it (default 2s with --quick, else 8s)")
+	flag.DurationVar(&c.duration, "duration", 0, "target length of one workload run; request totals are calibrated on the baseline to fill it (default 2.5s with --quick, else 8s)")
 	flag.BoolVar(&c.quick, "quick", false, "short smoke run (~2-3 minutes)")
 	flag.StringVar(&c.totals, "totals", "", "fixed request totals instead of calibration, e.g. put-1=2000,put-100=20000 (watch-latency: number of puts)")
 	flag.StringVar(&c.workloads, "workloads", "", "comma-separated subset of workloads (default all: "+workloadNames()+")")
@@ -63,6 +64,7 @@ func main() {
 	flag.IntVar(&c.profileSeconds, "profile-seconds", 0, "CPU profile length (default 5 with --quick, else 15)")
 	flag.StringVar(&c.serverArgs, "server-args", "", "extra flags for every server of both systems (space-separated)")
 	flag.BoolVar(&c.keepData, "keep-data", false, "keep the servers' data dirs under <out>/data")
+	flag.StringVar(&c.lockPath, "lock", filepath.Join(os.TempDir(), "meshetcd-bench.lock"), "lock file that keeps two benchmark runs on one machine from overlapping (empty: no lock)")
 	flag.Parse()
 
 	if err := run(c); err != nil {
@@ -111,7 +113,7 @@ func run(c config) error {
 		c.rounds = map[bool]int{true: 3, false: 5}[c.quick]
 	}
 	if c.duration == 0 {
-		c.duration = map[bool]time.Duration{true: 2 * time.Second, false: 8 * time.Second}[c.quick]
+		c.duration = map[bool]time.Duration{true: 2500 * time.Millisecond, false: 8 * time.Second}[c.quick]
 	}
 	if c.runTimeout == 0 {
 		c.runTimeout = max(30*c.duration, 60*time.Second)
@@ -190,6 +192,14 @@ func run(c config) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	if c.lockPath != "" {
+		unlock, err := lockMachine(ctx, c.lockPath)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 
 	pb, err := pickPortBase(c.portBase, c.members)
 	if err != nil {
@@ -584,4 +594,38 @@ func sameFile(a, b string) bool {
 	fa, err1 := os.Stat(a)
 	fb, err2 := os.Stat(b)
 	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
+}
+
+// lockMachine takes an exclusive flock on path, waiting while another benchmark run
+// (any engineer's, on this machine) holds it: two runs at once would measure each other.
+func lockMachine(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	waited := false
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if !waited {
+			holder, _ := os.ReadFile(path)
+			logf("another benchmark run holds %s (%s); waiting for it to finish", path, strings.TrimSpace(string(holder)))
+			waited = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d since %s\n", os.Getpid(), time.Now().UTC().Format(time.RFC3339))), 0)
+	return func() { _ = f.Truncate(0); f.Close() }, nil
 }

@@ -51,6 +51,7 @@ func (a applier) SnapshotData() ([]byte, error) {
 
 func (a applier) DatabaseSnapshot() (io.ReadCloser, int64, error) {
 	snap := a.s.Backend().Snapshot()
+	size := snap.Size() // before the writer may close it
 	pr, pw := io.Pipe()
 	started := a.s.goAttach(func() {
 		_, err := snap.WriteTo(pw)
@@ -64,7 +65,7 @@ func (a applier) DatabaseSnapshot() (io.ReadCloser, int64, error) {
 		snap.Close()
 		pw.CloseWithError(servererrors.ErrStopped)
 	}
-	return pr, snap.Size(), nil
+	return pr, size, nil
 }
 
 // applyEntries applies committed entries in order. Its name matters: under

@@ -111,7 +111,8 @@ func TestTimedOutProposalLeavesNoWaiter(t *testing.T) {
 
 	tx := s.Backend().BatchTx()
 	tx.LockOutsideApply()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Long enough for raft to accept the proposal even on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	req := &pb.InternalRaftRequest{Put: &pb.PutRequest{Key: []byte("slow"), Value: []byte("v")}}
 	_, err := s.processInternalRaftRequestOnce(ctx, req)
 	cancel()

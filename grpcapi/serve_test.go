@@ -107,7 +107,7 @@ func TestServeSharesPortAndStopsCleanly(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("Serve did not return after cancel")
 	}
-	if took := time.Since(start); took > shutdownGrace+5*time.Second {
+	if took := time.Since(start); took > shutdownGrace+10*time.Second {
 		t.Fatalf("shutdown took %v", took)
 	}
 	// The port is closed.
@@ -188,26 +188,26 @@ func TestStreamRequiringLeaderIsCancelled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Recv(); err != nil {
-		t.Fatal(err)
-	}
-	// With a leader the stream survives many election timeouts.
-	recvd := make(chan error, 1)
+	// Status updates (NOT_SERVING, then SERVING once the store is ready)
+	// may arrive at any time; only the end of the stream matters.
+	ended := make(chan error, 1)
 	go func() {
-		_, err := st.Recv()
-		recvd <- err
+		for {
+			if _, err := st.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
 	}()
+	// With a leader the stream survives many election timeouts.
 	select {
-	case err := <-recvd:
+	case err := <-ended:
 		t.Fatalf("stream ended while there was a leader: %v", err)
 	case <-time.After(10 * election):
 	}
 	f.leader.Store(0)
 	select {
-	case err := <-recvd:
-		if err == nil {
-			t.Fatal("stream produced a message instead of ending")
-		}
+	case <-ended:
 	case <-time.After(testTimeout):
 		t.Fatal("stream not cancelled after losing the leader")
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/meshetcd/meshetcd/raftnode"
 )
 
 func TestStopAndReopenKeepsEveryWrite(t *testing.T) {
@@ -246,5 +248,78 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 		if r := mustGet(t, s, key); len(r.Kvs) != 1 {
 			t.Fatalf("acknowledged key %s lost in the crash", key)
 		}
+	}
+}
+
+// TestRestartInstallsNewerSnapshotDatabase simulates a crash after a leader
+// snapshot became durable but before its database replaced the backend:
+// the backend is older than the newest snapshot and <index>.snap.db waits
+// in the snap directory.
+func TestRestartInstallsNewerSnapshotDatabase(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.SnapshotCount = 5
+	dbPath := filepath.Join(dir, "member", "snap", "db")
+
+	s := startServer(t, cfg)
+	mustPut(t, s, "old", "1")
+	s.Stop()
+	stale, err := os.ReadFile(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s = startServer(t, cfg)
+	for i := 0; i < 20; i++ {
+		mustPut(t, s, fmt.Sprintf("new%02d", i), "v")
+	}
+	s.Stop()
+	snapIndex, err := raftnode.NewestSnapshotIndex(cfg.Logger, filepath.Join(dir, "member", "wal"))
+	if err != nil || snapIndex == 0 {
+		t.Fatalf("newest snapshot index = %d, %v", snapIndex, err)
+	}
+	current, err := os.ReadFile(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "member", "snap", fmt.Sprintf("%016x.snap.db", snapIndex)), current, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dbPath, stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s = startServer(t, cfg)
+	defer s.Stop()
+	r, err := s.Range(testCtx(t), &pb.RangeRequest{Key: []byte("new"), RangeEnd: []byte("nex")})
+	if err != nil || r.Count != 20 {
+		t.Fatalf("keys after installing the snapshot database = %v, %v; want 20", r, err)
+	}
+}
+
+func TestRestartWithStaleBackendAndNoSnapshotDatabaseFails(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.SnapshotCount = 5
+	dbPath := filepath.Join(dir, "member", "snap", "db")
+	s := startServer(t, cfg)
+	s.Stop()
+	stale, err := os.ReadFile(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = startServer(t, cfg)
+	for i := 0; i < 20; i++ {
+		mustPut(t, s, fmt.Sprintf("k%02d", i), "v")
+	}
+	s.Stop()
+	if err := os.WriteFile(dbPath, stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := New(context.Background(), cfg); err == nil {
+		s.Stop()
+		t.Fatal("New with a backend older than the snapshot and no snapshot database succeeded")
+	} else if !strings.Contains(err.Error(), "older than snapshot") {
+		t.Fatalf("error %q does not explain the stale backend", err)
 	}
 }

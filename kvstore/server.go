@@ -19,6 +19,7 @@ import (
 	"go.etcd.io/etcd/server/v3/auth"
 	"go.etcd.io/etcd/server/v3/etcdserver/api"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3alarm"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3compactor"
 	"go.etcd.io/etcd/server/v3/etcdserver/apply"
@@ -156,9 +157,19 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		return nil, err
 	}
 	s.be = be
-	closers = append(closers, func() { be.Close() })
+	closers = append(closers, func() {
+		if be != nil {
+			be.Close()
+		}
+	})
 	s.ci.SetBackend(be)
 	schema.CreateMetaBucket(be.BatchTx())
+	if haveWAL {
+		if be, err = recoverSnapshotBackend(cfg, be, s.ci, s.beHooks); err != nil {
+			return nil, err
+		}
+		s.be = be
+	}
 
 	raftCfg := raftnode.Config{
 		Logger:                 lg,
@@ -252,6 +263,46 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		zap.String("data-dir", cfg.DataDir),
 		zap.Bool("restarted", haveWAL))
 	return s, nil
+}
+
+// recoverSnapshotBackend installs the newest snapshot's database when the
+// backend is older than it: the member crashed after a leader snapshot was
+// durable but before its database replaced the backend (etcd's
+// RecoverSnapshotBackend).
+func recoverSnapshotBackend(cfg Config, be backend.Backend, ci cindex.ConsistentIndexer, hooks backend.Hooks) (backend.Backend, error) {
+	lg := cfg.Logger
+	snapIndex, err := raftnode.NewestSnapshotIndex(lg, cfg.walDir())
+	if err != nil {
+		return be, err
+	}
+	applied := ci.ConsistentIndex()
+	if applied >= snapIndex {
+		return be, nil
+	}
+	dbPath, err := snap.New(lg, cfg.snapDir()).DBFilePath(snapIndex)
+	if err != nil {
+		return be, fmt.Errorf("kvstore: backend (applied index %d) is older than snapshot %d and the snapshot database is missing: %w", applied, snapIndex, err)
+	}
+	lg.Warn("backend is older than the newest snapshot; installing the snapshot database",
+		zap.Uint64("applied-index", applied), zap.Uint64("snapshot-index", snapIndex), zap.String("snapshot-db", dbPath))
+	if err := be.Close(); err != nil {
+		return be, fmt.Errorf("kvstore: close stale backend: %w", err)
+	}
+	// From here on the stale backend is closed: failures return nil.
+	if err := os.Rename(dbPath, cfg.backendPath()); err != nil {
+		return nil, fmt.Errorf("kvstore: install snapshot database: %w", err)
+	}
+	newbe, err := openBackend(cfg, hooks)
+	if err != nil {
+		return nil, err
+	}
+	ci.SetBackend(newbe)
+	schema.CreateMetaBucket(newbe.BatchTx())
+	if got := ci.ConsistentIndex(); got < snapIndex {
+		newbe.Close()
+		return nil, fmt.Errorf("kvstore: snapshot database %s holds index %d, older than snapshot %d", dbPath, got, snapIndex)
+	}
+	return newbe, nil
 }
 
 // openBackend opens bbolt, turning the backend's panic on failure into an

@@ -274,3 +274,17 @@ func newSnapshotter(lg *zap.Logger, dir string) (*snap.Snapshotter, error) {
 	}
 	return snap.New(lg, dir), nil
 }
+
+// NewestSnapshotIndex is the index of the newest snapshot recorded in the
+// WAL (0 when none). A restarting state machine older than it must first
+// install that snapshot's database (etcd: RecoverSnapshotBackend).
+func NewestSnapshotIndex(lg *zap.Logger, walDir string) (uint64, error) {
+	walSnaps, err := wal.ValidSnapshotEntries(lg, walDir)
+	if err != nil {
+		return 0, fmt.Errorf("raftnode: WAL %s is corrupt: read snapshot records: %w", walDir, err)
+	}
+	if len(walSnaps) == 0 {
+		return 0, nil
+	}
+	return walSnaps[len(walSnaps)-1].GetIndex(), nil
+}

@@ -195,12 +195,12 @@ func TestLeaseKeepAliveUnknown(t *testing.T) {
 func TestLeaseKeepAliveKeepsKeys(t *testing.T) {
 	e := newTestEnv(t, envOptions{})
 	ctx := e.ctx()
-	// Asking for 1s gets the server's minimum TTL (etcd raises it).
-	g, err := e.client.Grant(ctx, 1)
+	// 2s rather than the 1s minimum: clientv3 renews every TTL/3, and a
+	// loaded test machine must not stall long enough to lose the lease.
+	g, err := e.client.Grant(ctx, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	minTTL := g.TTL
 	if _, err := e.client.Put(ctx, "alive", "v", clientv3.WithLease(g.ID)); err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestLeaseKeepAliveKeepsKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Duration(3*minTTL) * time.Second)
+	deadline := time.Now().Add(time.Duration(2*g.TTL)*time.Second + time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case ka, ok := <-kach:
@@ -241,19 +241,30 @@ func TestLeaseExpiryDeletesKeys(t *testing.T) {
 	e := newTestEnv(t, envOptions{})
 	ctx := e.ctx()
 	wch := watchCreated(t, e.client, ctx, "exp/", clientv3.WithPrefix())
-	start := time.Now()
-	g, err := e.client.Grant(ctx, 1) // raised to the server's minimum
-	if err != nil {
-		t.Fatal(err)
-	}
-	// One round trip right after the grant, so even a slow machine attaches
-	// the keys before the short lease can expire.
-	if _, err := e.client.Txn(ctx).Then(
-		clientv3.OpPut("exp/1", "v", clientv3.WithLease(g.ID)),
-		clientv3.OpPut("exp/2", "v", clientv3.WithLease(g.ID)),
-		clientv3.OpPut("exp/3", "v", clientv3.WithLease(g.ID)),
-	).Commit(); err != nil {
-		t.Fatal(err)
+	var (
+		g     *clientv3.LeaseGrantResponse
+		start time.Time
+	)
+	// Ask for 1s, which the server raises to its minimum TTL. The keys are
+	// attached in one round trip right after the grant; should a stalled
+	// machine let the lease expire even before that, try a longer one.
+	for ttl := int64(1); ; ttl *= 2 {
+		start = time.Now()
+		var err error
+		if g, err = e.client.Grant(ctx, ttl); err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.client.Txn(ctx).Then(
+			clientv3.OpPut("exp/1", "v", clientv3.WithLease(g.ID)),
+			clientv3.OpPut("exp/2", "v", clientv3.WithLease(g.ID)),
+			clientv3.OpPut("exp/3", "v", clientv3.WithLease(g.ID)),
+		).Commit()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, rpctypes.ErrLeaseNotFound) || ttl >= 8 {
+			t.Fatal(err)
+		}
 	}
 	evs := collectEvents(t, wch, 6)
 	for i, ev := range evs {

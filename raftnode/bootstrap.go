@@ -121,9 +121,10 @@ func Restart(cfg Config, r Recovery) (*Node, error) {
 	}
 	snapIndex := snapshot.Metadata.GetIndex()
 	if r.AppliedIndex < snapIndex {
-		// etcd recovers from <index>.snap.db here (a leader snapshot that
-		// was durable but not yet swapped in); see the package doc.
-		return nil, fmt.Errorf("raftnode: state machine applied index %d is older than snapshot %d; recovering from the snapshot database is not supported yet", r.AppliedIndex, snapIndex)
+		// The state machine must install <index>.snap.db first (a leader
+		// snapshot that was durable but not yet swapped in); kvstore does
+		// so using NewestSnapshotIndex before calling Restart.
+		return nil, fmt.Errorf("raftnode: state machine applied index %d is older than snapshot %d; install the snapshot database first", r.AppliedIndex, snapIndex)
 	}
 	snapshot.Metadata.ConfState = proto.Clone(r.ConfState).(*raftpb.ConfState)
 

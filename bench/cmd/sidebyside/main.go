@@ -447,7 +447,7 @@ func (s *state) writeResults() error {
 	ms := metricsFor(s.ws)
 	rows := aggregate(ms, s.runs, s.rounds, s.base.name, s.cand.name)
 	if len(s.runs) > 0 {
-		fmt.Println()
+		fmt.Printf("\nratio = %s/%s medians; ↑ higher is better, ↓ lower is better; last column: ~ = within this run's noise\n\n", s.cand.name, s.base.name)
 		writeTextTable(os.Stdout, rows, s.base.name, s.cand.name)
 		fmt.Println()
 	}
@@ -484,6 +484,7 @@ func (s *state) writeResults() error {
 	}
 	fmt.Fprintf(f, "\n\nRatio = %s median / %s median. ↑ = higher is better (ratio > 1 favours %s), ↓ = lower is better (ratio < 1 favours %s). "+
 		"Medians and min–max over rounds; per-round ratio pairs the two systems' runs of the same round. "+
+		"Last column: better/worse when every round points the same way and the median ratio is ≥5%% from 1, ~ otherwise (within this run's noise). "+
 		"This machine is shared and noisy: compare ratios from one run, not absolute numbers across runs.\n\n",
 		s.cand.name, s.base.name, s.cand.name, s.cand.name)
 	writeMarkdownTable(f, rows, s.base.name, s.cand.name)

@@ -178,7 +178,7 @@ func TestAggregateRatio(t *testing.T) {
 	if r.baseMed != 110 || r.candMed != 58 || !near(r.ratio, 58.0/110) || len(r.ratios) != 2 || r.candRuns != 3 {
 		t.Fatalf("%+v", r)
 	}
-	if c := tableCells(rows)[0]; c[3] != "58.0 (2/3 ok)" || c[7] != "0.50–0.60" {
+	if c := tableCells(rows)[0]; c[3] != "58.0 (2/3 ok)" || c[7] != "0.50–0.60" || c[8] != "~" {
 		t.Fatalf("cells %q", c)
 	}
 }
@@ -190,5 +190,27 @@ func TestProcStatSelf(t *testing.T) {
 	}
 	if ps.hwmKB <= 0 || ps.rssKB <= 0 || ps.cpu < 0 {
 		t.Fatalf("%+v", ps)
+	}
+}
+
+func TestVerdict(t *testing.T) {
+	up := metric{higherBetter: true}
+	down := metric{}
+	for _, c := range []struct {
+		m      metric
+		ratios []float64
+		want   string
+	}{
+		{up, []float64{1.2, 1.3, 1.1}, "better"},
+		{down, []float64{1.2, 1.3, 1.1}, "worse"},
+		{down, []float64{0.7, 0.8, 0.75}, "better"},
+		{up, []float64{0.7, 1.3, 0.75}, "~"},
+		{up, []float64{1.2, 1.3}, "~"},
+		{up, []float64{1.01, 1.02, 1.03}, "~"},
+	} {
+		r := row{m: c.m, ratios: c.ratios, ratio: median(c.ratios)}
+		if got := verdict(r); got != c.want {
+			t.Errorf("%v higherBetter=%v: %s, want %s", c.ratios, c.m.higherBetter, got, c.want)
+		}
 	}
 }

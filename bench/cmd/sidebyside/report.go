@@ -237,6 +237,25 @@ func better(m metric) string {
 	return "↓"
 }
 
+// verdict says whether this run shows a difference for the candidate: every paired
+// round must point the same way, there must be at least 3 pairs, and the median ratio
+// must be at least 5% away from 1. Otherwise the difference is within this run's noise.
+// (With 3 rounds, pure noise still points one way 25% of the time; with 5, 6%.)
+func verdict(r row) string {
+	if len(r.ratios) < 3 || math.IsNaN(r.ratio) || math.Abs(r.ratio-1) < 0.05 {
+		return "~"
+	}
+	up := slices.Min(r.ratios) > 1
+	down := slices.Max(r.ratios) < 1
+	switch {
+	case (up && r.m.higherBetter) || (down && !r.m.higherBetter):
+		return "better"
+	case up || down:
+		return "worse"
+	}
+	return "~"
+}
+
 func tableCells(rows []row) [][]string {
 	var out [][]string
 	for _, r := range rows {
@@ -249,6 +268,7 @@ func tableCells(rows []row) [][]string {
 			spread(r.base),
 			spread(r.cand),
 			fmtRatioSpread(r.ratios),
+			verdict(r),
 		})
 	}
 	return out
@@ -256,7 +276,7 @@ func tableCells(rows []row) [][]string {
 
 func header(baseName, candName string) []string {
 	return []string{"workload", "metric", baseName + " median", candName + " median",
-		"ratio " + candName + "/" + baseName, baseName + " min–max", candName + " min–max", "per-round ratio min–max"}
+		"ratio " + candName + "/" + baseName, baseName + " min–max", candName + " min–max", "per-round ratio min–max", candName + " is"}
 }
 
 func writeMarkdownTable(w io.Writer, rows []row, baseName, candName string) {
@@ -301,7 +321,7 @@ func writeSummaryCSV(path string, rows []row, baseName, candName string) error {
 	_ = cw.Write([]string{"workload", "metric", "unit", "higher_is_better",
 		"baseline", "candidate", "baseline_median", "candidate_median", "ratio",
 		"baseline_min", "baseline_max", "candidate_min", "candidate_max", "ratio_min", "ratio_max",
-		"baseline_ok_rounds", "baseline_rounds", "candidate_ok_rounds", "candidate_rounds"})
+		"baseline_ok_rounds", "baseline_rounds", "candidate_ok_rounds", "candidate_rounds", "verdict"})
 	for _, r := range rows {
 		mm := func(xs []float64) (string, string) {
 			if len(xs) == 0 {
@@ -315,7 +335,7 @@ func writeSummaryCSV(path string, rows []row, baseName, candName string) error {
 		_ = cw.Write([]string{r.m.workload, r.m.name, r.m.unit, strconv.FormatBool(r.m.higherBetter),
 			baseName, candName, f64(r.baseMed), f64(r.candMed), f64(r.ratio),
 			bmin, bmax, cmin, cmax, rmin, rmax,
-			strconv.Itoa(len(r.base)), strconv.Itoa(r.baseRuns), strconv.Itoa(len(r.cand)), strconv.Itoa(r.candRuns)})
+			strconv.Itoa(len(r.base)), strconv.Itoa(r.baseRuns), strconv.Itoa(len(r.cand)), strconv.Itoa(r.candRuns), verdict(r)})
 	}
 	cw.Flush()
 	return cw.Error()

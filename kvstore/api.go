@@ -52,6 +52,11 @@ type Config struct {
 	QuotaBackendBytes int64  // 0 = etcd default (2 GiB), <0 disables
 	UnsafeNoFsync     bool
 
+	// LeaseCheckpointInterval is how often the leader persists leases'
+	// remaining TTLs (etcd --experimental-lease-checkpoint-interval);
+	// default 5m.
+	LeaseCheckpointInterval time.Duration
+
 	AuthToken  string        // etcd --auth-token; default "simple"
 	TokenTTL   time.Duration // simple-token lifetime; default 300s
 	BcryptCost int           // default bcrypt.DefaultCost

@@ -116,3 +116,36 @@ func TestLeasesSurviveRestart(t *testing.T) {
 		t.Fatalf("lease after restart = %+v, %v", ttl, err)
 	}
 }
+
+// TestLeaseCheckpointSurvivesRestart checks the leader persists remaining
+// TTLs, so a restart does not give leases their full TTL back.
+func TestLeaseCheckpointSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	// Checkpoints record whole seconds; one that would record the full TTL
+	// is skipped, so the interval must exceed a second.
+	cfg.LeaseCheckpointInterval = 1500 * time.Millisecond
+	s := startServer(t, cfg)
+	if _, err := s.LeaseGrant(testCtx(t), &pb.LeaseGrantRequest{ID: 9, TTL: 30}); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing else is proposed now, so the next applied entry is a checkpoint.
+	afterGrant := s.AppliedIndex()
+	deadline := time.Now().Add(waitTimeout)
+	for s.AppliedIndex() == afterGrant {
+		if time.Now().After(deadline) {
+			t.Fatal("no lease checkpoint was applied")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.Stop()
+	s = startServer(t, cfg)
+	defer s.Stop()
+	ttl, err := s.LeaseTimeToLive(testCtx(t), &pb.LeaseTimeToLiveRequest{ID: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.GrantedTTL != 30 || ttl.TTL > 29 {
+		t.Fatalf("lease after restart: granted %d remaining %d; want the checkpointed remainder (< 30), not a reset to 30", ttl.GrantedTTL, ttl.TTL)
+	}
+}

@@ -218,6 +218,7 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	// The lessor comes before mvcc: restoring mvcc re-attaches keys to leases.
 	s.lessor = lease.NewLessor(lg, be, s.cluster, lease.LessorConfig{
 		MinLeaseTTL:                cfg.minLeaseTTL(),
+		CheckpointInterval:         cfg.LeaseCheckpointInterval,
 		ExpiredLeasesRetryInterval: cfg.requestTimeout(),
 		CheckpointPersist:          true,
 	})

@@ -756,3 +756,60 @@ func BenchmarkWatchLatency100(b *testing.B) { benchmarkWatchFanout(b, 10, 10) }
 // BenchmarkWatchFanout10000: one Put delivered to 10,000 watchers (100
 // streams x 100).
 func BenchmarkWatchFanout10000(b *testing.B) { benchmarkWatchFanout(b, 100, 100) }
+
+// TestWatchOddRequests: malformed or unusual requests never break the
+// stream (etcd ignores what it cannot use).
+func TestWatchOddRequests(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	ws, err := pb.NewWatchClient(e.client.ActiveConnection()).Watch(e.ctx())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// On the wire an empty oneof member arrives as an empty message: an
+	// empty create watches key "\x00" (id 0), an empty cancel cancels id 0,
+	// an empty progress request asks for progress.
+	for _, req := range []*pb.WatchRequest{
+		{}, // no request at all: ignored
+		{RequestUnion: &pb.WatchRequest_CreateRequest{}},
+		// (progress before cancel: a stream without watchers gets no
+		// progress reply, in etcd too)
+		{RequestUnion: &pb.WatchRequest_ProgressRequest{}},
+		{RequestUnion: &pb.WatchRequest_CancelRequest{}},
+	} {
+		sendRaw(t, ws, req)
+	}
+	// The progress reply travels through mvcc, the created/canceled replies
+	// through the control queue: like etcd, their relative order is not
+	// fixed, except that canceled follows created.
+	var created, progressed, canceled bool
+	for range 3 {
+		switch r := recvRaw(t, ws); {
+		case r.Created && !r.Canceled && r.WatchId == 0 && !canceled:
+			created = true
+		case !r.Created && !r.Canceled && r.WatchId == clientv3.InvalidWatchID:
+			progressed = true
+		case !r.Created && r.Canceled && r.WatchId == 0 && created:
+			canceled = true
+		default:
+			t.Fatalf("unexpected reply %+v (created=%v progress=%v canceled=%v)", r, created, progressed, canceled)
+		}
+	}
+	if !created || !progressed || !canceled {
+		t.Fatalf("created=%v progress=%v canceled=%v", created, progressed, canceled)
+	}
+	// A far-future start revision and unknown filter values are accepted.
+	sendRaw(t, ws, createReq(&pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 1 << 62, Filters: []pb.WatchCreateRequest_FilterType{7}}))
+	if r := recvRaw(t, ws); !r.Created || r.Canceled || r.WatchId != 1 {
+		t.Fatalf("future watch: %+v", r)
+	}
+	// Empty key with range_end "\x00" watches everything.
+	sendRaw(t, ws, createReq(&pb.WatchCreateRequest{RangeEnd: []byte{0}, WatchId: 9}))
+	if r := recvRaw(t, ws); !r.Created || r.Canceled || r.WatchId != 9 {
+		t.Fatalf("all-keys watch: %+v", r)
+	}
+	rev := e.put("anything", "v")
+	r := recvRaw(t, ws)
+	if r.WatchId != 9 || len(r.Events) != 1 || r.Events[0].Kv.ModRevision != rev {
+		t.Fatalf("want the put on watch 9, got %+v", r)
+	}
+}

@@ -9,6 +9,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // etcdctl watch / lease / lock / elect against a real member process. Each
@@ -242,5 +248,118 @@ func TestEtcdctlElect(t *testing.T) {
 			t.Fatalf("listener output %q", out)
 		}
 		p2.interrupt(t)
+	})
+}
+
+// TestWatchLeaseWireDetails checks, on the wire and against etcd too, the
+// replies that clientv3 and etcdctl hide: duplicate and client-chosen watch
+// ids, negative start revision, empty ranges, cancel of an unknown id,
+// keepalive and time-to-live of unknown leases, and the cancel reason of a
+// watch the user may not read.
+func TestWatchLeaseWireDetails(t *testing.T) {
+	forEachServer(t, func(t *testing.T, p *Proc) {
+		c := p.Client(t)
+		rctx := ctx(t)
+		rev := mustPut(t, c, "a", "1").Header.Revision
+		ws, err := pb.NewWatchClient(c.ActiveConnection()).Watch(rctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		create := func(cr *pb.WatchCreateRequest) {
+			t.Helper()
+			if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		recv := func() *pb.WatchResponse {
+			t.Helper()
+			r, err := ws.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		expect := func(what string, r *pb.WatchResponse, id int64, created, canceled bool, reason string) {
+			t.Helper()
+			if r.WatchId != id || r.Created != created || r.Canceled != canceled || r.CancelReason != reason || r.Header.GetRevision() != rev {
+				t.Fatalf("%s: got %+v; want id=%d created=%v canceled=%v reason=%q rev=%d", what, r, id, created, canceled, reason, rev)
+			}
+		}
+		create(&pb.WatchCreateRequest{Key: []byte("a"), WatchId: 42})
+		expect("client-chosen id", recv(), 42, true, false, "")
+		create(&pb.WatchCreateRequest{Key: []byte("b"), WatchId: 42})
+		expect("duplicate id", recv(), -1, true, true, "mvcc: duplicate watch ID provided on the WatchStream")
+		create(&pb.WatchCreateRequest{Key: []byte("a"), StartRevision: -1})
+		expect("negative start revision", recv(), -1, true, true, "etcdserver: mvcc: required revision has been compacted")
+		create(&pb.WatchCreateRequest{Key: []byte("z"), RangeEnd: []byte("a")})
+		expect("empty range", recv(), -1, true, true, "mvcc: watcher range is empty")
+		create(&pb.WatchCreateRequest{Key: []byte("a")})
+		expect("auto id", recv(), 0, true, false, "")
+		if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: 999}}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}}); err != nil {
+			t.Fatal(err)
+		}
+		expect("progress after unknown cancel (nothing in between)", recv(), -1, false, false, "")
+		if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: 42}}}); err != nil {
+			t.Fatal(err)
+		}
+		expect("cancel", recv(), 42, false, true, "")
+
+		// Leases.
+		lc := pb.NewLeaseClient(c.ActiveConnection())
+		ka, err := lc.LeaseKeepAlive(rctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ka.Send(&pb.LeaseKeepAliveRequest{ID: 4242}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := ka.Recv(); err != nil || r.ID != 4242 || r.TTL != 0 {
+			t.Fatalf("keepalive of unknown lease: %+v %v", r, err)
+		}
+		if r, err := lc.LeaseTimeToLive(rctx, &pb.LeaseTimeToLiveRequest{ID: 4242, Keys: true}); err != nil || r.ID != 4242 || r.TTL != -1 || r.GrantedTTL != 0 || len(r.Keys) != 0 {
+			t.Fatalf("time to live of unknown lease: %+v %v", r, err)
+		}
+		if _, err := lc.LeaseRevoke(rctx, &pb.LeaseRevokeRequest{ID: 4242}); status.Code(err) != codes.NotFound || status.Convert(err).Message() != "etcdserver: requested lease not found" {
+			t.Fatalf("revoke unknown: %v", err)
+		}
+		if _, err := lc.LeaseGrant(rctx, &pb.LeaseGrantRequest{TTL: 9000000001}); status.Code(err) != codes.OutOfRange || status.Convert(err).Message() != "etcdserver: too large lease TTL" {
+			t.Fatalf("grant beyond max TTL: %v", err)
+		}
+		if _, err := lc.LeaseGrant(rctx, &pb.LeaseGrantRequest{ID: 77, TTL: 60}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lc.LeaseGrant(rctx, &pb.LeaseGrantRequest{ID: 77, TTL: 60}); status.Code(err) != codes.FailedPrecondition || status.Convert(err).Message() != "etcdserver: lease already exists" {
+			t.Fatalf("grant of an existing id: %v", err)
+		}
+
+		// Watch permission: the cancel reason is the gRPC error's full text.
+		for _, args := range [][]string{
+			{"user", "add", "root:rootpw"}, {"user", "grant-role", "root", "root"},
+			{"role", "add", "reader"}, {"role", "grant-permission", "reader", "read", "a", "c"},
+			{"user", "add", "alice:alicepw"}, {"user", "grant-role", "alice", "reader"},
+			{"auth", "enable"},
+		} {
+			p.MustCtl(t, args...)
+		}
+		alice, err := clientv3.New(clientv3.Config{Endpoints: []string{p.Endpoint}, Username: "alice", Password: "alicepw", DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer alice.Close()
+		aws, err := pb.NewWatchClient(alice.ActiveConnection()).Watch(rctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := aws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("z")}}}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := aws.Recv()
+		if err != nil || r.WatchId != -1 || !r.Created || !r.Canceled ||
+			r.CancelReason != "rpc error: code = PermissionDenied desc = etcdserver: permission denied" {
+			t.Fatalf("watch without permission: %+v %v", r, err)
+		}
 	})
 }

@@ -363,3 +363,77 @@ func TestWatchLeaseWireDetails(t *testing.T) {
 		}
 	})
 }
+
+// forEachServerArgs is forEachServer with extra member flags.
+func forEachServerArgs(t *testing.T, args []string, fn func(t *testing.T, p *Proc)) {
+	t.Run("meshetcd", func(t *testing.T) {
+		fn(t, StartProc(t, ProcOptions{Args: args}))
+	})
+	if bins.etcd != "" {
+		t.Run("etcd", func(t *testing.T) {
+			fn(t, StartProc(t, ProcOptions{Bin: bins.etcd, Args: args}))
+		})
+	}
+}
+
+// TestWatchProgressNotifyFlag: --watch-progress-notify-interval reaches the
+// Watch service; an idle watcher that asked for progress gets notified.
+func TestWatchProgressNotifyFlag(t *testing.T) {
+	forEachServerArgs(t, []string{"--watch-progress-notify-interval=200ms"}, func(t *testing.T, p *Proc) {
+		c := p.Client(t)
+		rev := mustPut(t, c, "k", "v").Header.Revision
+		wch := c.Watch(ctx(t), "idle", clientv3.WithProgressNotify())
+		for range 2 {
+			select {
+			case wr := <-wch:
+				if !wr.IsProgressNotify() || wr.Header.Revision != rev {
+					t.Fatalf("want progress notification at %d, got %+v", rev, wr)
+				}
+			case <-time.After(reqTimeout):
+				t.Fatal("no progress notification")
+			}
+		}
+	})
+}
+
+// TestWatchFragmentBoundaries: a fragmented replay is split exactly where
+// etcd splits it (same events per fragment).
+func TestWatchFragmentBoundaries(t *testing.T) {
+	var shapes []string
+	forEachServer(t, func(t *testing.T, p *Proc) {
+		c := p.Client(t)
+		val := strings.Repeat("x", 100*1024)
+		for i := range 25 {
+			mustPut(t, c, "big"+strconv.Itoa(100+i), val)
+		}
+		ws, err := pb.NewWatchClient(c.ActiveConnection()).Watch(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{
+			Key: []byte("big"), RangeEnd: []byte("bih"), StartRevision: 2, Fragment: true,
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+		var shape []string
+		for n := 0; n < 25; {
+			r, err := ws.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Created {
+				continue
+			}
+			n += len(r.Events)
+			shape = append(shape, strconv.Itoa(len(r.Events))+map[bool]string{true: "+", false: "."}[r.Fragment])
+		}
+		if len(shape) < 2 {
+			t.Fatalf("not fragmented: %v", shape)
+		}
+		shapes = append(shapes, strings.Join(shape, " "))
+	})
+	if len(shapes) == 2 && shapes[0] != shapes[1] {
+		t.Fatalf("fragments differ: meshetcd %q, etcd %q", shapes[0], shapes[1])
+	}
+	t.Logf("fragment shapes: %q", shapes)
+}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -12,6 +13,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -436,4 +439,41 @@ func TestWatchFragmentBoundaries(t *testing.T) {
 		t.Fatalf("fragments differ: meshetcd %q, etcd %q", shapes[0], shapes[1])
 	}
 	t.Logf("fragment shapes: %q", shapes)
+}
+
+// TestLockElectionErrors: the Lock and Election services fail like etcd's
+// (same gRPC code and message) for an unknown lease, a missing leader key
+// and an election without leader.
+func TestLockElectionErrors(t *testing.T) {
+	var results []string
+	forEachServer(t, func(t *testing.T, p *Proc) {
+		c := p.Client(t)
+		rctx := ctx(t)
+		lc := v3lockpb.NewLockClient(c.ActiveConnection())
+		ec := v3electionpb.NewElectionClient(c.ActiveConnection())
+		var got []string
+		record := func(what string, err error) {
+			t.Helper()
+			if err == nil {
+				t.Fatalf("%s: no error", what)
+			}
+			st := status.Convert(err)
+			got = append(got, fmt.Sprintf("%s: %s %q", what, st.Code(), st.Message()))
+		}
+		_, err := lc.Lock(rctx, &v3lockpb.LockRequest{Name: []byte("L"), Lease: 999})
+		record("lock with unknown lease", err)
+		_, err = ec.Proclaim(rctx, &v3electionpb.ProclaimRequest{Value: []byte("x")})
+		record("proclaim without leader key", err)
+		_, err = ec.Resign(rctx, &v3electionpb.ResignRequest{})
+		record("resign without leader key", err)
+		_, err = ec.Leader(rctx, &v3electionpb.LeaderRequest{Name: []byte("nobody")})
+		record("leader of empty election", err)
+		_, err = ec.Campaign(rctx, &v3electionpb.CampaignRequest{Name: []byte("E"), Lease: 999, Value: []byte("v")})
+		record("campaign with unknown lease", err)
+		results = append(results, strings.Join(got, "\n"))
+		t.Logf("errors:\n%s", results[len(results)-1])
+	})
+	if len(results) == 2 && results[0] != results[1] {
+		t.Fatalf("meshetcd:\n%s\netcd:\n%s", results[0], results[1])
+	}
 }

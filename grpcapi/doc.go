@@ -2,14 +2,25 @@
 // v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance, Auth, Lock,
 // Election), the request validation etcd performs before proposing, the
 // mapping of internal errors to etcd's wire errors (rpctypes), the gRPC
-// interceptors (leader requirement, learner restrictions, request logging),
-// the HTTP endpoints that share the client port (/health, /livez, /readyz,
-// /version, /metrics, /debug/pprof) and the listener mux that serves gRPC and
-// HTTP on one port like etcd does.
+// interceptors (leader requirement, learner restrictions, request logging,
+// metrics), the HTTP endpoints that share the client port (/health, /livez,
+// /readyz, /version, /metrics, /debug/pprof, the /v3/ JSON gateway) and the
+// listener mux that serves gRPC and HTTP on one port like etcd does.
 //
 // It owns no state of its own beyond what a request needs: everything is
 // delegated to a kvstore.API. Behaviour is modelled on etcd v3.7.3's
 // server/etcdserver/api/v3rpc and server/embed/serve.go, which cannot be
 // imported because they link all of etcdserver; clients must not be able to
 // tell the difference.
+//
+// Wiring one client URL (what embed does):
+//
+//	l, _ := net.Listen("tcp", host)        // the client listener
+//	<-s.ReadyNotify()                      // etcd serves clients only once ready
+//	gw, _ := grpcapi.NewGateway(ctx, l.Addr().String(), lg) // optional
+//	cfg := grpcapi.Config{Logger: lg, Gateway: gw, ...}
+//	err := grpcapi.Serve(ctx, l, grpcapi.NewGRPCServer(s, cfg), grpcapi.NewHTTPHandler(s, cfg))
+//	gw.Close()
+//
+// Serve returns when ctx ends; it closes l and stops the gRPC server.
 package grpcapi

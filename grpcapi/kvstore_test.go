@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/proto"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -125,6 +127,35 @@ func TestWithKVStore(t *testing.T) {
 		wantWireError(t, "compacted", err, rpctypes.ErrGRPCCompacted)
 		_, err = cli.Get(ctx, "a", clientv3.WithRev(99))
 		wantWireError(t, "future", err, rpctypes.ErrGRPCFutureRev)
+	})
+
+	t.Run("range stream", func(t *testing.T) {
+		for i := range 35 {
+			if _, err := cli.Put(ctx, fmt.Sprintf("s/%02d", i), strings.Repeat("v", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, err := cli.Get(ctx, "s/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, err := cli.GetStream(ctx, "s/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := clientv3.GetStreamToGetResponse(ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Count != 35 || len(got.Kvs) != 35 || got.More || got.Header.Revision != want.Header.Revision {
+			t.Fatalf("stream: count=%d kvs=%d more=%v rev=%d, want 35 kvs at rev %d", got.Count, len(got.Kvs), got.More, got.Header.Revision, want.Header.Revision)
+		}
+		for i := range want.Kvs {
+			if !proto.Equal(got.Kvs[i], want.Kvs[i]) {
+				t.Fatalf("kv %d: %v vs %v", i, got.Kvs[i], want.Kvs[i])
+			}
+		}
+		hdr(got.Header, want.Header.Revision)
 	})
 
 	t.Run("errors", func(t *testing.T) {

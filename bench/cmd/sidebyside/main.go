@@ -9,9 +9,12 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"os/exec"
@@ -190,6 +193,17 @@ func run(c config) error {
 		_ = os.Symlink(filepath.Base(c.out), latest)
 	}
 
+	// Run private copies: others rebuild bin/meshetcd and bin/etcd while we measure,
+	// and every round must run the same binary.
+	for _, sys := range []*system{s.base, s.cand} {
+		cp := filepath.Join(s.dataDir, "bin", sys.name)
+		sum, err := copyExecutable(sys.bin, cp)
+		if err != nil {
+			return err
+		}
+		sys.orig, sys.bin, sys.sha = sys.bin, cp, sum
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -357,6 +371,9 @@ func (s *state) round(ctx context.Context, r int) error {
 	defer func() {
 		for _, c := range clusters {
 			c.stop()
+			if !s.cfg.keepData {
+				_ = os.RemoveAll(c.dataDir)
+			}
 		}
 	}()
 	order := []*system{s.base, s.cand}
@@ -470,8 +487,9 @@ func (s *state) writeResults() error {
 	fmt.Fprintf(f, "- started %s, took %s\n", s.started.UTC().Format(time.RFC3339), time.Since(s.started).Round(time.Second))
 	fmt.Fprintf(f, "- host: %d CPUs (%s/%s), load average at the end: %s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, readLoadavg())
 	fmt.Fprintf(f, "- git: %s\n", gitDescribe())
-	fmt.Fprintf(f, "- %s: `%s` (%s)\n", s.base.name, c.etcdBin, version(c.etcdBin))
-	fmt.Fprintf(f, "- %s: `%s` (%s)\n", s.cand.name, c.candBin, version(c.candBin))
+	for _, sys := range []*system{s.base, s.cand} {
+		fmt.Fprintf(f, "- %s: `%s` (%s, sha256 %s)\n", sys.name, sys.orig, version(sys.bin), sys.sha)
+	}
 	fmt.Fprintf(f, "- client: etcd benchmark tool `%s`\n", c.benchBin)
 	fmt.Fprintf(f, "- %d member(s) per system on loopback, same flags for both (static bootstrap, fsync on, no --unsafe-no-fsync)", c.members)
 	if c.serverArgs != "" {
@@ -629,4 +647,30 @@ func lockMachine(ctx context.Context, path string) (func(), error) {
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d since %s\n", os.Getpid(), time.Now().UTC().Format(time.RFC3339))), 0)
 	return func() { _ = f.Truncate(0); f.Close() }, nil
+}
+
+// copyExecutable copies src to dst (mode 0755) and returns the first 12 hex digits of
+// its sha256.
+func copyExecutable(src, dst string) (string, error) {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return "", err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(out, h), in); err != nil {
+		out.Close()
+		return "", err
+	}
+	if err := out.Close(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }

@@ -21,7 +21,9 @@ import (
 // system is one server implementation under test: the baseline (etcd) or the candidate.
 type system struct {
 	name  string // label in tables and file names
-	bin   string
+	bin   string // the private copy that runs
+	orig  string // the binary it was copied from
+	sha   string
 	index int // 0 = baseline, 1 = candidate; selects the port block
 }
 

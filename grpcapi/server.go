@@ -166,9 +166,6 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 	gs := grpc.NewServer(opts...)
 
 	registerServices(gs, s, cfg)
-	// Zero-valued series for every method, as etcd does, so rates exist
-	// before the first call.
-	metrics.server.InitializeMetrics(gs)
 
 	hs := health.NewServer()
 	// health.NewServer starts out SERVING; etcd only serves once the member
@@ -176,6 +173,10 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 	hs.SetServingStatus(allGRPCServices, healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
 	go trackHealth(s, hs, cfg.Logger)
+
+	// Zero-valued series for every method, as etcd does, so rates exist
+	// before the first call.
+	metrics.server.InitializeMetrics(gs)
 
 	return gs
 }

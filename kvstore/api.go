@@ -52,6 +52,8 @@ type Config struct {
 	QuotaBackendBytes int64  // 0 = etcd default (2 GiB), <0 disables
 	UnsafeNoFsync     bool
 
+	MaxLearners int // etcd --max-learners; default 1
+
 	// LeaseCheckpointInterval is how often the leader persists leases'
 	// remaining TTLs (etcd --experimental-lease-checkpoint-interval);
 	// default 5m.

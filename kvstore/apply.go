@@ -180,7 +180,11 @@ func (s *Server) applyConfChange(cc *raftpb.ConfChange, shouldApplyV3 membership
 			s.cluster.AddMember(&ccc.Member, shouldApplyV3)
 		}
 	case raftpb.ConfChangeRemoveNode:
-		s.cluster.RemoveMember(types.ID(cc.GetNodeId()), shouldApplyV3)
+		id := types.ID(cc.GetNodeId())
+		s.cluster.RemoveMember(id, shouldApplyV3)
+		if id == s.memberID && shouldApplyV3 {
+			go s.stopAfterRemoval() // ends with Stop, which it may call
+		}
 	case raftpb.ConfChangeUpdateNode:
 		var m membership.Member
 		if err := json.Unmarshal(cc.Context, &m); err != nil {

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/lease"
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -352,5 +354,63 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	c.waitReady(lagging)
 	if r := mustGet(t, c.members[lagging], "k59"); len(r.Kvs) != 1 {
 		t.Fatal("snapshot data lost across restart")
+	}
+}
+
+func TestClusterMembershipChanges(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	ctx := testCtx(t)
+	lead := c.members[c.leader()]
+
+	// A learner that never starts: listed, not promotable.
+	learnerURLs := mustURLsMap(t, "x=http://127.0.0.1:23150")["x"]
+	learner := membership.NewMemberAsLearner("m3", learnerURLs, "etcd-cluster", nil)
+	ms, err := lead.AddMember(ctx, *learner)
+	if err != nil || len(ms) != 4 {
+		t.Fatalf("AddMember(learner) = %v, %v; want 4 members", ms, err)
+	}
+	if m := lead.cluster.Member(learner.ID); m == nil || !m.IsLearner {
+		t.Fatalf("added learner = %+v", m)
+	}
+	if _, err := lead.PromoteMember(ctx, uint64(learner.ID)); !errors.Is(err, servererrors.ErrLearnerNotReady) {
+		t.Fatalf("promoting a learner that never ran: err = %v, want ErrLearnerNotReady", err)
+	}
+	if ms, err := lead.RemoveMember(ctx, uint64(learner.ID)); err != nil || len(ms) != 3 {
+		t.Fatalf("RemoveMember(learner) = %v, %v", ms, err)
+	}
+
+	// New peer URLs for a follower.
+	fi := c.follower()
+	f := c.members[fi]
+	upd := *lead.cluster.Member(f.MemberID())
+	upd.PeerURLs = []string{"http://127.0.0.1:23160"}
+	if _, err := lead.UpdateMember(ctx, upd); err != nil {
+		t.Fatalf("UpdateMember: %v", err)
+	}
+	if got := f.cluster.Member(f.MemberID()); got == nil || got.PeerURLs[0] != "http://127.0.0.1:23160" {
+		deadline := time.Now().Add(waitTimeout)
+		for got == nil || got.PeerURLs[0] != "http://127.0.0.1:23160" {
+			if time.Now().After(deadline) {
+				t.Fatalf("follower's view of its peer URLs = %+v", got)
+			}
+			time.Sleep(10 * time.Millisecond)
+			got = f.cluster.Member(f.MemberID())
+		}
+	}
+
+	// Removing a follower stops it; the rest keep working.
+	if ms, err := lead.RemoveMember(ctx, uint64(f.MemberID())); err != nil || len(ms) != 2 {
+		t.Fatalf("RemoveMember(follower) = %v, %v", ms, err)
+	}
+	select {
+	case <-f.StopNotify():
+	case <-time.After(waitTimeout):
+		t.Fatal("removed member kept running")
+	}
+	c.net.unregister(f.Raft().ID())
+	c.members[fi] = nil
+	mustPut(t, c.members[c.leader()], "after-removal", "ok")
+	if _, err := lead.MemberList(ctx, &pb.MemberListRequest{Linearizable: true}); err != nil {
+		t.Fatalf("MemberList: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3compactor"
 	"go.etcd.io/etcd/server/v3/storage/datadir"
 )
@@ -105,6 +106,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxSizePerMsg <= uint64(c.MaxRequestBytes) {
 		return c, fmt.Errorf("kvstore: MaxSizePerMsg %d must exceed MaxRequestBytes %d so any request fits one raft message", c.MaxSizePerMsg, c.MaxRequestBytes)
+	}
+	if c.MaxLearners == 0 {
+		c.MaxLearners = membership.DefaultMaxLearners
+	}
+	if c.MaxLearners < 0 {
+		return c, fmt.Errorf("kvstore: MaxLearners %d must not be negative", c.MaxLearners)
 	}
 	if c.AuthToken == "" {
 		c.AuthToken = DefaultAuthToken

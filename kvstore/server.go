@@ -182,6 +182,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		MaxSizePerMsg:          cfg.MaxSizePerMsg,
 		UnsafeNoFsync:          cfg.UnsafeNoFsync,
 		Transport:              cfg.Transport,
+		// Raft only asks once the node runs, when s.cluster exists.
+		IsIDRemoved: func(id uint64) bool { return s.cluster.IsIDRemoved(types.ID(id)) },
 	}
 	var clusterID types.ID
 	if haveWAL {
@@ -194,7 +196,7 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 			return nil, fmt.Errorf("kvstore: restart raft from %s: %w", cfg.walDir(), err)
 		}
 		s.memberID, clusterID = types.ID(s.r.ID()), types.ID(s.r.ClusterID())
-		s.cluster = membership.NewCluster(lg)
+		s.cluster = membership.NewCluster(lg, membership.WithMaxLearners(cfg.MaxLearners))
 		s.cluster.SetID(s.memberID, clusterID)
 		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
 		s.cluster.Recover(api.UpdateCapability)
@@ -326,7 +328,7 @@ func openBackend(cfg Config, hooks backend.Hooks) (be backend.Backend, err error
 // cluster exactly as etcd does, and the raft peers whose conf-change
 // entries will add the members when applied.
 func newClusterMembership(cfg Config) (*membership.RaftCluster, []raft.Peer, error) {
-	cl, err := membership.NewClusterFromURLsMap(cfg.Logger, cfg.InitialClusterToken, cfg.InitialCluster)
+	cl, err := membership.NewClusterFromURLsMap(cfg.Logger, cfg.InitialClusterToken, cfg.InitialCluster, membership.WithMaxLearners(cfg.MaxLearners))
 	if err != nil {
 		return nil, nil, fmt.Errorf("kvstore: initial cluster %s: %w", cfg.InitialCluster, err)
 	}

@@ -357,6 +357,7 @@ func (s *state) round(ctx context.Context, r int) error {
 				for _, c := range clusters {
 					c.stop()
 				}
+				s.notes = append(s.notes, fmt.Sprintf("%s does not start: %s", sys.name, oneLine(err, 2000)))
 				return fmt.Errorf("%s does not start: %w", sys.name, err)
 			}
 			logf("[%s] %s failed to start: %v", tag, sys.name, err)

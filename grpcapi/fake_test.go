@@ -41,7 +41,8 @@ type fakeStore struct {
 	learner atomic.Bool
 	term    atomic.Uint64
 
-	quota int64 // QuotaBackendBytes reported by Config; set before serving
+	quota     int64 // QuotaBackendBytes reported by Config; set before serving
+	maxTxnOps uint  // MaxTxnOps reported by Config (0: etcd's default)
 
 	mu      sync.Mutex
 	alarms  []*pb.AlarmMember
@@ -159,8 +160,12 @@ func (f *fakeStore) MoveLeader(ctx context.Context, lead, target uint64) error {
 	return nil
 }
 func (f *fakeStore) Config() kvstore.Config {
+	maxTxnOps := f.maxTxnOps
+	if maxTxnOps == 0 {
+		maxTxnOps = DefaultMaxTxnOps
+	}
 	return kvstore.Config{
-		Name: "default", MaxRequestBytes: DefaultMaxRequestBytes, MaxTxnOps: DefaultMaxTxnOps,
+		Name: "default", MaxRequestBytes: DefaultMaxRequestBytes, MaxTxnOps: maxTxnOps,
 		QuotaBackendBytes: f.quota, ElectionTimeout: time.Second,
 	}
 }

@@ -38,9 +38,11 @@ const (
 type Config struct {
 	Logger *zap.Logger // nil means zap.NewNop()
 
-	// MaxRequestBytes is etcd's --max-request-bytes (default 1.5 MiB).
+	// MaxRequestBytes is etcd's --max-request-bytes. Zero means the
+	// store's configured value (itself 1.5 MiB by default).
 	MaxRequestBytes uint
-	// MaxTxnOps is etcd's --max-txn-ops (default 128).
+	// MaxTxnOps is etcd's --max-txn-ops. Zero means the store's configured
+	// value (itself 128 by default).
 	MaxTxnOps uint
 	// MaxConcurrentStreams is etcd's --max-concurrent-streams (default
 	// math.MaxUint32).
@@ -94,8 +96,16 @@ func (c Config) withDefaults(s kvstore.Info) Config {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	// Limits default to the store's, so one flag value governs both the
+	// validation here and kvstore's own proposal-size check.
+	if c.MaxRequestBytes == 0 && s != nil {
+		c.MaxRequestBytes = s.Config().MaxRequestBytes
+	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.MaxTxnOps == 0 && s != nil {
+		c.MaxTxnOps = s.Config().MaxTxnOps
 	}
 	if c.MaxTxnOps == 0 {
 		c.MaxTxnOps = DefaultMaxTxnOps

@@ -650,3 +650,15 @@ func TestHTTPAccessControl(t *testing.T) {
 		t.Fatalf("listed host: %d %v", resp.StatusCode, resp.Header)
 	}
 }
+
+func TestLimitsDefaultToStoreConfig(t *testing.T) {
+	f := newFakeStore(t)
+	f.maxTxnOps = 2
+	cli := dialClient(t, serveForTest(t, f, Config{}))
+	ctx := testCtx(t)
+	_, err := cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("b", "1"), clientv3.OpPut("c", "1")).Commit()
+	wantWireError(t, "3 ops with store limit 2", err, rpctypes.ErrGRPCTooManyOps)
+	if _, err := cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("b", "1")).Commit(); err != nil {
+		t.Fatalf("2 ops: %v", err)
+	}
+}

@@ -289,28 +289,45 @@ func TestRestartRepairsTornTail(t *testing.T) {
 }
 
 func TestRestartRejectsCorruptWAL(t *testing.T) {
-	cfg := testNodeConfig(t, t.TempDir(), 1000)
-	n, a := startNew(t, cfg)
-	proposeAll(t, n, a, "v", 20)
-	n.Stop()
+	// Garbage at several places inside the log; whether it surfaces as a CRC
+	// mismatch or as a bogus "torn tail", Restart must refuse it.
+	tests := []struct {
+		name     string
+		fraction float64
+	}{
+		{"first quarter", 0.25},
+		{"middle", 0.5},
+		{"third quarter", 0.75},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testNodeConfig(t, t.TempDir(), 1000)
+			n, a := startNew(t, cfg)
+			proposeAll(t, n, a, "v", 20)
+			applied, _, _ := a.snapshot()
+			n.Stop()
 
-	seg, end := lastWALSegment(t, cfg.WALDir)
-	f, err := os.OpenFile(seg, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(bytes.Repeat([]byte{0xa5}, 24), end/2); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	before, _ := os.ReadFile(seg)
-	_, err = Restart(cfg, Recovery{ConfState: &raftpb.ConfState{Voters: []uint64{1}}})
-	if err == nil || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("Restart on a corrupt WAL: err = %v, want a 'corrupt' error", err)
-	}
-	after, _ := os.ReadFile(seg)
-	if !bytes.Equal(before, after) {
-		t.Fatal("a corrupt WAL was modified; it must be left for inspection")
+			seg, end := lastWALSegment(t, cfg.WALDir)
+			f, err := os.OpenFile(seg, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt(bytes.Repeat([]byte{0xa5}, 24), int64(float64(end)*tt.fraction)); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			before, _ := os.ReadFile(seg)
+			// The state machine's applied index is the witness that tells
+			// garbage mid-log (refused) from a torn tail (repaired).
+			_, err = Restart(cfg, Recovery{ConfState: &raftpb.ConfState{Voters: []uint64{1}}, AppliedIndex: applied})
+			if err == nil || !strings.Contains(err.Error(), "corrupt") {
+				t.Fatalf("Restart on a corrupt WAL: err = %v, want a 'corrupt' error", err)
+			}
+			after, _ := os.ReadFile(seg)
+			if !bytes.Equal(before, after) {
+				t.Fatal("a corrupt WAL was modified; it must be left for inspection")
+			}
+		})
 	}
 }
 

@@ -50,13 +50,14 @@ func (ks *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 }
 
 func (ks *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	// etcd's order: the quota wrapper runs before validation.
+	if err := checkQuota(ctx, ks.s, ks.lg, "kv", r); err != nil {
+		return nil, err
+	}
 	if err := checkPutRequest(r); err != nil {
 		return nil, err
 	}
 	if err := checkRequestSize(r, ks.maxRequestBytes); err != nil {
-		return nil, err
-	}
-	if err := checkQuota(ctx, ks.s, ks.lg, "kv", r); err != nil {
 		return nil, err
 	}
 	resp, err := ks.s.Put(ctx, r)
@@ -85,6 +86,9 @@ func (ks *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 }
 
 func (ks *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := checkQuota(ctx, ks.s, ks.lg, "kv", r); err != nil {
+		return nil, err
+	}
 	if err := checkTxnRequest(r, int(ks.maxTxnOps)); err != nil {
 		return nil, err
 	}
@@ -94,9 +98,6 @@ func (ks *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 		return nil, err
 	}
 	if err := checkRequestSize(r, ks.maxRequestBytes); err != nil {
-		return nil, err
-	}
-	if err := checkQuota(ctx, ks.s, ks.lg, "kv", r); err != nil {
 		return nil, err
 	}
 	resp, err := ks.s.Txn(ctx, r)

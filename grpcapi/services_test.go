@@ -252,7 +252,11 @@ func TestKVQuota(t *testing.T) {
 	ctx := testCtx(t)
 	_, err := cli.Put(ctx, "a", "1")
 	wantWireError(t, "put over quota", err, rpctypes.ErrGRPCNoSpace)
-	if as := f.Alarms(); len(as) != 1 || as[0].Alarm != pb.AlarmType_NOSPACE || as[0].MemberID != fakeMemberID {
+	// etcd checks the quota before validating, so even a bad write says
+	// NOSPACE.
+	_, err = pb.NewKVClient(cli.ActiveConnection()).Put(ctx, &pb.PutRequest{Value: []byte("v")})
+	wantWireError(t, "bad put over quota", err, rpctypes.ErrGRPCNoSpace)
+	if as := f.Alarms(); len(as) == 0 || as[0].Alarm != pb.AlarmType_NOSPACE || as[0].MemberID != fakeMemberID {
 		t.Fatalf("NOSPACE alarm not raised: %v", as)
 	}
 	// Reads and deletes are not charged.

@@ -54,6 +54,17 @@ func (a applier) DatabaseSnapshot() (io.ReadCloser, int64, error) {
 	size := snap.Size() // before the writer may close it
 	pr, pw := io.Pipe()
 	started := a.s.goAttach(func() {
+		// A reader that never drains must not hold up Stop: closing the
+		// read side unblocks the write below.
+		written := make(chan struct{})
+		defer close(written)
+		go func() {
+			select {
+			case <-a.s.stopping:
+				pr.CloseWithError(servererrors.ErrStopped)
+			case <-written:
+			}
+		}()
 		_, err := snap.WriteTo(pw)
 		if cerr := snap.Close(); err == nil {
 			err = cerr

@@ -1,6 +1,7 @@
 package kvstore
 
 import (
+	"io"
 	"runtime"
 	"strings"
 	"testing"
@@ -50,4 +51,27 @@ func trimStacks(dump string) string {
 		keep = append(keep, g)
 	}
 	return strings.Join(keep, "\n\n")
+}
+
+// TestStopWithUndrainedDatabaseSnapshot: a transport that never reads a
+// snapshot stream must not make Stop hang.
+func TestStopWithUndrainedDatabaseSnapshot(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	rc, size, err := applier{s}.DatabaseSnapshot()
+	if err != nil || size <= 0 {
+		t.Fatalf("DatabaseSnapshot = %d bytes, %v", size, err)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		s.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(waitTimeout):
+		t.Fatal("Stop hung on an undrained snapshot stream")
+	}
+	if _, err := io.ReadAll(rc); err == nil {
+		t.Fatal("reading a snapshot cut short by Stop reported no error")
+	}
 }

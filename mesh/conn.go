@@ -337,6 +337,7 @@ func (c *conn) writeLoop() {
 	bulkTokens := float64(r.bulkBurst)
 	lastRefill := time.Now()
 	var bulkWait *time.Timer
+	scratch := make([]*frameBuf, 0, 8)
 	defer func() {
 		if bulkWait != nil {
 			bulkWait.Stop()
@@ -374,7 +375,8 @@ func (c *conn) writeLoop() {
 		}
 		wrote := 0
 		for wrote < 64 {
-			frames, class := c.nextFrames(bulkTokens > 0)
+			frames, class := c.nextFrames(scratch[:0], bulkTokens > 0)
+			scratch = frames[:0]
 			if len(frames) == 0 {
 				break
 			}
@@ -432,35 +434,37 @@ func (c *conn) hasPendingGossip() bool {
 // nextFrames picks the next work in priority order: control frames,
 // control-class gossip (topology), raft frames, then bulk frames and bulk
 // gossip while the bulk token bucket allows.
-func (c *conn) nextFrames(bulkAllowed bool) ([]*frameBuf, int) {
+//
+// Frames are appended to scratch so the hot path does not allocate.
+func (c *conn) nextFrames(scratch []*frameBuf, bulkAllowed bool) ([]*frameBuf, int) {
 	select {
 	case f := <-c.queues[classControl]:
 		c.queuedBytes.Add(-int64(f.n))
-		return []*frameBuf{f}, classControl
+		return append(scratch, f), classControl
 	default:
 	}
 	if fs := c.takeGossip(classControl); len(fs) > 0 {
-		return fs, classControl
+		return append(scratch, fs...), classControl
 	}
 	select {
 	case f := <-c.queues[classRaft]:
 		c.queuedBytes.Add(-int64(f.n))
-		return []*frameBuf{f}, classRaft
+		return append(scratch, f), classRaft
 	default:
 	}
 	if !bulkAllowed {
-		return nil, 0
+		return scratch, 0
 	}
 	select {
 	case f := <-c.queues[classBulk]:
 		c.queuedBytes.Add(-int64(f.n))
-		return []*frameBuf{f}, classBulk
+		return append(scratch, f), classBulk
 	default:
 	}
 	if fs := c.takeGossip(classBulk); len(fs) > 0 {
-		return fs, classBulk
+		return append(scratch, fs...), classBulk
 	}
-	return nil, 0
+	return scratch, 0
 }
 
 // writeFrame seals f in place and writes prefix plus body.

@@ -158,7 +158,7 @@ func TestTwentyFivePeersConverge(t *testing.T) {
 		}
 		c.start(name, func(cfg *Config) { cfg.GossipInterval = time.Second }, seeds...)
 	}
-	eventually(t, 60*time.Second, "25 identical topologies with everyone reachable", func() bool {
+	converged := func() bool {
 		v := topologyView(c.routers["p00"])
 		for _, r := range c.routers {
 			if topologyView(r) != v || len(r.routes.Load().next) != n-1 {
@@ -166,7 +166,22 @@ func TestTwentyFivePeersConverge(t *testing.T) {
 			}
 		}
 		return true
-	})
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !converged() {
+		if time.Now().After(deadline) {
+			ref := topologyView(c.routers["p00"])
+			for name, r := range c.routers {
+				if v := topologyView(r); v != ref || len(r.routes.Load().next) != n-1 {
+					st := r.Status()
+					t.Logf("%s differs (%d routes, %d conns, %d lost %v, failures %v):\n%s", name, len(r.routes.Load().next), len(st.Connections),
+						st.Counters["connections_lost"], st.RecentLosses, st.HandshakeFailures, v)
+				}
+			}
+			t.Fatalf("25 peers did not converge; p00 sees:\n%s", ref)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func TestRestartedPeerIsNewIncarnation(t *testing.T) {

@@ -69,6 +69,9 @@ type routerCounters struct {
 	dropNoRoute, dropQueueFull, dropTTL, dropUnknownChannel, dropDuplicate atomic.Uint64
 	forwarded, rerouted, acceptThrottled, handshakeFailures                atomic.Uint64
 	routeRecalcs, rejectedRecords                                          atomic.Uint64
+	connsLost                                                              atomic.Uint64
+	lastLossMu                                                             sync.Mutex
+	lastLoss                                                               []string // recent lost connections, for status
 }
 
 // New validates cfg, derives the mesh key (Argon2id runs here, once) and
@@ -660,6 +663,13 @@ func (r *Router) connClosed(c *conn, err error) {
 	r.mu.Unlock()
 	if current && !stopped {
 		r.log.Info("mesh connection lost", zap.String("peer", string(c.remote)), zap.Error(err))
+		r.counters.connsLost.Add(1)
+		r.counters.lastLossMu.Lock()
+		r.counters.lastLoss = append(r.counters.lastLoss, fmt.Sprintf("%s: %v", c.remote, err))
+		if len(r.counters.lastLoss) > 8 {
+			r.counters.lastLoss = r.counters.lastLoss[1:]
+		}
+		r.counters.lastLossMu.Unlock()
 	}
 	if !stopped && !addrInUse {
 		r.maker.disconnected(c.addr, c.remote, c.since)

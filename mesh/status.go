@@ -28,8 +28,10 @@ type Status struct {
 	// last; ErrAuth and ErrWrongCluster show up here.
 	HandshakeFailures []HandshakeFailure `json:"handshake_failures,omitempty"`
 	Tombstones        []PeerName         `json:"tombstones,omitempty"`
-	Counters          map[string]uint64  `json:"counters"`
-	Channels          []ChannelStatus    `json:"channels"`
+	// RecentLosses are the latest lost connections with their reasons.
+	RecentLosses []string          `json:"recent_losses,omitempty"`
+	Counters     map[string]uint64 `json:"counters"`
+	Channels     []ChannelStatus   `json:"channels"`
 }
 
 // PeerStatus is one topology record as we know it.
@@ -191,7 +193,11 @@ func (r *Router) Status() Status {
 		"handshake_failures":      c.handshakeFailures.Load(),
 		"route_recalculations":    c.routeRecalcs.Load(),
 		"rejected_topology_items": c.rejectedRecords.Load(),
+		"connections_lost":        c.connsLost.Load(),
 	}
+	c.lastLossMu.Lock()
+	st.RecentLosses = slices.Clone(c.lastLoss)
+	c.lastLossMu.Unlock()
 	return st
 }
 

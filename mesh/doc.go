@@ -1,0 +1,121 @@
+// Package mesh is meshetcd's gossip mesh router: it keeps one authenticated,
+// optionally encrypted TCP connection per neighbour, gossips the topology
+// so every peer knows the whole graph, and routes unicast datagrams and
+// broadcasts through relays, so members that cannot reach each other
+// directly still can talk. Raft runs on top of it through meshconn.
+//
+// It owns: connections and their handshake and crypto, framing, liveness,
+// the topology CRDT, routes, gossip and datagram channels, the connection
+// maker and accept throttling, and the status report. It does not own Raft
+// membership: mesh reachability is only ever reported, never turned into
+// conf changes.
+//
+// # Wire protocol
+//
+// Each side of a new TCP connection first writes a fixed 53-byte clear
+// preamble and reads the peer's:
+//
+//	"MESHETCD" | min version u16 | max version u16 | mode u8 (0 plaintext, 1 encrypted)
+//	| cluster label fingerprint [8] (SHA-256 prefix) | ephemeral X25519 public key [32]
+//
+// Wrong magic closes the connection (HTTP probes, TLS hellos, scanners);
+// no common version gives ErrVersion, a mode mismatch ErrEncryptionMismatch
+// and a different label fingerprint ErrWrongCluster, before any key work.
+// Then every message is a frame: a big-endian u32 length, validated against
+// the current cap before anything is allocated (4 KiB until the hello is
+// verified, then MaxDatagramSize plus envelope header), followed by the
+// body, sealed with the AEAD when encrypted. The body is an envelope:
+//
+//	type u8 | flags u8 (send class) | ttl u8 | channel u16 | seq u64
+//	| src len u8, src | dst len u8, dst | payload
+//
+// The first frame each way is the Hello (type 1): transcript hash of both
+// preambles (key confirmation), cluster label, peer name, UID, nickname,
+// advertised addresses, feature bits. A hello that does not open means a
+// different secret (ErrAuth); a mismatched transcript also gives ErrAuth;
+// our own name with another UID gives ErrNameCollision, with our UID a
+// self-connection (the address is never dialled again). The whole
+// handshake has HandshakeTimeout. Afterwards the types are ping/pong
+// (heartbeat and RTT), gossip (neighbour only), unicast (routed by dst,
+// TTL decremented per hop, default 16), broadcast (forwarded along the
+// source's BFS spanning tree, deduplicated by (src, seq); seq starts at the
+// boot time in ns so restarts never collide) and goodbye (graceful close,
+// so the peer reroutes at once).
+//
+// # Crypto
+//
+// With Password, the pre-shared key is Argon2id(password, salt =
+// SHA-256("meshetcd-mesh-psk-v1" ‖ label), time 1, 64 MiB, 2 threads),
+// computed once in New; with PSK, the 32 bytes are used as is. Each
+// connection makes a fresh X25519 key (forward secrecy); ikm = X25519 ‖
+// PSK, salt = SHA-256(label ‖ lower pub ‖ higher pub), and HKDF-SHA256
+// yields one ChaCha20-Poly1305 key per direction. Nonces are per-direction
+// counters that are never sent: a replayed, dropped, reordered or
+// reflected frame fails to authenticate and the connection is closed.
+// Plaintext needs InsecurePlaintext explicitly; both ends must agree.
+//
+// # Connections and liveness
+//
+// There is one connection per neighbour pair; when both sides dial at
+// once, both keep the one dialled by the lower peer name. A new connection
+// from a known name with a new UID replaces the old one (a restart); an
+// incarnation that was replaced coming back means two live peers share a
+// name: ErrNameCollision, logged as an error and shown in Status.
+//
+// Every send is asynchronous: frames go into bounded per-connection
+// queues by class (control > raft > bulk; bulk token-bucket limited to
+// BulkRate) and Send returns ErrQueueFull instead of blocking. One writer
+// goroutine per connection flushes batches under WriteTimeout (5 s); one
+// reader goroutine decodes and hands frames to per-channel bounded queues
+// or to the next hop's queue, never calling application code. Relayed
+// frames are opened and re-sealed in place in pooled buffers (no
+// allocation per forwarded frame). Frames queued on a connection that dies
+// are re-routed once if another route exists.
+//
+// Defaults: a ping every HeartbeatInterval (150 ms); a connection is
+// declared dead after DeadTimeout (700 ms) with nothing received or with no
+// pong to our pings (a peer that stopped reading), so a cut or silently
+// blackholed link is routed around well inside Raft's 1 s election
+// timeout. Raise both for WANs, keeping DeadTimeout ≥ 3 × heartbeat.
+//
+// # Topology
+//
+// Each peer owns one record {name, UID, version, nickname, advertised
+// addresses, connections}; only the owner changes it, bumping the version,
+// which starts at the boot time in Unix ms so a restart supersedes the old
+// incarnation. Records merge as last-writer-wins registers (higher version,
+// then higher UID): commutative, associative, idempotent. Changes to our
+// record are gossiped to neighbours at once; receivers relay what was new
+// to them; every GossipInterval (5 s) the complete state goes to one
+// random neighbour (anti-entropy), and a new neighbour gets it at once.
+// A peer unreachable for GCGrace (60 s) is collected into a tombstone kept
+// for TombstoneTTL (10 min) that refuses stale copies of its record. A
+// record with our name and another UID that keeps advancing after we
+// out-versioned it once is a name collision: flagged, never fought over.
+// Bounds: MaxPeers records (1024), at most MaxPeers connections per record,
+// 64-byte names and nicknames, 8 addresses.
+//
+// # Routing
+//
+// Routes are a BFS from us over symmetric established edges: our own links
+// count as soon as our handshake completes, others only when both ends'
+// records claim them. Levels and neighbours are visited in name order, so
+// equal views give equal routes everywhere. Tables are immutable and
+// published through an atomic pointer (lookups take no lock); topology
+// changes recompute after RouteDebounce (10 ms), local connection changes
+// at once. SubscribeRoutes reports changes (reachability, next hop, UID),
+// coalesced per peer for slow subscribers so the router never blocks.
+//
+// # Connection maker
+//
+// Seeds are retried forever with full-jitter exponential backoff (500 ms
+// to 30 s; a peer left alone retries seeds at once). Other peers are found
+// through the addresses advertised in their records; up to
+// FullMeshThreshold (16) known peers we connect to all, above it to Degree
+// (8). ConnLimit (64) counts handshakes in progress; MaxPendingHandshakes
+// (16) caps them. Inbound connections pass a global (20/s, burst 32) and
+// per-IP (5/s, burst 16) token bucket before a byte is read.
+//
+// Tests use mesh/memnet, an in-memory network with fault injection, via
+// Config.Transport.
+package mesh

@@ -57,26 +57,24 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		return 1
 	}
-	bins.meshetcd = os.Getenv("MESHETCD_BIN")
-	if bins.meshetcd == "" {
-		bins.meshetcd = filepath.Join(tmp, "meshetcd")
-		if err := goBuild(root, "./cmd/meshetcd", bins.meshetcd); err != nil {
-			fmt.Fprintln(os.Stderr, "integration: building meshetcd:", err)
-			return 1
-		}
+	// Private copies: other people rebuild bin/ while tests run.
+	var err2 error
+	if bins.meshetcd, err2 = binary(tmp, "MESHETCD_BIN", "meshetcd", root, "./cmd/meshetcd"); err2 != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err2)
+		return 1
 	}
-	bins.etcdctl = os.Getenv("ETCDCTL_BIN")
-	if bins.etcdctl == "" {
-		bins.etcdctl = filepath.Join(tmp, "etcdctl")
-		if err := goBuild(filepath.Join(root, "tools", "etcdctl"), ".", bins.etcdctl); err != nil {
-			fmt.Fprintln(os.Stderr, "integration: building etcdctl:", err)
-			return 1
-		}
+	if bins.etcdctl, err2 = binary(tmp, "ETCDCTL_BIN", "etcdctl", filepath.Join(root, "tools", "etcdctl"), "."); err2 != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err2)
+		return 1
 	}
-	bins.etcd = os.Getenv("MESHETCD_DIFF_ETCD_BIN")
-	if bins.etcd == "" {
-		if p := filepath.Join(root, "bin", "etcd"); fileExists(p) {
-			bins.etcd = p
+	etcdBin := os.Getenv("MESHETCD_DIFF_ETCD_BIN")
+	if etcdBin == "" {
+		etcdBin = filepath.Join(root, "bin", "etcd")
+	}
+	if fileExists(etcdBin) {
+		if bins.etcd, err2 = copyBinary(etcdBin, filepath.Join(tmp, "etcd")); err2 != nil {
+			fmt.Fprintln(os.Stderr, "integration:", err2)
+			return 1
 		}
 	}
 	return m.Run()
@@ -95,6 +93,30 @@ func repoRoot() (string, error) {
 			return "", fmt.Errorf("repository root not found above %s", wd)
 		}
 	}
+}
+
+// binary returns a private copy of $envVar, or builds pkg (in dir) when
+// the variable is unset.
+func binary(tmp, envVar, name, dir, pkg string) (string, error) {
+	out := filepath.Join(tmp, name)
+	if src := os.Getenv(envVar); src != "" {
+		return copyBinary(src, out)
+	}
+	if err := goBuild(dir, pkg, out); err != nil {
+		return "", fmt.Errorf("building %s: %w", name, err)
+	}
+	return out, nil
+}
+
+func copyBinary(src, dst string) (string, error) {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", src, err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		return "", fmt.Errorf("copying %s: %w", src, err)
+	}
+	return dst, nil
 }
 
 func goBuild(dir, pkg, out string) error {

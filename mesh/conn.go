@@ -225,7 +225,10 @@ func (c *conn) readLoop() {
 	var hdr [frameHeaderLen]byte
 	limit := r.maxFrame + c.recv.overhead()
 	for {
-		if err := c.nc.SetReadDeadline(time.Now().Add(r.cfg.DeadTimeout)); err != nil {
+		// The writer's liveness check is the primary detector (it knows
+		// when our own process was starved); this deadline is the backstop
+		// for a writer stuck in a blocked write.
+		if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
 			c.close(err)
 			return
 		}
@@ -334,6 +337,7 @@ func (c *conn) writeLoop() {
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	nextPing := time.Now()
+	lastCheck := nextPing
 	bulkTokens := float64(r.bulkBurst)
 	lastRefill := time.Now()
 	var bulkWait *time.Timer
@@ -346,7 +350,13 @@ func (c *conn) writeLoop() {
 	for {
 		now := time.Now()
 		if !now.Before(nextPing) {
-			if err := c.checkLiveness(now); err != nil {
+			// If this goroutine ran far later than scheduled, the process
+			// was starved (GC, overloaded CPU): the peer's apparent silence
+			// may be our own backlog, so judge it next round instead of
+			// tearing down a healthy link (Lifeguard's lesson).
+			starved := now.Sub(lastCheck) > 3*r.cfg.HeartbeatInterval
+			lastCheck = now
+			if err := c.checkLiveness(now); err != nil && !starved {
 				c.close(err)
 				return
 			}

@@ -1,7 +1,9 @@
 package grpcapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
@@ -49,10 +51,10 @@ func NewGateway(ctx context.Context, target string, lg *zap.Logger) (*Gateway, e
 	// fields ignored.
 	mux := gw.NewServeMux(
 		gw.WithMarshalerOption(gw.MIMEWildcard, &gw.HTTPBodyMarshaler{
-			Marshaler: &gw.JSONPb{
+			Marshaler: &compactJSONPb{gw.JSONPb{
 				MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false},
 				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
-			},
+			}},
 		}),
 	)
 	for _, register := range []func(context.Context, *gw.ServeMux, *grpc.ClientConn) error{
@@ -91,3 +93,21 @@ type wsProxyZapLogger struct{ *zap.Logger }
 
 func (w wsProxyZapLogger) Warnln(i ...any)  { w.Warn(fmt.Sprint(i...)) }
 func (w wsProxyZapLogger) Debugln(i ...any) { w.Debug(fmt.Sprint(i...)) }
+
+// compactJSONPb is etcd's JSON marshaller with the whitespace removed.
+// protojson deliberately varies its spacing from one binary to another (so
+// nobody depends on it); etcd's release binaries happen to emit none, and
+// scripts that match bytes should see the same from us.
+type compactJSONPb struct{ gw.JSONPb }
+
+func (c *compactJSONPb) Marshal(v any) ([]byte, error) {
+	b, err := c.JSONPb.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		return b, nil // not JSON after all (cannot happen); send as is
+	}
+	return out.Bytes(), nil
+}

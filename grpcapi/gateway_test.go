@@ -12,11 +12,13 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/meshetcd/meshetcd/kvstore"
 )
 
 // serveWithGateway is serveForTest plus etcd's JSON gateway dialing the
 // same port, the way embed wires it.
-func serveWithGateway(t *testing.T, f *fakeStore) string {
+func serveWithGateway(t *testing.T, f kvstore.API) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -33,6 +33,11 @@ func (s *Server) AuthStatus(ctx context.Context, r *pb.AuthStatusRequest) (*pb.A
 // prefix, so the password never reaches the WAL; it retries if the auth
 // store changed between the check and the apply.
 func (s *Server) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	if err := s.LinearizableReadNotify(ctx); err != nil {
 		return nil, err
 	}

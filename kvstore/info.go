@@ -68,6 +68,11 @@ func (s *Server) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmRespon
 
 // Defragment defragments the backend; writes wait meanwhile.
 func (s *Server) Defragment() error {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return uerr
+	}
+	defer release()
 	s.bemu.Lock()
 	defer s.bemu.Unlock()
 	return s.be.Defrag()

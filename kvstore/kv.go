@@ -12,6 +12,11 @@ import (
 // Range serves reads locally, after a ReadIndex barrier unless the request
 // is serializable (etcd v3_server.go).
 func (s *Server) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	if !r.Serializable {
 		if err := s.LinearizableReadNotify(ctx); err != nil {
 			return nil, err
@@ -48,6 +53,11 @@ func (s *Server) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb
 // Txn serves read-only transactions locally (after a ReadIndex barrier
 // unless every range is serializable) and proposes the rest.
 func (s *Server) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	if txn.IsTxnReadonly(r) {
 		if !txn.IsTxnSerializable(r) {
 			if err := s.LinearizableReadNotify(ctx); err != nil {
@@ -73,6 +83,11 @@ func (s *Server) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 // Compact proposes a compaction; with Physical it also waits until the old
 // revisions are gone from the backend and that is committed.
 func (s *Server) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	result, err := s.processInternalRaftRequestOnce(ctx, &pb.InternalRaftRequest{Compaction: r})
 	if r.Physical && result != nil && result.Physc != nil {
 		select {

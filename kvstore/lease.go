@@ -26,6 +26,11 @@ const (
 // LeaseGrant proposes a lease. A zero ID is replaced here, by the proposer,
 // so that every member applies the same id.
 func (s *Server) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	for r.ID == int64(lease.NoLease) {
 		r.ID = int64(s.reqIDGen.Next() & ((1 << 63) - 1)) // positive int64 only
 	}
@@ -41,6 +46,11 @@ func (s *Server) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.L
 
 // LeaseRevoke proposes revoking a lease and deleting its keys.
 func (s *Server) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	if err := s.requireAuthInfo(ctx); err != nil {
 		return nil, err
 	}
@@ -55,6 +65,11 @@ func (s *Server) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb
 // expiry. On a follower it returns lease.ErrNotPrimary: forwarding to the
 // leader over the mesh comes with multi-member support.
 func (s *Server) LeaseRenew(ctx context.Context, id lease.LeaseID) (int64, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return -1, uerr
+	}
+	defer release()
 	if !s.isLeader() {
 		return -1, lease.ErrNotPrimary
 	}
@@ -104,6 +119,11 @@ func (s *Server) checkLeaseRenew(ctx context.Context, id lease.LeaseID) error {
 // LeaseTimeToLive answers from the leader's lessor; a follower returns
 // lease.ErrNotPrimary until forwarding exists.
 func (s *Server) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	if err := s.requireAuthInfo(ctx); err != nil {
 		return nil, err
 	}
@@ -172,6 +192,11 @@ func (s *Server) checkLeaseTimeToLive(ctx context.Context, id lease.LeaseID) (ui
 
 // LeaseLeases lists the leases this member knows.
 func (s *Server) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	release, uerr := s.useStores()
+	if uerr != nil {
+		return nil, uerr
+	}
+	defer release()
 	ls := s.lessor.Leases()
 	if err := s.checkLeaseLeases(ctx, ls); err != nil {
 		return nil, err

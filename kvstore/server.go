@@ -24,6 +24,7 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3compactor"
 	"go.etcd.io/etcd/server/v3/etcdserver/apply"
 	"go.etcd.io/etcd/server/v3/etcdserver/cindex"
+	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/etcdserver/read"
 	"go.etcd.io/etcd/server/v3/lease"
 	serverstorage "go.etcd.io/etcd/server/v3/storage"
@@ -82,6 +83,11 @@ type Server struct {
 	stopping chan struct{} // closed when Stop begins
 	done     chan struct{} // closed when Stop has finished
 	stopOnce sync.Once
+
+	// storesMu keeps Stop from closing the stores under a request that
+	// reads them locally; storesClosed is set once they are closed.
+	storesMu     sync.RWMutex
+	storesClosed bool
 
 	// wg tracks background goroutines; wgMu makes Add and Stop's close of
 	// stopping mutually exclusive so nothing starts after Stop waits.
@@ -411,6 +417,18 @@ func (s *Server) goAttach(f func()) bool {
 	return true
 }
 
+// useStores admits a request that reads the stores locally; it fails with
+// ErrStopped once Stop closed them. Callers must release it and must not
+// nest it (a pending Stop would deadlock a nested read lock).
+func (s *Server) useStores() (release func(), err error) {
+	s.storesMu.RLock()
+	if s.storesClosed {
+		s.storesMu.RUnlock()
+		return nil, servererrors.ErrStopped
+	}
+	return s.storesMu.RUnlock, nil
+}
+
 // stopOnRaftFailure stops the member when raft stops by itself (a WAL
 // write failed); the cause was already logged by raftnode.
 func (s *Server) stopOnRaftFailure() {
@@ -439,6 +457,11 @@ func (s *Server) Stop() {
 		s.wg.Wait()
 		// Raft goes before the state machine so no apply runs on closed stores.
 		s.r.Stop()
+		// In-flight local reads see stopping and return; then nothing
+		// touches the stores again.
+		s.storesMu.Lock()
+		s.storesClosed = true
+		s.storesMu.Unlock()
 		s.lessor.Stop()
 		s.kv.Close()
 		s.authStore.Close()

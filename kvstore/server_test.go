@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -271,4 +272,76 @@ func TestAutoCompactionPeriodic(t *testing.T) {
 		mustPut(t, s, "tick", "x")
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// TestRaftStoppingStopsMember: when raft stops underneath (as after a failed
+// WAL write), the member stops too and pending or new requests fail.
+func TestRaftStoppingStopsMember(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	defer s.Stop()
+	s.Raft().Stop()
+	select {
+	case <-s.StopNotify():
+	case <-time.After(waitTimeout):
+		t.Fatal("member kept running after raft stopped")
+	}
+	if _, err := s.Put(testCtx(t), &pb.PutRequest{Key: []byte("k")}); err == nil {
+		t.Fatal("Put on a stopped member succeeded")
+	}
+}
+
+// TestRequestsAfterStopFail: requests racing with or after Stop get an
+// error, never a panic on a closed store.
+func TestRequestsAfterStopFail(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	mustPut(t, s, "a", "b")
+	s.Stop()
+	ctx := testCtx(t)
+	calls := map[string]func() error{
+		"serializable range": func() error {
+			_, err := s.Range(ctx, &pb.RangeRequest{Key: []byte("a"), Serializable: true})
+			return err
+		},
+		"linearizable range": func() error { _, err := s.Range(ctx, &pb.RangeRequest{Key: []byte("a")}); return err },
+		"read-only txn": func() error {
+			_, err := s.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: []byte("a"), Serializable: true}}}}})
+			return err
+		},
+		"put":         func() error { _, err := s.Put(ctx, &pb.PutRequest{Key: []byte("a")}); return err },
+		"compact":     func() error { _, err := s.Compact(ctx, &pb.CompactionRequest{Revision: 1, Physical: true}); return err },
+		"lease grant": func() error { _, err := s.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 10}); return err },
+		"lease renew": func() error { _, err := s.LeaseRenew(ctx, 1); return err },
+		"lease ttl":   func() error { _, err := s.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: 1}); return err },
+		"lease list":  func() error { _, err := s.LeaseLeases(ctx, &pb.LeaseLeasesRequest{}); return err },
+		"authenticate": func() error {
+			_, err := s.Authenticate(ctx, &pb.AuthenticateRequest{Name: "u", Password: "p"})
+			return err
+		},
+		"defragment": func() error { return s.Defragment() },
+	}
+	for name, call := range calls {
+		if err := call(); err == nil {
+			t.Errorf("%s after Stop succeeded", name)
+		}
+	}
+}
+
+func TestReadsRacingStop(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	mustPut(t, s, "a", "b")
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				if _, err := s.Range(context.Background(), &pb.RangeRequest{Key: []byte("a"), Serializable: i%2 == 0}); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	s.Stop()
+	wg.Wait()
 }

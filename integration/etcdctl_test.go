@@ -103,6 +103,8 @@ var (
 		{regexp.MustCompile(`"lease":\d+`), `"lease":L`},
 		// The KV hash covers lease ids, which are random.
 		{regexp.MustCompile(`"hash":\d+`), `"hash":H`},
+		// Remaining lease TTLs depend on timing.
+		{regexp.MustCompile(`"ttl":\d+`), `"ttl":T`},
 		{regexp.MustCompile(`"ID":"?[0-9a-f]+"?`), `"ID":N`},
 	}
 )

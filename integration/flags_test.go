@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -167,4 +169,44 @@ func TestDefaultsNoFlags(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(wd, "default.meshetcd", "member")); err != nil {
 		t.Errorf("data not in ./default.meshetcd: %v", err)
 	}
+}
+
+// TestHTTPEndpointsAndPprof: /health, /version and /metrics share the
+// client port; /debug/pprof/ only with --enable-pprof; --log-outputs
+// writes the log to a file.
+func TestHTTPEndpointsAndPprof(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "logs", "member.log")
+	p := StartProc(t, ProcOptions{Args: []string{"--enable-pprof", "--log-outputs", "stderr," + logFile}})
+	for path, want := range map[string]string{
+		"/health":       `"health":"true"`,
+		"/version":      `"etcdcluster":"3.7`,
+		"/metrics":      "etcd_mvcc_db_total_size_in_bytes",
+		"/debug/pprof/": "goroutine",
+	} {
+		code, body := httpGet(t, p.ClientURL+path)
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("GET %s: %d, body lacks %q:\n%.300s", path, code, want, body)
+		}
+	}
+	b, err := os.ReadFile(logFile)
+	if err != nil || !strings.Contains(string(b), readyLine) {
+		t.Errorf("--log-outputs file: %v, ready line present=%v", err, strings.Contains(string(b), readyLine))
+	}
+
+	q := StartProc(t, ProcOptions{})
+	if code, _ := httpGet(t, q.ClientURL+"/debug/pprof/"); code != 404 {
+		t.Errorf("/debug/pprof/ without --enable-pprof: %d, want 404", code)
+	}
+}
+
+func httpGet(t *testing.T, u string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: reqTimeout}
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

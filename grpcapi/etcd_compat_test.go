@@ -16,12 +16,15 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
 
 // etcdBin finds a real etcd 3.7.3 server binary to compare against.
@@ -303,3 +306,123 @@ func maskJSONIDs(s string) string {
 }
 
 var jsonIDs = regexp.MustCompile(`"(cluster_id|member_id|raft_term)":"[0-9]+"`)
+
+// TestCompareAuthWithEtcd runs the same auth setup and the same calls as
+// anonymous, unprivileged and root users against etcd and against us.
+func TestCompareAuthWithEtcd(t *testing.T) {
+	bin := etcdBin(t)
+	etcdAddr := startEtcd(t, bin)
+	s := startKVStore(t)
+	oursAddr := serveForTest(t, s, Config{})
+
+	run := func(addr string) []string {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		kv, mt, au, cl := pb.NewKVClient(conn), pb.NewMaintenanceClient(conn), pb.NewAuthClient(conn), pb.NewClusterClient(conn)
+		base := testCtx(t)
+		var out []string
+		rec := func(name string, m proto.Message, err error) {
+			if err != nil {
+				st := status.Convert(err)
+				out = append(out, fmt.Sprintf("%s: error %v %q", name, st.Code(), st.Message()))
+				return
+			}
+			out = append(out, name+": "+maskIDs(m))
+		}
+		as := func(token string) context.Context {
+			if token == "" {
+				return base
+			}
+			return metadata.AppendToOutgoingContext(base, rpctypes.TokenFieldNameGRPC, token)
+		}
+		ctx := base
+		r, err := au.AuthEnable(ctx, &pb.AuthEnableRequest{})
+		rec("enable without root", r, err)
+		r1, err := au.UserAdd(ctx, &pb.AuthUserAddRequest{Name: "root", Password: "rootpw"})
+		rec("add root", r1, err)
+		r2, err := au.UserGrantRole(ctx, &pb.AuthUserGrantRoleRequest{User: "root", Role: "root"})
+		rec("grant root", r2, err)
+		r3, err := au.UserAdd(ctx, &pb.AuthUserAddRequest{Name: "alice", Password: "alicepw"})
+		rec("add alice", r3, err)
+		r4, err := au.UserAdd(ctx, &pb.AuthUserAddRequest{Name: "alice", Password: "x"})
+		rec("add alice again", r4, err)
+		r5, err := au.UserAdd(ctx, &pb.AuthUserAddRequest{})
+		rec("add empty user", r5, err)
+		r6, err := au.RoleAdd(ctx, &pb.AuthRoleAddRequest{Name: "rw"})
+		rec("add role", r6, err)
+		r7, err := au.RoleGrantPermission(ctx, &pb.AuthRoleGrantPermissionRequest{Name: "rw", Perm: &authpb.Permission{PermType: authpb.READWRITE, Key: []byte("a"), RangeEnd: []byte("b")}})
+		rec("grant perm", r7, err)
+		r8, err := au.UserGrantRole(ctx, &pb.AuthUserGrantRoleRequest{User: "alice", Role: "rw"})
+		rec("grant rw", r8, err)
+		r9, err := au.UserGrantRole(ctx, &pb.AuthUserGrantRoleRequest{User: "bob", Role: "rw"})
+		rec("grant to missing user", r9, err)
+		r10, err := au.AuthEnable(ctx, &pb.AuthEnableRequest{})
+		rec("enable", r10, err)
+
+		r11, err := au.Authenticate(ctx, &pb.AuthenticateRequest{Name: "alice", Password: "wrong"})
+		rec("bad password", r11, err)
+		ra, err := au.Authenticate(ctx, &pb.AuthenticateRequest{Name: "alice", Password: "alicepw"})
+		if err != nil {
+			t.Fatalf("%s: authenticate alice: %v", addr, err)
+		}
+		rr, err := au.Authenticate(ctx, &pb.AuthenticateRequest{Name: "root", Password: "rootpw"})
+		if err != nil {
+			t.Fatalf("%s: authenticate root: %v", addr, err)
+		}
+		alice, root := as(ra.Token), as(rr.Token)
+
+		r12, err := kv.Put(ctx, &pb.PutRequest{Key: []byte("a1"), Value: []byte("v")})
+		rec("anonymous put", r12, err)
+		r13, err := kv.Put(as("bogus-token"), &pb.PutRequest{Key: []byte("a1"), Value: []byte("v")})
+		rec("bogus token put", r13, err)
+		r14, err := kv.Put(alice, &pb.PutRequest{Key: []byte("a1"), Value: []byte("v")})
+		rec("alice put", r14, err)
+		r15, err := kv.Put(alice, &pb.PutRequest{Key: []byte("z"), Value: []byte("v")})
+		rec("alice put outside", r15, err)
+		r16, err := kv.Range(alice, &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("c")})
+		rec("alice range too wide", r16, err)
+		r17, err := kv.Compact(alice, &pb.CompactionRequest{Revision: 1})
+		rec("alice compact", r17, err)
+		r18, err := mt.Status(ctx, &pb.StatusRequest{})
+		rec("anonymous status", r18, err)
+		r19, err := mt.Alarm(alice, &pb.AlarmRequest{Action: pb.AlarmRequest_GET})
+		rec("alice alarm list", r19, err)
+		r20, err := mt.HashKV(alice, &pb.HashKVRequest{})
+		rec("alice hashkv", r20, err)
+		r21, err := mt.Defragment(alice, &pb.DefragmentRequest{})
+		rec("alice defrag", r21, err)
+		r22, err := cl.MemberList(ctx, &pb.MemberListRequest{})
+		rec("anonymous member list", r22.GetHeader(), err)
+		r23, err := au.UserList(alice, &pb.AuthUserListRequest{})
+		rec("alice user list", r23, err)
+		r24, err := au.UserList(root, &pb.AuthUserListRequest{})
+		rec("root user list", r24, err)
+		r25, err := au.UserGet(root, &pb.AuthUserGetRequest{Name: "alice"})
+		rec("root user get", r25, err)
+		r26, err := au.RoleGet(root, &pb.AuthRoleGetRequest{Role: "rw"})
+		rec("root role get", r26, err)
+		r27, err := au.AuthStatus(alice, &pb.AuthStatusRequest{})
+		rec("auth status", r27, err)
+		r28, err := kv.Compact(root, &pb.CompactionRequest{Revision: 1})
+		rec("root compact", r28, err)
+		r29, err := au.UserDelete(root, &pb.AuthUserDeleteRequest{Name: "root"})
+		rec("delete root while enabled", r29, err)
+		r30, err := au.AuthDisable(root, &pb.AuthDisableRequest{})
+		rec("disable", r30, err)
+		r31, err := au.AuthDisable(ctx, &pb.AuthDisableRequest{})
+		rec("disable again", r31, err)
+		return out
+	}
+	want, got := run(etcdAddr), run(oursAddr)
+	if len(want) != len(got) {
+		t.Fatalf("%d answers from etcd, %d from us", len(want), len(got))
+	}
+	for i := range want {
+		if want[i] != got[i] {
+			t.Errorf("differs from etcd 3.7.3:\n  etcd: %s\n  ours: %s", want[i], got[i])
+		}
+	}
+}

@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 # Packages with goroutines and shared state run under the race detector.
 RACE_PKGS := ./mesh/... ./meshconn/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
 
-.PHONY: all build run etcdctl test test-unit test-integration bench soak fuzz clean
+.PHONY: all build run etcdctl test test-unit test-integration test-diff bench soak fuzz clean
 
 all: build
 
@@ -37,6 +37,13 @@ test-unit:
 
 test-integration: build etcdctl
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m ./integration/...
+
+## test-diff: build etcd 3.7.3 (bin/etcd) and run the differential tests live: the clientv3 KV
+## suites and the etcdctl transcript against both servers (`make test` compares with the
+## recorded etcd transcript, and runs these live too whenever bin/etcd already exists)
+test-diff: build etcdctl etcd
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m \
+		-run 'TestEtcdctlMatchesEtcd|TestKV|TestBadInputKeepsServing' -v ./integration/
 
 ## bench: side-by-side throughput/latency against etcd 3.7.3 (see bench/)
 bench: build

@@ -40,19 +40,9 @@ const (
 // mounts; all behind etcd's CORS and host-whitelist checks.
 func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 	cfg = cfg.withDefaults(s)
-	hh := &httpHandlers{s: s, lg: cfg.Logger, version: cfg.Version, metrics: newHealthMetrics(), reqTimeout: requestTimeout(cfg.ElectionTimeout)}
-
+	hh := newHTTPHandlers(s, cfg)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/health", hh.health)
-	hh.installChecks(mux, "livez", map[string]healthCheck{
-		"serializable_read": hh.readCheck(true),
-	})
-	hh.installChecks(mux, "readyz", map[string]healthCheck{
-		"data_corruption":   hh.alarmCheck(pb.AlarmType_CORRUPT),
-		"serializable_read": hh.readCheck(true),
-		"linearizable_read": hh.readCheck(false),
-		"non_learner":       hh.learnerCheck,
-	})
+	hh.installHealth(mux)
 	mux.HandleFunc("/version", hh.versionHandler)
 	mux.Handle("/metrics", promhttp.Handler())
 	if cfg.EnablePprof {
@@ -69,6 +59,34 @@ func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 		cfg.ExtraHTTP(mux)
 	}
 	return &accessController{lg: cfg.Logger, cors: cfg.CORS, hostWhitelist: cfg.HostWhitelist, next: mux}
+}
+
+// NewMetricsHandler is what etcd serves on --listen-metrics-urls: /metrics
+// and the health endpoints, nothing else.
+func NewMetricsHandler(s kvstore.API, cfg Config) http.Handler {
+	cfg = cfg.withDefaults(s)
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	newHTTPHandlers(s, cfg).installHealth(mux)
+	return mux
+}
+
+func newHTTPHandlers(s kvstore.API, cfg Config) *httpHandlers {
+	return &httpHandlers{s: s, lg: cfg.Logger, version: cfg.Version, metrics: newHealthMetrics(), reqTimeout: requestTimeout(cfg.ElectionTimeout)}
+}
+
+// installHealth mounts /health, /livez and /readyz with etcd's checks.
+func (hh *httpHandlers) installHealth(mux *http.ServeMux) {
+	mux.HandleFunc("/health", hh.health)
+	hh.installChecks(mux, "livez", map[string]healthCheck{
+		"serializable_read": hh.readCheck(true),
+	})
+	hh.installChecks(mux, "readyz", map[string]healthCheck{
+		"data_corruption":   hh.alarmCheck(pb.AlarmType_CORRUPT),
+		"serializable_read": hh.readCheck(true),
+		"linearizable_read": hh.readCheck(false),
+		"non_learner":       hh.learnerCheck,
+	})
 }
 
 // requestTimeout is etcd's ServerConfig.ReqTimeout: 5s plus two election

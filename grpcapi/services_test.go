@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -664,5 +665,17 @@ func TestLimitsDefaultToStoreConfig(t *testing.T) {
 	wantWireError(t, "3 ops with store limit 2", err, rpctypes.ErrGRPCTooManyOps)
 	if _, err := cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("b", "1")).Commit(); err != nil {
 		t.Fatalf("2 ops: %v", err)
+	}
+}
+
+func TestMetricsHandler(t *testing.T) {
+	f := newFakeStore(t)
+	h := NewMetricsHandler(f, Config{Logger: zap.NewNop()})
+	for path, want := range map[string]int{"/metrics": 200, "/health": 200, "/livez": 200, "/readyz": 200, "/version": 404, "/v3/kv/range": 404} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != want {
+			t.Errorf("%s: %d, want %d", path, rec.Code, want)
+		}
 	}
 }

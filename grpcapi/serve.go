@@ -27,6 +27,10 @@ const shutdownGrace = 2 * time.Second
 // (or a server) fails. Either way it closes l, stops gs (gracefully for up to
 // two seconds, then hard) and the HTTP server, and waits for every goroutine
 // it started before returning.
+//
+// gs belongs to this call: give each listener its own gRPC server, as etcd
+// does, or one listener's failure stops the others' gRPC traffic too. The
+// HTTP handler can be shared.
 func Serve(ctx context.Context, l net.Listener, gs *grpc.Server, h http.Handler) error {
 	tl := newTrackingListener(l)
 	m := cmux.New(tl)

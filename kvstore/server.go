@@ -261,6 +261,10 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	if err := s.r.Start(applier{s}); err != nil {
 		return nil, fmt.Errorf("kvstore: start raft: %w", err)
 	}
+	if len(s.cluster.Members()) == 1 {
+		// Alone, nobody else can win: skip most of the first election timeout.
+		s.r.AdvanceTicks(cfg.electionTicks() - 1)
+	}
 	s.goAttach(s.read.LinearizableReadLoop)
 	s.goAttach(s.revokeExpiredLeasesLoop)
 	s.goAttach(s.publish)

@@ -124,3 +124,12 @@ func (n *Node) Snapshotter() *snap.Snapshotter { return n.snapshotter }
 
 // Config is the effective configuration after defaults.
 func (n *Node) Config() Config { return n.cfg }
+
+// AdvanceTicks fast-forwards the election clock by ticks, so a member that
+// can only elect itself (one voter) does not sit out a full election
+// timeout at start (etcd's adjustTicks).
+func (n *Node) AdvanceTicks(ticks int) {
+	for i := 0; i < ticks; i++ {
+		n.tick()
+	}
+}

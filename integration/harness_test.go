@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"net/url"
+
 	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/meshetcd/meshetcd/embed"
 	"io"
 	"os"
 	"os/exec"
@@ -499,4 +502,34 @@ func ctx(t testing.TB) context.Context {
 // testLogger logs through t, for in-process members.
 func testLogger(t testing.TB) *zap.Logger {
 	return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+}
+
+// StartEmbedded starts an in-process member through embed on free ports,
+// closed at test end. The returned Proc carries the endpoint, so Client,
+// Ctl and MustCtl work on it as on a process (signals do not).
+func StartEmbedded(t testing.TB, mutate func(*embed.Config)) (*embed.Member, *Proc) {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Name = "e1"
+	cfg.DataDir = filepath.Join(t.TempDir(), "e1.data")
+	zero := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
+	cfg.ListenClientURLs = []url.URL{zero}
+	cfg.AdvertiseClientURLs = []url.URL{zero}
+	cfg.Logger = testLogger(t)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	m, err := embed.StartMember(sctx, cfg)
+	if err != nil {
+		t.Fatalf("embed.StartMember: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("closing embedded member: %v", err)
+		}
+	})
+	u := m.ListenClientURLs()[0]
+	return m, &Proc{t: t, DataDir: cfg.DataDir, Endpoint: u.Host, ClientURL: u.String(), Logs: newLogBuffer()}
 }

@@ -8,12 +8,17 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// forEachServer runs fn against a fresh meshetcd member and, when an etcd
-// 3.7.3 binary is available, against a fresh etcd too — which proves the
-// expectations in fn are etcd's behaviour, not our guess of it.
+// forEachServer runs fn against a fresh meshetcd process, a fresh
+// in-process (embed) member and, when an etcd 3.7.3 binary is available, a
+// fresh etcd too — which proves the expectations in fn are etcd's
+// behaviour, not our guess of it.
 func forEachServer(t *testing.T, fn func(t *testing.T, p *Proc)) {
 	t.Run("meshetcd", func(t *testing.T) {
 		fn(t, StartProc(t, ProcOptions{}))
+	})
+	t.Run("embedded", func(t *testing.T) {
+		_, p := StartEmbedded(t, nil)
+		fn(t, p)
 	})
 	if bins.etcd != "" {
 		t.Run("etcd", func(t *testing.T) {

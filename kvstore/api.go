@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/auth"
@@ -66,6 +67,11 @@ type Config struct {
 	// is a duration (periodic) or a revision count (revision). Empty/0 = off.
 	AutoCompactionMode      string
 	AutoCompactionRetention string
+
+	// MetricsRegisterer receives this member's etcd_server_* metrics (has
+	// leader, proposals, leader changes, ...); nil registers none. One
+	// member per registry; Stop unregisters them.
+	MetricsRegisterer prometheus.Registerer
 
 	// Transport carries raft messages to other members. nil is valid for a
 	// one-member cluster (it sends nothing).

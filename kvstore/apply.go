@@ -283,6 +283,9 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 
 // leadershipChanged runs in raftnode's Ready loop (etcd's updateLeadership).
 func (s *Server) leadershipChanged(isLeader, leaderChanged bool) {
+	if leaderChanged {
+		s.metrics.leaderChanges.Inc()
+	}
 	if !isLeader {
 		s.lessor.Demote()
 		if s.compactor != nil {

@@ -295,7 +295,11 @@ func (s *Server) revokeExpiredLeases(leases []*lease.Lease) {
 			defer func() { <-slots }()
 			// Revokes run as root: auth must not keep an expired lease alive.
 			ctx := s.authStore.WithRoot(s.ctx)
-			if _, err := s.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: id}); err != nil && !errors.Is(err, lease.ErrLeaseNotFound) {
+			_, err := s.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: id})
+			switch {
+			case err == nil:
+				s.metrics.leaseExpired.Inc()
+			case !errors.Is(err, lease.ErrLeaseNotFound):
 				s.lg.Warn("failed to revoke expired lease", zap.String("lease-id", fmt.Sprintf("%016x", id)), zap.Error(err))
 			}
 		})

@@ -66,12 +66,15 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.requestTimeout())
 	defer cancel()
 	if err := s.r.Propose(cctx, data); err != nil {
+		s.metrics.proposalsFailed.Inc()
 		s.w.Trigger(id, nil) // free the waiter
 		if cctx.Err() != nil {
 			return nil, s.parseProposeCtxErr(cctx.Err(), start)
 		}
 		return nil, err
 	}
+	s.metrics.proposalsPend.Inc()
+	defer s.metrics.proposalsPend.Dec()
 	select {
 	case x := <-ch:
 		if x == nil {
@@ -80,6 +83,7 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 		}
 		return x.(*apply.Result), nil
 	case <-cctx.Done():
+		s.metrics.proposalsFailed.Inc()
 		s.w.Trigger(id, nil)
 		return nil, s.parseProposeCtxErr(cctx.Err(), start)
 	case <-s.stopping:

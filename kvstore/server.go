@@ -69,6 +69,7 @@ type Server struct {
 	w        wait.Wait
 	reqIDGen *idutil.Generator
 
+	metrics           *serverMetrics
 	firstCommitInTerm *notify.Notifier
 	appliedIndex      atomic.Uint64
 	appliedTerm       atomic.Uint64
@@ -222,6 +223,13 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	}
 	closers = append(closers, s.r.Stop)
 	s.reqIDGen = idutil.NewGenerator(uint16(s.memberID), time.Now())
+	s.metrics = newServerMetrics(s)
+	if cfg.MetricsRegisterer != nil {
+		if err := s.metrics.register(cfg.MetricsRegisterer); err != nil {
+			return nil, err
+		}
+		closers = append(closers, func() { s.metrics.unregister(cfg.MetricsRegisterer) })
+	}
 
 	// The lessor comes before mvcc: restoring mvcc re-attaches keys to leases.
 	s.lessor = lease.NewLessor(lg, be, s.cluster, lease.LessorConfig{
@@ -471,6 +479,9 @@ func (s *Server) Stop() {
 		s.authStore.Close()
 		if err := s.Backend().Close(); err != nil {
 			s.lg.Warn("failed to close backend", zap.Error(err))
+		}
+		if s.cfg.MetricsRegisterer != nil {
+			s.metrics.unregister(s.cfg.MetricsRegisterer)
 		}
 		if err := s.dirLock.Close(); err != nil {
 			s.lg.Warn("failed to release data directory lock", zap.Error(err))

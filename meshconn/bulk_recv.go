@@ -32,10 +32,11 @@ type inTransfer struct {
 	next       uint64 // stream offset expected next; all before it arrived
 	crc        uint32 // CRC32C of stream[:next]
 	final      bool   // the whole stream arrived and its checksum matched
-	queue      [][]byte
-	queued     uint64 // body bytes in queue
-	consumed   uint64 // body bytes read by the handler
-	advertised uint64 // the last limit sent to the sender
+	queue      []rchunk
+	free       [][]byte // consumed chunk buffers, reused for new chunks
+	queued     uint64   // body bytes in queue
+	consumed   uint64   // body bytes read by the handler
+	advertised uint64   // the last limit sent to the sender
 	heard      time.Time
 	noRoute    time.Time // since when the sender has been unreachable
 	gapAckFor  uint64    // next, when a gap ack was last sent for it
@@ -147,7 +148,8 @@ func (b *Bulk) open(key inKey, m *bulkMsg) {
 	b.log.Info("receiving bulk transfer", zap.String("src", string(key.src)), zap.Uint64("id", key.id), zap.Uint32("meta-bytes", m.metaLen))
 	t.mu.Lock()
 	t.ackLocked(false)
-	start := t.metaLen == 0
+	start := t.metaLen == 0 // nothing to wait for before the handler runs
+	t.handler = start
 	t.mu.Unlock()
 	if start {
 		b.startHandler(t)
@@ -186,8 +188,9 @@ func (t *inTransfer) data(m *bulkMsg) (start bool, err error) {
 	}
 	t.meta = append(t.meta, m.chunk[:metaPart]...)
 	if body := m.chunk[metaPart:]; len(body) > 0 {
-		// The mesh reuses its buffer after we return; keep a copy.
-		t.queue = append(t.queue, append([]byte(nil), body...))
+		// The mesh reuses its buffer after we return; keep a copy, in a
+		// recycled buffer so a long transfer does not churn the heap.
+		t.queue = append(t.queue, rchunk{b: append(t.takeBuf(len(body)), body...)})
 		t.queued += uint64(len(body))
 	}
 	t.crc = crc32.Update(t.crc, castagnoli, m.chunk)
@@ -298,7 +301,7 @@ func (b *Bulk) abortIncoming(t *inTransfer, err error, code uint8, reason string
 	b.mu.Unlock()
 	t.mu.Lock()
 	t.err = err
-	t.queue, t.queued = nil, 0
+	t.queue, t.queued, t.free = nil, 0, nil
 	t.cond.Broadcast()
 	t.mu.Unlock()
 	t.cancel()
@@ -313,6 +316,24 @@ func truncReason(s string) string {
 		return s[:maxReasonLen]
 	}
 	return s
+}
+
+// rchunk is a received body chunk, read up to off.
+type rchunk struct {
+	b   []byte
+	off int
+}
+
+// takeBuf returns an empty buffer with room for n bytes.
+func (t *inTransfer) takeBuf(n int) []byte {
+	for len(t.free) > 0 {
+		b := t.free[len(t.free)-1]
+		t.free = t.free[:len(t.free)-1]
+		if cap(b) >= n {
+			return b
+		}
+	}
+	return make([]byte, 0, max(n, t.b.chunk))
 }
 
 // bodyReader is Incoming.Body.
@@ -332,12 +353,15 @@ func (r bodyReader) Read(p []byte) (int, error) {
 		t.eof = true
 		return 0, io.EOF
 	}
-	n := copy(p, t.queue[0])
-	if n == len(t.queue[0]) {
-		t.queue[0] = nil
+	c := &t.queue[0]
+	n := copy(p, c.b[c.off:])
+	c.off += n
+	if c.off == len(c.b) {
+		if len(t.free) <= t.b.cfg.Window {
+			t.free = append(t.free, c.b[:0])
+		}
+		t.queue[0] = rchunk{}
 		t.queue = t.queue[1:]
-	} else {
-		t.queue[0] = t.queue[0][n:]
 	}
 	t.queued -= uint64(n)
 	t.consumed += uint64(n)

@@ -3,6 +3,7 @@ package meshconn
 import (
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/meshetcd/meshetcd/mesh"
@@ -47,6 +48,7 @@ type fakeChan struct {
 	h     mesh.DatagramHandler
 	inbox chan fakeDatagram
 	stop  chan struct{}
+	muted atomic.Bool // drops everything: a peer that died silently
 }
 
 func newFakeNet(t testing.TB, maxPayload int) *fakeNet {
@@ -69,8 +71,12 @@ func (n *fakeNet) opener(peer mesh.PeerName, id mesh.ChannelID) OpenFunc {
 	return func(h mesh.DatagramHandler) (Channel, error) {
 		c := &fakeChan{n: n, key: fakeKey{peer, id}, h: h, inbox: make(chan fakeDatagram, n.inboxLen), stop: make(chan struct{})}
 		n.mu.Lock()
+		old := n.chans[c.key] // a restarted peer takes over the channel
 		n.chans[c.key] = c
 		n.mu.Unlock()
+		if old != nil {
+			close(old.stop)
+		}
 		n.wg.Add(1)
 		go c.run()
 		return c, nil
@@ -81,7 +87,11 @@ func (n *fakeNet) reachable(from mesh.PeerName) func(mesh.PeerName) bool {
 	return func(to mesh.PeerName) bool {
 		n.mu.Lock()
 		defer n.mu.Unlock()
-		return !n.down[to] && !n.down[from] && !n.cut[pair(from, to)]
+		known := false
+		for k := range n.chans {
+			known = known || k.peer == to
+		}
+		return known && !n.down[to] && !n.down[from] && !n.cut[pair(from, to)]
 	}
 }
 
@@ -183,7 +193,9 @@ func (c *fakeChan) run() {
 		case <-c.stop:
 			return
 		case d := <-c.inbox:
-			c.h(d.src, d.payload)
+			if !c.muted.Load() {
+				c.h(d.src, d.payload)
+			}
 		}
 	}
 }

@@ -15,8 +15,8 @@ import (
 )
 
 // Channel is the datagram channel meshconn sends on; *mesh.DatagramChannel
-// satisfies it. Send must never block. meshconn never touches a payload
-// again after handing it to Send, so Send may keep it without copying.
+// satisfies it. Send must never block, and must copy payload: meshconn
+// reuses the buffer once Send returns.
 type Channel interface {
 	Send(dst mesh.PeerName, payload []byte) error
 	MaxPayload() int

@@ -1,0 +1,343 @@
+package meshconn
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshetcd/meshetcd/mesh"
+)
+
+const bulkChan mesh.ChannelID = 41
+
+// fastBulk is a config with timeouts short enough for tests yet generous
+// for a loaded 2-core machine.
+func fastBulk(h Handler) BulkConfig {
+	return BulkConfig{
+		ChunkSize:         16 << 10,
+		Window:            8,
+		RetransmitTimeout: 20 * time.Millisecond,
+		IdleTimeout:       3 * time.Second,
+		NoRouteGrace:      300 * time.Millisecond,
+		Handler:           h,
+	}
+}
+
+func newFakeBulk(t *testing.T, n *fakeNet, name mesh.PeerName, cfg BulkConfig) *Bulk {
+	t.Helper()
+	b, err := newBulk(name, n.opener(name, bulkChan), n.reachable(name), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// received is what a test handler saw of one transfer.
+type received struct {
+	src  mesh.PeerName
+	meta []byte
+	sum  [32]byte
+	n    int64
+	err  error
+}
+
+// hashingHandler reads each body into a SHA-256 and reports it on out.
+func hashingHandler(out chan<- received) Handler {
+	return func(ctx context.Context, in *Incoming) error {
+		h := sha256.New()
+		n, err := io.Copy(h, in.Body)
+		r := received{src: in.Src, meta: bytes.Clone(in.Meta), n: n, err: err}
+		copy(r.sum[:], h.Sum(nil))
+		out <- r
+		return err
+	}
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		v := r.Uint64()
+		for j := range 8 {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+func TestBulkTransferUnderFaults(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	got := make(chan received, 1)
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	newFakeBulk(t, n, "b", fastBulk(hashingHandler(got)))
+	n.setFaults(0.03, 0.02, 0.02, 0.03)
+
+	body := randomBytes(1, 3<<20+123)
+	meta := randomBytes(2, 40<<10) // spans several chunks
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := a.Send(ctx, "b", meta, bytes.NewReader(body)); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	r := <-got
+	if r.err != nil || r.src != "a" || !bytes.Equal(r.meta, meta) || r.n != int64(len(body)) || r.sum != sha256.Sum256(body) {
+		t.Fatalf("receiver got src %q, %d meta bytes (equal %v), %d body bytes (hash equal %v), err %v",
+			r.src, len(r.meta), bytes.Equal(r.meta, meta), r.n, r.sum == sha256.Sum256(body), r.err)
+	}
+}
+
+func TestBulkShapes(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	got := make(chan received, 1)
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	b := newFakeBulk(t, n, "b", fastBulk(hashingHandler(got)))
+	c := b.ChunkSize()
+	for _, tc := range []struct{ meta, body int }{
+		{0, 0}, {5, 0}, {0, 5}, {c, 0}, {0, c}, {c, c}, {c - 1, 1}, {1, 3 * c}, {3 * c, 2*c + 1},
+	} {
+		meta, body := randomBytes(3, tc.meta), randomBytes(4, tc.body)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := a.Send(ctx, "b", meta, bytes.NewReader(body))
+		cancel()
+		if err != nil {
+			t.Fatalf("meta %d body %d: Send: %v", tc.meta, tc.body, err)
+		}
+		r := <-got
+		if !bytes.Equal(r.meta, meta) || r.n != int64(tc.body) || r.sum != sha256.Sum256(body) {
+			t.Fatalf("meta %d body %d: received meta %d, body %d bytes, hash equal %v", tc.meta, tc.body, len(r.meta), r.n, r.sum == sha256.Sum256(body))
+		}
+	}
+}
+
+func TestBulkRejections(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	newFakeBulk(t, n, "nohandler", fastBulk(nil))
+	cfg := fastBulk(func(ctx context.Context, in *Incoming) error {
+		if string(in.Meta) == "early" {
+			return nil // returns without reading the body
+		}
+		io.Copy(io.Discard, in.Body)
+		return errors.New("snapshot index too old")
+	})
+	cfg.MaxMetaSize = 100
+	newFakeBulk(t, n, "picky", cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		dst  mesh.PeerName
+		meta string
+		want string
+	}{
+		{"nohandler", "m", "accepts no transfers"},
+		{"picky", "m", "snapshot index too old"},
+		{"picky", "early", "before reading the whole body"},
+		{"picky", strings.Repeat("m", 101), "exceeds 100"},
+	} {
+		err := a.Send(ctx, tc.dst, []byte(tc.meta), bytes.NewReader(randomBytes(5, 100<<10)))
+		if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Send to %s with meta %.8q: %v; want ErrRejected mentioning %q", tc.dst, tc.meta, err, tc.want)
+		}
+	}
+	if err := a.Send(ctx, "nobody", nil, bytes.NewReader(nil)); !errors.Is(err, mesh.ErrNoRoute) {
+		t.Errorf("Send to unknown peer: %v; want mesh.ErrNoRoute", err)
+	}
+	if err := a.Send(ctx, "a", nil, bytes.NewReader(nil)); !errors.Is(err, ErrBadAddr) {
+		t.Errorf("Send to self: %v; want ErrBadAddr", err)
+	}
+}
+
+// slowReader yields n bytes of src, then blocks until release is closed.
+type gatedReader struct {
+	r       io.Reader
+	n       int
+	reached chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	if g.n <= 0 {
+		g.once.Do(func() { close(g.reached) })
+		<-g.release
+		return g.r.Read(p)
+	}
+	p = p[:min(len(p), g.n)]
+	n, err := g.r.Read(p)
+	g.n -= n
+	return n, err
+}
+
+func TestBulkReceiverDiesMidway(t *testing.T) {
+	for _, visible := range []bool{true, false} {
+		t.Run(fmt.Sprintf("routeLost=%v", visible), func(t *testing.T) {
+			n := newFakeNet(t, 20<<10)
+			got := make(chan received, 1)
+			a := newFakeBulk(t, n, "a", fastBulk(nil))
+			newFakeBulk(t, n, "b", fastBulk(hashingHandler(got)))
+			body := &gatedReader{r: bytes.NewReader(randomBytes(6, 1<<20)), n: 300 << 10, reached: make(chan struct{}), release: make(chan struct{})}
+			errc := make(chan error, 1)
+			go func() { errc <- a.Send(context.Background(), "b", nil, body) }()
+			<-body.reached
+			start := time.Now()
+			if visible {
+				n.kill("b") // the mesh notices: no route
+			} else {
+				n.mu.Lock() // silent death: datagrams vanish, the route stays
+				n.chans[fakeKey{"b", bulkChan}].muted.Store(true)
+				n.mu.Unlock()
+			}
+			close(body.release)
+			select {
+			case err := <-errc:
+				want := ErrIdleTimeout
+				if visible {
+					want = mesh.ErrNoRoute
+				}
+				if !errors.Is(err, want) {
+					t.Fatalf("Send: %v; want %v", err, want)
+				}
+				t.Logf("Send failed after %v: %v", time.Since(start), err)
+			case <-time.After(20 * time.Second):
+				t.Fatal("Send did not fail within 20 s of the receiver's death")
+			}
+		})
+	}
+}
+
+func TestBulkSenderDiesMidway(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	dir := t.TempDir()
+	handlerErr := make(chan error, 1)
+	cfg := fastBulk(SpoolToFile(dir, func(context.Context, mesh.PeerName, []byte, string) error {
+		handlerErr <- nil
+		return nil
+	}))
+	newFakeBulk(t, n, "b", cfg)
+	for _, how := range []string{"cancel", "vanish"} {
+		a, err := newBulk("a-"+mesh.PeerName(how), n.opener("a-"+mesh.PeerName(how), bulkChan), n.reachable("a-"+mesh.PeerName(how)), fastBulk(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := &gatedReader{r: bytes.NewReader(randomBytes(7, 1<<20)), n: 200 << 10, reached: make(chan struct{}), release: make(chan struct{})}
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() { errc <- a.Send(ctx, "b", []byte("meta"), body) }()
+		<-body.reached
+		eventually(t, 5*time.Second, "the spool file", func() bool {
+			ents, _ := os.ReadDir(dir)
+			return len(ents) == 1
+		})
+		if how == "cancel" {
+			cancel()
+		} else {
+			n.kill("a-vanish")
+			cancel()
+		}
+		close(body.release)
+		// A vanished sender's own Send fails however it likes; the point
+		// is the receiver's cleanup.
+		if err := <-errc; err == nil || how == "cancel" && !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: Send: %v; want context.Canceled", how, err)
+		}
+		eventually(t, 10*time.Second, how+": spool file removed", func() bool {
+			ents, _ := os.ReadDir(dir)
+			return len(ents) == 0
+		})
+		select {
+		case <-handlerErr:
+			t.Fatalf("%s: SpoolFunc called for an incomplete body", how)
+		default:
+		}
+		a.Close()
+	}
+}
+
+func TestBulkConcurrentTransfersDoNotMix(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	got := make(chan received, 8)
+	cfg := fastBulk(hashingHandler(got))
+	cfg.MaxIncoming = 8
+	newFakeBulk(t, n, "sink", cfg)
+	senders := []*Bulk{newFakeBulk(t, n, "a", fastBulk(nil)), newFakeBulk(t, n, "b", fastBulk(nil))}
+	n.setFaults(0.01, 0, 0, 0.01)
+	want := make(map[string][32]byte)
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for i := range 6 {
+		s := senders[i%2]
+		meta := fmt.Sprintf("%s-%d", s.local, i)
+		body := randomBytes(uint64(10+i), 200<<10+i*1000)
+		want[meta] = sha256.Sum256(body)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			errs <- s.Send(ctx, "sink", []byte(meta), bytes.NewReader(body))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 6 {
+		r := <-got
+		if w, ok := want[string(r.meta)]; !ok || w != r.sum || !strings.HasPrefix(string(r.meta), string(r.src)) {
+			t.Fatalf("transfer %q from %s arrived mixed up", r.meta, r.src)
+		}
+		delete(want, string(r.meta))
+	}
+}
+
+func TestBulkReceiverRestartAbortsSender(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	got := make(chan received, 1)
+	b1, err := newBulk("b", n.opener("b", bulkChan), n.reachable("b"), fastBulk(hashingHandler(got)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := &gatedReader{r: bytes.NewReader(randomBytes(8, 1<<20)), n: 200 << 10, reached: make(chan struct{}), release: make(chan struct{})}
+	errc := make(chan error, 1)
+	go func() { errc <- a.Send(context.Background(), "b", nil, body) }()
+	<-body.reached
+	b1.Close() // tells the sender
+	if r := <-got; r.err == nil {
+		t.Fatal("handler's Body did not fail on Close")
+	}
+	close(body.release) // the sender reads the body on its own goroutine
+	if err := <-errc; !errors.Is(err, ErrAborted) {
+		t.Fatalf("Send after receiver Close: %v; want ErrAborted", err)
+	}
+
+	// A receiver that crashes and restarts without a word: the sender
+	// learns from its next chunk that the transfer is unknown.
+	newFakeBulk(t, n, "b", fastBulk(hashingHandler(got)))
+	body = &gatedReader{r: bytes.NewReader(randomBytes(8, 1<<20)), n: 200 << 10, reached: make(chan struct{}), release: make(chan struct{})}
+	go func() { errc <- a.Send(context.Background(), "b", nil, body) }()
+	<-body.reached
+	newFakeBulk(t, n, "b", fastBulk(hashingHandler(got))) // takes over b's traffic
+	close(body.release)
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), "unknown transfer") {
+			t.Fatalf("Send after receiver restart: %v; want ErrAborted (unknown transfer)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Send did not notice the receiver's restart")
+	}
+}

@@ -1,0 +1,35 @@
+package meshconn
+
+import (
+	"github.com/meshetcd/meshetcd/mesh"
+)
+
+// Suggested channel ids for the Raft transport; both ends must agree.
+const (
+	DefaultRaftChannel mesh.ChannelID = 32
+	DefaultBulkChannel mesh.ChannelID = 33
+)
+
+// Listen opens a PacketConn on a new Raft-priority datagram channel id of r.
+func Listen(r *mesh.Router, id mesh.ChannelID, cfg PacketConfig) (*PacketConn, error) {
+	return newPacketConn(r.Name(), func(h mesh.DatagramHandler) (Channel, error) {
+		ch, err := r.NewDatagramChannel(id, "meshconn", mesh.PriorityRaft, h)
+		if err != nil {
+			return nil, err
+		}
+		return ch, nil
+	}, cfg)
+}
+
+// NewBulk opens a Bulk endpoint on a new bulk-priority datagram channel id
+// of r. It gives transfers up when r has had no route to the other side
+// for BulkConfig.NoRouteGrace.
+func NewBulk(r *mesh.Router, id mesh.ChannelID, cfg BulkConfig) (*Bulk, error) {
+	return newBulk(r.Name(), func(h mesh.DatagramHandler) (Channel, error) {
+		ch, err := r.NewDatagramChannel(id, "meshconn-bulk", mesh.PriorityBulk, h)
+		if err != nil {
+			return nil, err
+		}
+		return ch, nil
+	}, r.Reachable, cfg)
+}

@@ -42,6 +42,7 @@ type Router struct {
 	stopped     bool
 	topo        *topology
 	conns       map[PeerName]*conn  // the connection in use per neighbour
+	standby     map[PeerName]*conn  // tie-break losers the remote has yet to close
 	pendingConn map[net.Conn]string // handshakes in progress → address
 	channels    map[ChannelID]*channel
 	subs        map[*routeSub]struct{}
@@ -102,6 +103,7 @@ func New(cfg Config) (*Router, error) {
 		maxFrame:    maxEnvelopeHdr + cfg.MaxDatagramSize,
 		rng:         mrand.New(mrand.NewPCG(seed, seed^0x5851f42d4c957f2d)),
 		conns:       map[PeerName]*conn{},
+		standby:     map[PeerName]*conn{},
 		pendingConn: map[net.Conn]string{},
 		channels:    map[ChannelID]*channel{},
 		subs:        map[*routeSub]struct{}{},
@@ -203,8 +205,11 @@ func (r *Router) Stop() error {
 		return nil
 	}
 	r.stopped = true
-	conns := make([]*conn, 0, len(r.conns))
+	conns := make([]*conn, 0, len(r.conns)+len(r.standby))
 	for _, c := range r.conns {
+		conns = append(conns, c)
+	}
+	for _, c := range r.standby {
 		conns = append(conns, c)
 	}
 	pending := make([]net.Conn, 0, len(r.pendingConn))
@@ -579,6 +584,7 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 		return ErrClosed
 	}
 	var loser *conn
+	duplicate := false
 	if old, ok := r.conns[c.remote]; ok {
 		switch {
 		case old.remoteUID != c.remoteUID:
@@ -594,11 +600,15 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 			r.replaced[c.remote][old.remoteUID] = true
 			loser = old
 		case keepNew(r.name, old, c):
-			loser = old
+			loser, duplicate = old, true
 		default:
+			// c loses the tie-break and is never used for sending.
+			standby := r.retireDuplicateLocked(c)
 			r.mu.Unlock()
 			c.start()
-			c.closeGracefully("duplicate connection")
+			if !standby {
+				c.closeGracefully("duplicate connection")
+			}
 			return nil
 		}
 	}
@@ -607,13 +617,14 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 		return fmt.Errorf("mesh: connection limit %d reached", r.cfg.ConnLimit)
 	}
 	r.conns[c.remote] = c
+	closeLoser := loser != nil && !(duplicate && r.retireDuplicateLocked(loser))
 	r.publishConnsLocked()
 	r.updateSelfLocked()
 	r.recalcLocked()
 	r.mu.Unlock()
 
 	c.start()
-	if loser != nil {
+	if closeLoser {
 		loser.closeGracefully("superseded by a newer connection")
 	}
 	r.log.Info("mesh connection established", zap.String("peer", string(c.remote)), zap.Uint64("peer_uid", c.remoteUID),
@@ -629,6 +640,24 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 	}
 	r.maker.connected(addr, c.remote)
 	return nil
+}
+
+// retireDuplicateLocked handles the losing connection of a tie-break.
+// The peer that dialled it closes it (once it has the winner, both ends
+// agree); if the remote dialled it, we keep it as a standby, unused for
+// sending, so there is no moment without a usable link while the remote
+// is still finishing the winner's handshake. A standby is promoted if the
+// winner dies and closed after StandbyTimeout if the remote never does.
+// It reports whether the loser became a standby.
+func (r *Router) retireDuplicateLocked(loser *conn) bool {
+	if loser.outbound {
+		return false
+	}
+	if prev := r.standby[loser.remote]; prev != nil && prev != loser {
+		prev.closeGracefully("duplicate connection")
+	}
+	r.standby[loser.remote] = loser
+	return true
 }
 
 // keepNew is the duplicate tie-break both ends agree on: keep the
@@ -648,9 +677,18 @@ func keepNew(self PeerName, old, cur *conn) bool {
 // connClosed is called once per connection when it dies.
 func (r *Router) connClosed(c *conn, err error) {
 	r.mu.Lock()
+	if r.standby[c.remote] == c {
+		delete(r.standby, c.remote)
+	}
 	current := r.conns[c.remote] == c
 	if current {
 		delete(r.conns, c.remote)
+		if sb := r.standby[c.remote]; sb != nil && sb.remoteUID == c.remoteUID && !sb.closing.Load() {
+			// The tie-break winner died but the standby is alive: use it.
+			delete(r.standby, c.remote)
+			r.conns[c.remote] = sb
+			current = false
+		}
 		r.publishConnsLocked()
 		r.updateSelfLocked()
 		r.recalcLocked()
@@ -822,6 +860,11 @@ func (r *Router) antiEntropy() {
 func (r *Router) collectGarbage() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, sb := range r.standby {
+		if time.Since(sb.since) > r.cfg.HandshakeTimeout+r.cfg.DeadTimeout {
+			sb.closeGracefully("duplicate connection")
+		}
+	}
 	rt := r.routes.Load()
 	removed := r.topo.gc(r.cfg.Clock.Now(),
 		func(p PeerName) bool { _, ok := rt.hops[p]; return ok },

@@ -50,7 +50,7 @@ type ConnectionStatus struct {
 	Peer      PeerName `json:"peer"`
 	PeerUID   string   `json:"peer_uid"`
 	Addr      string   `json:"addr"`
-	State     string   `json:"state"`     // established, handshake
+	State     string   `json:"state"`     // established, standby, handshake
 	Direction string   `json:"direction"` // outbound, inbound
 	Encrypted bool     `json:"encrypted"`
 	RTT       string   `json:"rtt"`
@@ -123,13 +123,24 @@ func (r *Router) Status() Status {
 	}
 	slices.Sort(st.Tombstones)
 	now := time.Now()
+	all := make([]*conn, 0, len(r.conns)+len(r.standby))
 	for _, c := range r.conns {
+		all = append(all, c)
+	}
+	for _, c := range r.standby {
+		all = append(all, c)
+	}
+	for _, c := range all {
+		state := "established"
+		if r.conns[c.remote] != c {
+			state = "standby" // lost a duplicate tie-break; the remote closes it
+		}
 		dir := "inbound"
 		if c.outbound {
 			dir = "outbound"
 		}
 		st.Connections = append(st.Connections, ConnectionStatus{
-			Peer: c.remote, PeerUID: fmt.Sprintf("%016x", c.remoteUID), Addr: c.addr, State: "established",
+			Peer: c.remote, PeerUID: fmt.Sprintf("%016x", c.remoteUID), Addr: c.addr, State: state,
 			Direction: dir, Encrypted: c.send != nil, RTT: time.Duration(c.rtt.Load()).String(),
 			Since:    now.Sub(c.since).Round(time.Millisecond).String(),
 			FramesIn: c.framesIn.Load(), FramesOut: c.framesOut.Load(), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),

@@ -497,7 +497,7 @@ func (n *Node) applySnapshot(ap toApply) error {
 		return fmt.Errorf("apply leader snapshot %d: %w", idx, err)
 	}
 	n.confMu.Lock()
-	n.confState = proto.Clone(pb2ConfState(ap.snapshot)).(*raftpb.ConfState)
+	n.confState = proto.Clone(snapshotConfState(ap.snapshot)).(*raftpb.ConfState)
 	n.confMu.Unlock()
 	n.appliedTerm = term
 	n.snapshotIndex = idx
@@ -505,7 +505,7 @@ func (n *Node) applySnapshot(ap toApply) error {
 	return nil
 }
 
-func pb2ConfState(s *raftpb.Snapshot) *raftpb.ConfState {
+func snapshotConfState(s *raftpb.Snapshot) *raftpb.ConfState {
 	if cs := s.GetMetadata().GetConfState(); cs != nil {
 		return cs
 	}

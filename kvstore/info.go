@@ -2,10 +2,8 @@ package kvstore
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"github.com/coreos/go-semver/semver"
 	"go.uber.org/zap"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -178,8 +176,7 @@ func (s *Server) maybeSetClusterVersion() {
 	if !s.isLeader() || s.cluster.Version() != nil {
 		return
 	}
-	v := semver.Must(semver.NewVersion(version.Version))
-	ver := fmt.Sprintf("%d.%d.0", v.Major, v.Minor)
+	ver := version.Cluster(version.Version) + ".0" // major.minor.0, like etcd
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.requestTimeout())
 	defer cancel()
 	if _, err := s.raftRequest(ctx, &pb.InternalRaftRequest{ClusterVersionSet: &membershippb.ClusterVersionSetRequest{Ver: ver}}); err != nil {

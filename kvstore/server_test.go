@@ -14,6 +14,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/api/v3/version"
 	"go.etcd.io/etcd/server/v3/auth"
 	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
@@ -344,4 +345,19 @@ func TestReadsRacingStop(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	s.Stop()
 	wg.Wait()
+}
+
+func TestClusterVersionIsSet(t *testing.T) {
+	s := startServer(t, testConfig(t, t.TempDir()))
+	defer s.Stop()
+	deadline := time.Now().Add(waitTimeout)
+	for s.cluster.Version() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("cluster version never set")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := s.cluster.Version().String(); got != version.Cluster(version.Version)+".0" {
+		t.Fatalf("cluster version = %s", got)
+	}
 }

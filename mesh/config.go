@@ -87,7 +87,7 @@ type Config struct {
 	// HeartbeatInterval is how often each connection sends a ping (150 ms).
 	HeartbeatInterval time.Duration
 	// DeadTimeout closes a connection after this long without receiving a
-	// frame, or without a pong to our pings (700 ms). Keep it ≥ 3 heartbeat
+	// frame, or without a pong to our pings (600 ms). Keep it ≥ 3 heartbeat
 	// intervals and below Raft's election timeout.
 	DeadTimeout time.Duration
 	// HandshakeTimeout bounds preamble plus hello exchange (5 s).
@@ -164,7 +164,7 @@ func DefaultConfig() Config {
 		KDFMemoryKiB:         64 * 1024,
 		KDFThreads:           2,
 		HeartbeatInterval:    150 * time.Millisecond,
-		DeadTimeout:          700 * time.Millisecond,
+		DeadTimeout:          600 * time.Millisecond,
 		HandshakeTimeout:     5 * time.Second,
 		DialTimeout:          5 * time.Second,
 		WriteTimeout:         5 * time.Second,

@@ -72,11 +72,15 @@
 // allocation per forwarded frame). Frames queued on a connection that dies
 // are re-routed once if another route exists.
 //
-// Defaults: a ping every HeartbeatInterval (150 ms); a connection is
-// declared dead after DeadTimeout (700 ms) with nothing received or with no
-// pong to our pings (a peer that stopped reading), so a cut or silently
-// blackholed link is routed around well inside Raft's 1 s election
-// timeout. Raise both for WANs, keeping DeadTimeout ≥ 3 × heartbeat.
+// Defaults: a ping every HeartbeatInterval (150 ms); the writer checks
+// each interval and declares the connection dead after DeadTimeout
+// (600 ms) with nothing received, or with no pong to our pings (a peer that
+// stopped reading), so a cut or silently blackholed link is routed around
+// within about 750 ms, inside Raft's 1 s election timeout. A check that
+// runs far later than scheduled (our own process starved) is skipped
+// rather than trusted, so CPU starvation does not tear down healthy links;
+// the reader's deadline of 2 × DeadTimeout is the backstop. Raise both for
+// WANs, keeping DeadTimeout ≥ 3 × heartbeat.
 //
 // # Topology
 //

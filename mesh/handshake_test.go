@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -275,6 +276,17 @@ func TestGarbageOnMeshPortClosesOnlyThatConnection(t *testing.T) {
 	}
 	for name, in := range inputs {
 		t.Run(name, func(t *testing.T) {
+			var before runtime.MemStats
+			runtime.ReadMemStats(&before)
+			defer func() {
+				var after runtime.MemStats
+				runtime.ReadMemStats(&after)
+				// A hostile length must never be allocated: the whole exchange
+				// stays far below even one megabyte-sized frame.
+				if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
+					t.Errorf("handling %s allocated %d bytes", name, grew)
+				}
+			}()
 			nc, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)

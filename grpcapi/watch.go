@@ -144,9 +144,13 @@ func (ws *watchServer) Watch(stream pb.Watch_WatchServer) error {
 
 	errc := make(chan error, 1)
 	go func() {
-		// errc is buffered: this goroutine never blocks after the handler
-		// has returned, it just ends.
-		errc <- sws.recvLoop()
+		// A client that half-closes its send side (io.EOF, recvLoop returns
+		// nil) still wants its events: like etcd, the stream then lives
+		// until its context ends. errc is buffered, so this goroutine never
+		// blocks after the handler has returned.
+		if rerr := sws.recvLoop(); rerr != nil {
+			errc <- rerr
+		}
 	}()
 
 	var err error

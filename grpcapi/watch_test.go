@@ -813,3 +813,26 @@ func TestWatchOddRequests(t *testing.T) {
 		t.Fatalf("want the put on watch 9, got %+v", r)
 	}
 }
+
+// A client that half-closes its send side after creating a watch (what
+// `curl /v3/watch` through the gateway does) keeps receiving events, as on
+// etcd: only a receive error or the stream's context ends a watch stream.
+func TestWatchSurvivesClientHalfClose(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	ws, err := pb.NewWatchClient(e.client.ActiveConnection()).Watch(e.ctx())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendRaw(t, ws, createReq(&pb.WatchCreateRequest{Key: []byte("hc")}))
+	if r := recvRaw(t, ws); !r.Created || r.Canceled {
+		t.Fatalf("create: %+v", r)
+	}
+	if err := ws.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	rev := e.put("hc", "after-close-send")
+	r := recvRaw(t, ws)
+	if len(r.Events) != 1 || string(r.Events[0].Kv.Value) != "after-close-send" || r.Events[0].Kv.ModRevision != rev {
+		t.Fatalf("event after CloseSend: %+v", r)
+	}
+}

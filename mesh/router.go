@@ -179,7 +179,15 @@ func (r *Router) Start(ctx context.Context) error {
 	}
 	r.advertise = slices.Clone(r.cfg.AdvertiseAddrs)
 	if len(r.advertise) == 0 && r.listener != nil {
-		r.advertise = []string{r.listener.Addr().String()}
+		addr := r.listener.Addr().String()
+		if host, _, err := net.SplitHostPort(addr); err == nil && net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+			// Nobody can dial 0.0.0.0: peers will reach us only through
+			// our own dials and their seeds.
+			r.log.Warn("mesh listens on an unspecified address and no AdvertiseAddrs are set; other peers cannot discover us",
+				zap.String("listen", addr))
+		} else {
+			r.advertise = []string{addr}
+		}
 	}
 	r.topo.selfRecord().Addrs = slices.Clone(r.advertise)
 	r.started = true

@@ -1,0 +1,287 @@
+package meshconn
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/meshetcd/meshetcd/mesh"
+	"github.com/meshetcd/meshetcd/mesh/memnet"
+)
+
+var testPSK = bytes.Repeat([]byte{9}, 32)
+
+// meshConfig is tuned for a loaded 2-core machine under -race: quick
+// heartbeats, a dead timeout generous enough not to flap.
+func meshConfig(t testing.TB, name string, encrypted bool) mesh.Config {
+	cfg := mesh.DefaultConfig()
+	cfg.Name = mesh.PeerName(name)
+	cfg.ClusterLabel = "meshconn-test"
+	if encrypted {
+		cfg.PSK = testPSK
+	} else {
+		cfg.InsecurePlaintext = true
+	}
+	cfg.HeartbeatInterval = 100 * time.Millisecond
+	cfg.DeadTimeout = 2 * time.Second
+	cfg.BackoffMin = 50 * time.Millisecond
+	cfg.BackoffMax = 500 * time.Millisecond
+	cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name)
+	return cfg
+}
+
+// memLine starts routers a, b, c on memnet with a-c cut, so a and c talk
+// only through the relay b. It waits until a and c reach each other.
+func memLine(t *testing.T) (nw *memnet.Network, a, b, c *mesh.Router) {
+	t.Helper()
+	nw = memnet.New()
+	nw.Cut("a", "c")
+	start := func(name string, seeds ...string) *mesh.Router {
+		cfg := meshConfig(t, name, true)
+		cfg.Transport = nw.Host(name)
+		cfg.ListenAddr = name + ":7946"
+		for _, s := range seeds {
+			cfg.Seeds = append(cfg.Seeds, s+":7946")
+		}
+		r, err := mesh.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Stop() })
+		return r
+	}
+	b = start("b")
+	a = start("a", "b")
+	c = start("c", "b")
+	eventually(t, 20*time.Second, "a and c reach each other via b", func() bool {
+		return a.Reachable("c") && c.Reachable("a")
+	})
+	return nw, a, b, c
+}
+
+func TestPacketConnThroughRelay(t *testing.T) {
+	_, a, _, c := memLine(t)
+	pa, err := Listen(a, DefaultRaftChannel, PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := Listen(c, DefaultRaftChannel, PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	max := pa.MaxDatagramSize()
+	sizes := []int{1, 100, 4096, 64 << 10, max}
+	const count = 300
+	go func() {
+		for seq := uint32(0); seq < count; seq++ {
+			d := testDatagram(seq, sizes[int(seq)%len(sizes)]+4)
+			for {
+				_, err := pa.WriteTo(d, MeshAddr{"c"})
+				if !errors.Is(err, mesh.ErrQueueFull) {
+					break
+				}
+				time.Sleep(time.Millisecond) // a full queue is the caller's to retry
+			}
+		}
+	}()
+	buf := make([]byte, pc.MaxDatagramSize())
+	for seq := uint32(0); seq < count; seq++ {
+		pc.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("ReadFrom %d: %v", seq, err)
+		}
+		want := testDatagram(seq, sizes[int(seq)%len(sizes)]+4)
+		if from.String() != "mesh://a" || !bytes.Equal(buf[:n], want) {
+			t.Fatalf("datagram %d: %d bytes from %v, want %d intact bytes in order (got seq %d)", seq, n, from, len(want), binary.BigEndian.Uint32(buf))
+		}
+	}
+	// And back.
+	if _, err := pc.WriteTo([]byte("pong"), MeshAddr{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	pa.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if n, from, err := pa.ReadFrom(buf); err != nil || string(buf[:n]) != "pong" || from.String() != "mesh://c" {
+		t.Fatalf("reply: %q from %v, %v", buf[:n], from, err)
+	}
+	if _, err := pa.WriteTo([]byte("x"), MeshAddr{"nobody"}); !errors.Is(err, mesh.ErrNoRoute) {
+		t.Fatalf("WriteTo unknown peer: %v", err)
+	}
+	if _, err := pa.WriteTo(make([]byte, max+1), MeshAddr{"c"}); !errors.Is(err, mesh.ErrTooLarge) {
+		t.Fatalf("oversized WriteTo: %v", err)
+	}
+	pa.Close()
+	pc.Close()
+	checkNoLeaks(t)
+}
+
+// patternReader yields n pseudo-random bytes without holding them.
+type patternReader struct {
+	rng *rand.Rand
+	n   int64
+	buf [8]byte
+	off int
+}
+
+func newPatternReader(seed uint64, n int64) *patternReader {
+	return &patternReader{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), n: n, off: 8}
+}
+
+func (r *patternReader) Read(p []byte) (int, error) {
+	if r.n <= 0 {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), r.n)]
+	for i := range p {
+		if r.off == 8 {
+			binary.LittleEndian.PutUint64(r.buf[:], r.rng.Uint64())
+			r.off = 0
+		}
+		p[i] = r.buf[r.off]
+		r.off++
+	}
+	r.n -= int64(len(p))
+	return len(p), nil
+}
+
+// countingReader reports when n bytes have been read through it.
+type countingReader struct {
+	r       io.Reader
+	read    atomic.Int64
+	at      int64
+	reached chan struct{}
+	once    sync.Once
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if c.read.Add(int64(n)) >= c.at {
+		c.once.Do(func() { close(c.reached) })
+	}
+	return n, err
+}
+
+// heapPeak samples HeapInuse until stop is closed and returns the peak.
+func heapPeak(stop <-chan struct{}) <-chan uint64 {
+	out := make(chan uint64, 1)
+	go func() {
+		var peak uint64
+		var ms runtime.MemStats
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapInuse)
+			select {
+			case <-stop:
+				out <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return out
+}
+
+func TestBulk64MiBThroughRelayBoundedMemory(t *testing.T) {
+	_, a, _, c := memLine(t)
+	const size = 64 << 20
+	got := make(chan received, 1)
+	bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := sha256.New()
+	body := io.TeeReader(newPatternReader(42, size), sent)
+
+	// memnet copies every write (128 MiB of garbage here, not ours); a low
+	// GC target keeps HeapInuse close to what is actually retained, which
+	// is what must stay bounded.
+	defer debug.SetGCPercent(debug.SetGCPercent(20))
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	stop := make(chan struct{})
+	peakc := heapPeak(stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = ba.Send(ctx, "c", []byte("snapshot-meta"), body)
+	took := time.Since(start)
+	close(stop)
+	peak := <-peakc
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	r := <-got
+	if r.err != nil || r.n != size || string(r.meta) != "snapshot-meta" || !bytes.Equal(r.sum[:], sent.Sum(nil)) {
+		t.Fatalf("receiver got %d bytes, meta %q, hash equal %v, err %v", r.n, r.meta, bytes.Equal(r.sum[:], sent.Sum(nil)), r.err)
+	}
+	delta := int64(peak) - int64(before.HeapInuse)
+	t.Logf("64 MiB through a relay in %v (%.1f MB/s); HeapInuse %d MiB before, peak +%.1f MiB (GOGC=20); TotalAlloc +%d MiB (all three routers and memnet)",
+		took, size/took.Seconds()/1e6, before.HeapInuse>>20, float64(delta)/(1<<20), (after.TotalAlloc-before.TotalAlloc)>>20)
+	if delta > 16<<20 {
+		t.Fatalf("heap grew by %.1f MiB while moving 64 MiB; want < 16 MiB", float64(delta)/(1<<20))
+	}
+	ba.Close()
+	bc.Close()
+	checkNoLeaks(t)
+}
+
+func TestBulkFailsWhenReceiverRouterStops(t *testing.T) {
+	_, a, _, c := memLine(t)
+	got := make(chan received, 1)
+	bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got), IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ba.Close()
+	body := &countingReader{r: newPatternReader(7, 64<<20), at: 8 << 20, reached: make(chan struct{})}
+	errc := make(chan error, 1)
+	go func() { errc <- ba.Send(context.Background(), "c", nil, body) }()
+	select {
+	case <-body.reached:
+	case err := <-errc:
+		t.Fatalf("Send ended before the receiver was stopped: %v", err)
+	}
+	stopped := time.Now()
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("Send returned nil although the receiver died half way")
+		}
+		t.Logf("Send failed %v after the receiver stopped, %d MiB read: %v", time.Since(stopped), body.read.Load()>>20, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("Send did not fail within 20 s of the receiver stopping")
+	}
+}

@@ -129,7 +129,12 @@ func TestLeaseCheckpointSurvivesRestart(t *testing.T) {
 	if _, err := s.LeaseGrant(testCtx(t), &pb.LeaseGrantRequest{ID: 9, TTL: 30}); err != nil {
 		t.Fatal(err)
 	}
-	// Nothing else is proposed now, so the next applied entry is a checkpoint.
+	// The grant's waiter fires before the applied index moves; a read
+	// barrier settles it. Nothing else is proposed now, so the next applied
+	// entry is a checkpoint.
+	if err := s.LinearizableReadNotify(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
 	afterGrant := s.AppliedIndex()
 	deadline := time.Now().Add(waitTimeout)
 	for s.AppliedIndex() == afterGrant {

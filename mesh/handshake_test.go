@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
@@ -378,4 +379,32 @@ func TestLoopbackTCPRelayAndRestart(t *testing.T) {
 	eventually(t, waitLong, "a reaches the new c", func() bool {
 		return a.Reachable("c") && a.routes.Load().uids["c"] == c2.UID() && c2.UID() != oldUID
 	})
+}
+
+func TestLoopbackTCPConvergence(t *testing.T) {
+	checkNoLeaks(t)
+	const n = 8
+	first := startTCPRouter(t, "t0", nil)
+	routers := []*Router{first}
+	for i := 1; i < n; i++ {
+		prev := routers[len(routers)-1]
+		routers = append(routers, startTCPRouter(t, fmt.Sprintf("t%d", i), nil, prev.ListenAddr()))
+	}
+	eventually(t, 60*time.Second, "8 TCP peers in one topology, full mesh", func() bool {
+		ref := topologyView(first)
+		for _, r := range routers {
+			if topologyView(r) != ref || len(r.routes.Load().next) != n-1 || len(r.Status().Connections) != n-1 {
+				return false
+			}
+		}
+		return true
+	})
+	// A peer that stops is reported unreachable by everyone.
+	last := routers[n-1]
+	if err := last.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routers[:n-1] {
+		eventually(t, waitLong, "stopped peer unreachable", func() bool { return !r.Reachable(last.Name()) })
+	}
 }

@@ -655,7 +655,8 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 // agree); if the remote dialled it, we keep it as a standby, unused for
 // sending, so there is no moment without a usable link while the remote
 // is still finishing the winner's handshake. A standby is promoted if the
-// winner dies and closed after StandbyTimeout if the remote never does.
+// winner dies, and closed by collectGarbage after HandshakeTimeout +
+// DeadTimeout if the remote never closes it.
 // It reports whether the loser became a standby.
 func (r *Router) retireDuplicateLocked(loser *conn) bool {
 	if loser.outbound {

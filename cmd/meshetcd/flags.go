@@ -186,9 +186,12 @@ type options struct {
 	help string
 }
 
+// warning is a message for the log once it exists; info marks the ones
+// etcd logs at info level rather than warn.
 type warning struct {
 	msg    string
 	fields map[string]string
+	info   bool
 }
 
 // env abstracts the process environment so parsing is testable without
@@ -299,7 +302,7 @@ func parseFlags(args []string, e env) (*options, error) {
 		switch x.kind {
 		case security, unsupported:
 			if f.Value.String() == f.DefValue {
-				o.warnings = append(o.warnings, warning{"flag set to its default; accepted", map[string]string{"flag": source(f.Name)}})
+				o.warnings = append(o.warnings, warning{"flag set to its default; accepted", map[string]string{"flag": source(f.Name)}, true})
 				return
 			}
 			what := "is not supported by meshetcd yet"
@@ -316,9 +319,9 @@ func parseFlags(args []string, e env) (*options, error) {
 			if x.note != "" {
 				fields["note"] = x.note
 			}
-			o.warnings = append(o.warnings, warning{"flag accepted for etcd compatibility but not implemented by meshetcd; ignoring", fields})
+			o.warnings = append(o.warnings, warning{"flag accepted for etcd compatibility but not implemented by meshetcd; ignoring", fields, false})
 		case legacy:
-			o.warnings = append(o.warnings, warning{"flag is no longer supported - ignoring", map[string]string{"flag-name": f.Name}})
+			o.warnings = append(o.warnings, warning{"flag is no longer supported - ignoring", map[string]string{"flag-name": f.Name}, false})
 		}
 	})
 	if len(refusals) > 0 {
@@ -369,7 +372,7 @@ func applyEnv(fs *pflag.FlagSet, e env, o *options) (map[string]string, error) {
 		}
 		if f.Changed {
 			// etcd exits here; meshetcd lets the explicit flag win and says so.
-			o.warnings = append(o.warnings, warning{"environment variable is shadowed by the corresponding command-line flag; using the flag", map[string]string{"environment-variable": key, "flag": "--" + f.Name}})
+			o.warnings = append(o.warnings, warning{"environment variable is shadowed by the corresponding command-line flag; using the flag", map[string]string{"environment-variable": key, "flag": "--" + f.Name}, false})
 			return
 		}
 		if serr := fs.Set(f.Name, val); serr != nil {
@@ -377,7 +380,7 @@ func applyEnv(fs *pflag.FlagSet, e env, o *options) (map[string]string, error) {
 			return
 		}
 		fromEnv[f.Name] = key
-		o.warnings = append(o.warnings, warning{"recognized and used environment variable", map[string]string{"variable-name": key, "variable-value": val}})
+		o.warnings = append(o.warnings, warning{"recognized and used environment variable", map[string]string{"variable-name": key, "variable-value": val}, true})
 	})
 	if err != nil {
 		return nil, err
@@ -389,9 +392,9 @@ func applyEnv(fs *pflag.FlagSet, e env, o *options) (map[string]string, error) {
 		}
 		switch key {
 		case "ETCD_VERSION", "ETCD_HELP":
-			o.warnings = append(o.warnings, warning{"cannot set special environment variable", map[string]string{"key": key}})
+			o.warnings = append(o.warnings, warning{"cannot set special environment variable", map[string]string{"key": key}, false})
 		default:
-			o.warnings = append(o.warnings, warning{"unrecognized environment variable", map[string]string{"environment-variable": kv}})
+			o.warnings = append(o.warnings, warning{"unrecognized environment variable", map[string]string{"environment-variable": kv}, false})
 		}
 	}
 	return fromEnv, nil

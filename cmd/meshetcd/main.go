@@ -60,7 +60,11 @@ func run(argv []string, stdout, stderr io.Writer, e env) int {
 		for k, v := range w.fields {
 			fields = append(fields, zap.String(k, v))
 		}
-		lg.Warn(w.msg, fields...)
+		if w.info {
+			lg.Info(w.msg, fields...)
+		} else {
+			lg.Warn(w.msg, fields...)
+		}
 	}
 	o.cfg.Logger = lg
 

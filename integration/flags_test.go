@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -209,4 +210,24 @@ func httpGet(t *testing.T, u string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// TestRestartIgnoresBootstrapFlags: like etcd, a member whose data dir
+// already holds a WAL ignores --initial-cluster-state/-token on restart.
+func TestRestartIgnoresBootstrapFlags(t *testing.T) {
+	p := StartProc(t, ProcOptions{})
+	p.MustCtl(t, "put", "boot", "strap")
+	before := p.MustCtl(t, "member", "list", "-w", "json")
+	if code := p.Stop(); code != 0 {
+		t.Fatalf("stop: exit %d", code)
+	}
+	q := StartProc(t, ProcOptions{DataDir: p.DataDir, Args: []string{"--initial-cluster-state=existing", "--initial-cluster-token=other-token"}})
+	if out := q.MustCtl(t, "get", "boot", "--print-value-only"); strings.TrimSpace(out) != "strap" {
+		t.Errorf("get after restart = %q", out)
+	}
+	after := q.MustCtl(t, "member", "list", "-w", "json")
+	idRe := regexp.MustCompile(`"cluster_id":\d+`)
+	if idRe.FindString(before) != idRe.FindString(after) {
+		t.Errorf("cluster id changed across restart:\n%s\n%s", before, after)
+	}
 }

@@ -407,3 +407,44 @@ func TestBadInputKeepsServing(t *testing.T) {
 		}
 	})
 }
+
+// TestLimitFlags checks that --max-request-bytes, --max-txn-ops and
+// --quota-backend-bytes reach the server, with etcd's errors, and that a
+// member out of space still serves reads and deletes (etcd's NOSPACE).
+func TestLimitFlags(t *testing.T) {
+	args := []string{"--max-request-bytes=10000", "--max-txn-ops=4", "--quota-backend-bytes=300000"}
+	servers := map[string]string{"meshetcd": bins.meshetcd}
+	if bins.etcd != "" {
+		servers["etcd"] = bins.etcd
+	}
+	for name, bin := range servers {
+		t.Run(name, func(t *testing.T) {
+			p := StartProc(t, ProcOptions{Bin: bin, Args: args})
+			c := p.Client(t)
+			_, err := c.Put(ctx(t), "big", strings.Repeat("x", 11000))
+			wantErr(t, err, "etcdserver: request is too large")
+			ops := []clientv3.Op{clientv3.OpPut("t1", "v"), clientv3.OpPut("t2", "v"), clientv3.OpPut("t3", "v"), clientv3.OpPut("t4", "v"), clientv3.OpPut("t5", "v")}
+			_, err = c.Txn(ctx(t)).Then(ops...).Commit()
+			wantErr(t, err, "etcdserver: too many operations in txn request")
+			if _, err := c.Txn(ctx(t)).Then(ops[:4]...).Commit(); err != nil {
+				t.Fatalf("4 ops: %v", err)
+			}
+			// Fill the backend past the quota.
+			var nospace error
+			for i := 0; i < 2000 && nospace == nil; i++ {
+				_, nospace = c.Put(ctx(t), fmt.Sprintf("fill/%04d", i), strings.Repeat("f", 9000))
+			}
+			wantErr(t, nospace, "etcdserver: mvcc: database space exceeded")
+			out := p.MustCtl(t, "alarm", "list")
+			if !strings.Contains(out, "alarm:NOSPACE") {
+				t.Errorf("alarm list = %q, want NOSPACE", out)
+			}
+			if r := mustGet(t, c, "fill/", clientv3.WithPrefix(), clientv3.WithCountOnly()); r.Count == 0 {
+				t.Errorf("reads fail under NOSPACE")
+			}
+			if _, err := c.Delete(ctx(t), "fill/", clientv3.WithPrefix()); err != nil {
+				t.Errorf("delete under NOSPACE: %v", err)
+			}
+		})
+	}
+}

@@ -501,8 +501,15 @@ meshetcd flags:
 		impl.AddFlag(f)
 	})
 	b.WriteString(impl.FlagUsages())
-	b.WriteString("\nOther etcd flags, accepted for compatibility:\n")
+	b.WriteString(`
+Other etcd flags, accepted for compatibility. Harmless ones are ignored with
+a warning; ones that would change security or data placement are refused
+(exit code 2) unless left at etcd's default:
+`)
 	b.WriteString(other.FlagUsages())
+	b.WriteString(`
+Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime error, 2 bad usage.
+`)
 	return b.String()
 }
 

@@ -113,6 +113,10 @@ type Config struct {
 	// (0 means etcd's default, 10 minutes).
 	WatchProgressNotifyInterval time.Duration
 
+	// EnableGRPCGateway serves etcd's JSON gateway (POST /v3/kv/put, ...)
+	// on the client ports (etcd --enable-grpc-gateway, default true).
+	EnableGRPCGateway bool
+
 	// EnablePprof serves net/http/pprof under /debug/pprof/ on the client
 	// ports, like etcd.
 	EnablePprof bool

@@ -31,6 +31,8 @@ type Member struct {
 	listenURLs []url.URL // the bound client listener addresses
 	clientURLs []url.URL // advertised client URLs, port 0 resolved
 
+	gateways []*grpcapi.Gateway // closed after the servers stop
+
 	cancelServe context.CancelFunc
 	wg          sync.WaitGroup // serving and watching goroutines
 	errc        chan error     // first fatal error; buffered
@@ -146,10 +148,26 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		errc:        make(chan error, 1),
 		closing:     make(chan struct{}),
 	}
-	h := grpcapi.NewHTTPHandler(srv, gcfg)
 	for i, l := range listeners {
 		addr := bound[i].String()
-		lg.Info("serving client traffic insecurely; this is strongly discouraged!", zap.String("address", l.Addr().String()))
+		hcfg := gcfg
+		if cfg.EnableGRPCGateway {
+			// Like etcd, the JSON gateway is a gRPC client of the port it
+			// is served on, so each listener gets its own.
+			gw, gerr := grpcapi.NewGateway(serveCtx, dialAddr(l.Addr()), lg)
+			if gerr != nil {
+				// Listeners not yet handed to a Serve goroutine are ours.
+				for _, rest := range listeners[i:] {
+					_ = rest.Close()
+				}
+				_ = m.Close()
+				return nil, fmt.Errorf("starting the JSON gateway on %s: %w", addr, gerr)
+			}
+			m.gateways = append(m.gateways, gw)
+			hcfg.Gateway = gw
+		}
+		h := grpcapi.NewHTTPHandler(srv, hcfg)
+		lg.Info("serving client traffic insecurely; this is strongly discouraged!", zap.String("traffic", "grpc+http"), zap.String("address", l.Addr().String()))
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -184,6 +202,20 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		zap.String("cluster-id", srv.ClusterID().String()),
 		zap.Strings("client-urls", urlStrings(advertised)))
 	return m, nil
+}
+
+// dialAddr is the address to dial a listener at: a wildcard listener is
+// reached through loopback.
+func dialAddr(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || !ta.IP.IsUnspecified() {
+		return a.String()
+	}
+	ip := net.IPv4(127, 0, 0, 1)
+	if ta.IP.To4() == nil {
+		ip = net.IPv6loopback
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(ta.Port))
 }
 
 // resolveZeroPorts replaces each advertised URL whose port is 0 by the
@@ -288,6 +320,11 @@ func (m *Member) Close() error {
 		m.lg.Info("closing member", zap.String("name", m.cfg.Name))
 		m.cancelServe()
 		m.wg.Wait()
+		for _, gw := range m.gateways {
+			if err := gw.Close(); err != nil {
+				m.lg.Warn("closing the JSON gateway", zap.Error(err))
+			}
+		}
 		m.srv.Stop()
 		m.lg.Info("member closed", zap.String("name", m.cfg.Name))
 	})

@@ -194,10 +194,33 @@ func TestHTTPEndpointsAndPprof(t *testing.T) {
 		t.Errorf("--log-outputs file: %v, ready line present=%v", err, strings.Contains(string(b), readyLine))
 	}
 
-	q := StartProc(t, ProcOptions{})
+	// etcd's JSON gateway, on by default.
+	if code, body := httpPost(t, p.ClientURL+"/v3/kv/put", `{"key":"Z3c=","value":"b2s="}`); code != 200 || !strings.Contains(body, `"revision":"2"`) {
+		t.Errorf("gateway put: %d %s", code, body)
+	}
+	if code, body := httpPost(t, p.ClientURL+"/v3/kv/range", `{"key":"Z3c="}`); code != 200 || !strings.Contains(body, `"value":"b2s="`) {
+		t.Errorf("gateway range: %d %s", code, body)
+	}
+
+	q := StartProc(t, ProcOptions{Args: []string{"--enable-grpc-gateway=false"}})
 	if code, _ := httpGet(t, q.ClientURL+"/debug/pprof/"); code != 404 {
 		t.Errorf("/debug/pprof/ without --enable-pprof: %d, want 404", code)
 	}
+	if code, _ := httpPost(t, q.ClientURL+"/v3/kv/range", `{"key":"Z3c="}`); code != 404 {
+		t.Errorf("gateway with --enable-grpc-gateway=false: %d, want 404", code)
+	}
+}
+
+func httpPost(t *testing.T, u, body string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: reqTimeout}
+	resp, err := c.Post(u, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 func httpGet(t *testing.T, u string) (int, string) {

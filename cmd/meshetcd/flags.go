@@ -139,7 +139,6 @@ var etcdExtraFlags = []extraFlag{
 	{"distributed-tracing-service-name", "string", "etcd", harmless, ""},
 	{"distributed-tracing-instance-id", "string", "", harmless, ""},
 	{"distributed-tracing-sampling-rate", "int", "0", harmless, ""},
-	{"enable-grpc-gateway", "bool", "true", harmless, "the JSON gateway is always served"},
 
 	// features
 	{"corrupt-check-time", "duration", "0s", harmless, ""},
@@ -254,6 +253,7 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.StringVar(&logOutputs, "log-outputs", embed.DefaultLogOutput, "'default', 'stderr', 'stdout' or file paths, comma separated.")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "Configures log level. Only supports debug, info, warn, error, panic, or fatal.")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "Configures log format. Only supports json, console.")
+	fs.BoolVar(&cfg.EnableGRPCGateway, "enable-grpc-gateway", true, "Enable the JSON gateway (/v3/...) on the client ports.")
 	fs.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "Enable runtime profiling data via HTTP server at client URL + \"/debug/pprof/\".")
 
 	// unsafe

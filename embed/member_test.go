@@ -306,3 +306,26 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestErrReportsUnexpectedStop: if the state machine stops on its own (not
+// through Close), Err delivers a fatal error so the owner can exit.
+func TestErrReportsUnexpectedStop(t *testing.T) {
+	cfg, _ := testConfig(t)
+	m, err := StartMember(startCtx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.Server().Stop()
+	select {
+	case err := <-m.Err():
+		if !strings.Contains(err.Error(), "stopped unexpectedly") {
+			t.Errorf("Err = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no error after the state machine stopped")
+	}
+	if err := m.Close(); err != nil {
+		t.Errorf("Close after a failure: %v", err)
+	}
+}

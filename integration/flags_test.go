@@ -254,3 +254,21 @@ func TestRestartIgnoresBootstrapFlags(t *testing.T) {
 		t.Errorf("cluster id changed across restart:\n%s\n%s", before, after)
 	}
 }
+
+// TestUnusableDataDirExits1: a data dir that cannot be created is a clear
+// runtime error (exit 1), not a panic.
+func TestUnusableDataDirExits1(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := RunOnce(t, bins.meshetcd, nil, "--data-dir", filepath.Join(file, "data"),
+		"--listen-client-urls", "http://127.0.0.1:0", "--advertise-client-urls", "http://127.0.0.1:0")
+	if code != 1 {
+		t.Errorf("exit code %d, want 1\n%s", code, out)
+	}
+	assertNoPanic(t, out)
+	if !strings.Contains(out, "not-a-dir") {
+		t.Errorf("error does not name the data dir:\n%s", out)
+	}
+}

@@ -251,7 +251,9 @@ func (c *conn) readLoop() {
 		}
 		f.n = plain
 		c.lastRecv.Store(time.Now().UnixNano())
-		c.framesIn.Add(1)
+		if c.framesIn.Add(1) == 1 {
+			r.firstFrame(c)
+		}
 		c.bytesIn.Add(uint64(n + frameHeaderLen))
 		if err := c.dispatch(f); err != nil {
 			c.close(err)

@@ -104,6 +104,9 @@ func FuzzTopologyRecordDecoder(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if entries, err := decodeDigest(data); err == nil && len(entries) > maxUpdateRecords {
+			t.Fatalf("digest over the record bound accepted")
+		}
 		recs, err := decodeRecords(data)
 		if err != nil {
 			return

@@ -148,6 +148,10 @@ func (r *Router) handleInbound(ch *channel, it inboundItem) {
 	case deliverBroadcast:
 		err = ch.gossiper.OnGossipBroadcast(it.src, it.payload)
 	case deliverGossip:
+		if ch.id == topologyChannel {
+			err = r.onTopologyMessage(ch, it.src, it.payload)
+			break
+		}
 		var delta GossipData
 		delta, err = ch.gossiper.OnGossip(it.payload)
 		if err == nil && delta != nil {

@@ -470,9 +470,18 @@ func (r *Router) neighbourSubset(exclude PeerName) []*conn {
 	return cands[:want]
 }
 
+// gossipCloner is implemented by GossipData that is cheap to copy; each
+// neighbour then gets its own copy, so merging into one neighbour's
+// pending data never leaks into another's.
+type gossipCloner interface{ clone() GossipData }
+
 func (r *Router) gossipToNeighbours(ch *channel, data GossipData, exclude PeerName) {
 	for _, c := range r.neighbourSubset(exclude) {
-		c.queueGossip(ch, data)
+		if cl, ok := data.(gossipCloner); ok {
+			c.queueGossip(ch, cl.clone())
+		} else {
+			c.queueGossip(ch, data)
+		}
 	}
 }
 
@@ -611,7 +620,7 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 			loser, duplicate = old, true
 		default:
 			// c loses the tie-break and is never used for sending.
-			standby := r.retireDuplicateLocked(c)
+			standby := r.retireDuplicateLocked(c, old)
 			r.mu.Unlock()
 			c.start()
 			if !standby {
@@ -625,7 +634,7 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 		return fmt.Errorf("mesh: connection limit %d reached", r.cfg.ConnLimit)
 	}
 	r.conns[c.remote] = c
-	closeLoser := loser != nil && !(duplicate && r.retireDuplicateLocked(loser))
+	closeLoser := loser != nil && !(duplicate && r.retireDuplicateLocked(loser, c))
 	r.publishConnsLocked()
 	r.updateSelfLocked()
 	r.recalcLocked()
@@ -650,16 +659,16 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 	return nil
 }
 
-// retireDuplicateLocked handles the losing connection of a tie-break.
-// The peer that dialled it closes it (once it has the winner, both ends
-// agree); if the remote dialled it, we keep it as a standby, unused for
-// sending, so there is no moment without a usable link while the remote
-// is still finishing the winner's handshake. A standby is promoted if the
-// winner dies, and closed by collectGarbage after HandshakeTimeout +
-// DeadTimeout if the remote never closes it.
-// It reports whether the loser became a standby.
-func (r *Router) retireDuplicateLocked(loser *conn) bool {
-	if loser.outbound {
+// retireDuplicateLocked handles the losing connection of a tie-break: it
+// is kept as an unused standby until both ends are surely on the winner,
+// so there is never a moment without a usable link. If we dialled the
+// loser, we close it once the winner has carried a frame from the remote
+// (proof that the remote installed the winner too); if the remote dialled
+// it, the remote closes it. A standby is promoted if the winner dies, and
+// closed by collectGarbage after HandshakeTimeout + DeadTimeout at the
+// latest. It reports whether the loser became a standby.
+func (r *Router) retireDuplicateLocked(loser, winner *conn) bool {
+	if loser.outbound && winner.framesIn.Load() > 0 {
 		return false
 	}
 	if prev := r.standby[loser.remote]; prev != nil && prev != loser {
@@ -667,6 +676,21 @@ func (r *Router) retireDuplicateLocked(loser *conn) bool {
 	}
 	r.standby[loser.remote] = loser
 	return true
+}
+
+// firstFrame is called when c receives its first frame: if c is in use and
+// we dialled a standby duplicate, the remote now uses c, so the standby
+// can go.
+func (r *Router) firstFrame(c *conn) {
+	r.mu.Lock()
+	sb := r.standby[c.remote]
+	if r.conns[c.remote] != c || sb == nil || !sb.outbound {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.standby, c.remote)
+	r.mu.Unlock()
+	sb.closeGracefully("duplicate connection")
 }
 
 // keepNew is the duplicate tie-break both ends agree on: keep the
@@ -844,8 +868,8 @@ func (r *Router) jitter(d time.Duration) time.Duration {
 	return d*3/4 + time.Duration(r.randIntN(int(d/2)+1))
 }
 
-// antiEntropy sends each gossip channel's complete state to one random
-// neighbour.
+// antiEntropy sends each gossip channel's complete state (the topology's
+// digest) to one random neighbour.
 func (r *Router) antiEntropy() {
 	table := *r.connTable.Load()
 	if len(table) == 0 {
@@ -860,7 +884,15 @@ func (r *Router) antiEntropy() {
 		if ch.gossiper == nil {
 			continue
 		}
-		if data := ch.gossiper.Gossip(); data != nil {
+		var data GossipData
+		if ch.id == topologyChannel {
+			// Topology anti-entropy is digest-first: O(peers), not
+			// O(peers × degree); the neighbour pushes back what we miss.
+			data = r.topologyDigest(false)
+		} else {
+			data = ch.gossiper.Gossip()
+		}
+		if data != nil {
 			table[names[r.randIntN(len(names))]].queueGossip(ch, data)
 		}
 	}
@@ -883,53 +915,4 @@ func (r *Router) collectGarbage() {
 		r.log.Info("mesh peers garbage collected", zap.Int("count", len(removed)))
 		r.recalcLocked()
 	}
-}
-
-// topologyGossiper adapts the topology to the gossip channel machinery.
-type topologyGossiper struct{ r *Router }
-
-func (g topologyGossiper) OnGossipUnicast(PeerName, []byte) error { return nil }
-
-func (g topologyGossiper) OnGossipBroadcast(PeerName, []byte) error { return nil }
-
-func (g topologyGossiper) Gossip() GossipData {
-	r := g.r
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return newTopologyUpdate(r.topo.allRecords())
-}
-
-func (g topologyGossiper) OnGossip(msg []byte) (GossipData, error) {
-	recs, err := decodeRecords(msg)
-	if err != nil {
-		return nil, err
-	}
-	r := g.r
-	r.mu.Lock()
-	res := r.topo.merge(recs, r.cfg.Clock.Now())
-	var otherUID uint64
-	if res.collision {
-		r.collision = r.topo.collision
-		otherUID = r.collision.UID
-	}
-	r.mu.Unlock()
-	if res.rejected > 0 {
-		r.counters.rejectedRecords.Add(uint64(res.rejected))
-	}
-	if res.collision {
-		r.log.Error("mesh name collision: another live peer uses our name; not fighting over it, fix the configuration",
-			zap.String("name", string(r.name)), zap.Uint64("our_uid", r.uid), zap.Uint64("other_uid", otherUID))
-	}
-	if res.selfChanged {
-		r.signalSelfChanged()
-	}
-	for _, p := range res.restarted {
-		r.log.Info("mesh peer restarted", zap.String("peer", string(p)))
-	}
-	if len(res.improved) == 0 {
-		return nil, nil
-	}
-	r.requestRecalc()
-	r.maker.poke()
-	return newTopologyUpdate(res.improved), nil
 }

@@ -65,7 +65,7 @@ func TestSimultaneousDialKeepsOneConnection(t *testing.T) {
 			// Stable: the surviving connection is not torn down afterwards.
 			time.Sleep(300 * time.Millisecond)
 			if lost := a.Status().Counters["connections_lost"] + b.Status().Counters["connections_lost"]; lost != 0 {
-				t.Fatalf("%d connections lost after the tie-break", lost)
+				t.Fatalf("%d connections lost after the tie-break: a %v, b %v", lost, a.Status().RecentLosses, b.Status().RecentLosses)
 			}
 		})
 	}

@@ -227,6 +227,31 @@ func TestTopologyScenarios(t *testing.T) {
 					}
 				}
 				return fmt.Sprintf("all %d orders agree\n%s", len(results), results[0])
+			case "digest":
+				// A neighbour's digest: which of our records we push back,
+				// and whether it has something newer we should ask for.
+				theirs := map[PeerName]digestEntry{}
+				for _, r := range parseRecords(t, d.Input) {
+					theirs[r.Name] = digestEntry{UID: r.UID, Version: r.Version}
+				}
+				// Round-trip the digest through its wire encoding first.
+				msgs := (&topologyDigest{entries: theirs}).Encode()
+				decoded := map[PeerName]digestEntry{}
+				for _, m := range msgs {
+					part, err := decodeDigest(m[1:])
+					if err != nil {
+						return "error: " + err.Error() + "\n"
+					}
+					for k, v := range part {
+						decoded[k] = v
+					}
+				}
+				push, lacking := tp.diffDigest(decoded)
+				var names []string
+				for _, r := range push {
+					names = append(names, string(r.Name))
+				}
+				return fmt.Sprintf("push: %s\nask for more: %v\n", strings.Join(names, ","), lacking)
 			case "roundtrip":
 				recs := parseRecords(t, d.Input)
 				got, err := decodeRecords(encodeRecords(recs))

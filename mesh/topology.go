@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -363,6 +364,9 @@ func (t *topology) allRecords() []*peerRecord {
 // records, merged per name by the CRDT order.
 type topologyUpdate struct {
 	records map[PeerName]*peerRecord
+	// digest, if set, is sent after the records (a digest reply that
+	// shares the pending slot with records).
+	digest *topologyDigest
 }
 
 func newTopologyUpdate(recs []*peerRecord) *topologyUpdate {
@@ -373,6 +377,10 @@ func newTopologyUpdate(recs []*peerRecord) *topologyUpdate {
 		}
 	}
 	return u
+}
+
+func (u *topologyUpdate) clone() GossipData {
+	return &topologyUpdate{records: maps.Clone(u.records), digest: u.digest}
 }
 
 // topologyChunk bounds one encoded topology message so a big mesh is sent
@@ -393,23 +401,34 @@ func (u *topologyUpdate) Encode() [][]byte {
 		r := u.records[n]
 		rs := len(appendRecord(nil, r))
 		if len(batch) > 0 && size+rs > topologyChunk {
-			out = append(out, encodeRecords(batch))
+			out = append(out, append([]byte{topoMsgRecords}, encodeRecords(batch)...))
 			batch, size = nil, 0
 		}
 		batch = append(batch, r)
 		size += rs
 	}
 	if len(batch) > 0 {
-		out = append(out, encodeRecords(batch))
+		out = append(out, append([]byte{topoMsgRecords}, encodeRecords(batch)...))
+	}
+	if u.digest != nil {
+		out = append(out, u.digest.Encode()...)
 	}
 	return out
 }
 
-// Merge folds other into u and returns u.
+// Merge folds other into u and returns u; a digest rides along with the
+// records (the latest digest wins).
 func (u *topologyUpdate) Merge(other GossipData) GossipData {
+	if d, ok := other.(*topologyDigest); ok {
+		u.digest = d
+		return u
+	}
 	o, ok := other.(*topologyUpdate)
 	if !ok {
 		return u
+	}
+	if o.digest != nil {
+		u.digest = o.digest
 	}
 	for n, r := range o.records {
 		if old, ok := u.records[n]; !ok || r.newerThan(old) {

@@ -57,7 +57,10 @@
 // # Connections and liveness
 //
 // There is one connection per neighbour pair; when both sides dial at
-// once, both keep the one dialled by the lower peer name. A new connection
+// once, both keep the one dialled by the lower peer name. The loser stays
+// open but unused (a standby) until its dialler has seen a frame from the
+// remote on the winner, so neither side is ever without a link; a standby
+// is promoted if the winner dies. A new connection
 // from a known name with a new UID replaces the old one (a restart); an
 // incarnation that was replaced coming back means two live peers share a
 // name: ErrNameCollision, logged as an error and shown in Status.
@@ -90,8 +93,10 @@
 // incarnation. Records merge as last-writer-wins registers (higher version,
 // then higher UID): commutative, associative, idempotent. Changes to our
 // record are gossiped to neighbours at once; receivers relay what was new
-// to them; every GossipInterval (5 s) the complete state goes to one
-// random neighbour (anti-entropy), and a new neighbour gets it at once.
+// to them. Every GossipInterval (5 s) a digest {name → UID, version} goes
+// to one random neighbour, which pushes back the records we lack and, if
+// we know newer ones, answers with its own digest (O(peers) per round, not
+// O(peers × degree)); a new neighbour gets the complete state at once.
 // A peer unreachable for GCGrace (60 s) is collected into a tombstone kept
 // for TombstoneTTL (10 min) that refuses stale copies of its record. A
 // record with our name and another UID that keeps advancing after we

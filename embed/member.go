@@ -196,11 +196,6 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		// etcd's exact line, once per client listener; tools wait for it.
 		lg.Info("ready to serve client requests")
 	}
-	lg.Info("published local member to cluster",
-		zap.String("local-member-name", cfg.Name),
-		zap.String("local-member-id", srv.MemberID().String()),
-		zap.String("cluster-id", srv.ClusterID().String()),
-		zap.Strings("client-urls", urlStrings(advertised)))
 	return m, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 	"go.uber.org/zap"
 
+	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/raftnode"
 )
 
@@ -74,8 +75,38 @@ type Config struct {
 	MetricsRegisterer prometheus.Registerer
 
 	// Transport carries raft messages to other members. nil is valid for a
-	// one-member cluster (it sends nothing).
+	// one-member cluster (it sends nothing). Leave it nil when Mesh is set.
 	Transport raftnode.Transport
+
+	// Mesh is this member's running mesh router. When set, New opens a
+	// raftnode.MeshTransport and a peer-request endpoint on it (channels
+	// 32, 33, 34), uses them for raft, forwarding (lease keepalive and
+	// time-to-live, learner promotion) and the join/existing bootstrap, and
+	// closes them in Stop; the router itself stays the caller's. Its name
+	// must be raftnode.PeerNameFromURLs(PeerURLs) and its MaxDatagramSize at
+	// least MeshMaxDatagramSize(cfg). A router serves one New: its channels
+	// cannot be registered twice.
+	Mesh *mesh.Router
+	// Join (needs Mesh; ignored when DataDir holds a WAL): ask any reachable
+	// member over the mesh to add this member (Name, PeerURLs) as a
+	// learner, start with an empty log, catch up, and promote itself to a
+	// voter once the leader deems it ready. InitialCluster is ignored.
+	// New's ctx bounds the wait for the cluster's answer.
+	Join bool
+	// With InitialClusterState "existing" and no WAL (etcd's flow after
+	// `etcdctl member add`), New asks any reachable member over the mesh
+	// for the cluster id and members (needs Mesh), finds itself by
+	// PeerURLs, and starts with an empty log as that member.
+
+	// DisableStrictReconfigCheck is etcd's --strict-reconfig-check=false:
+	// membership changes are no longer refused when they would leave too
+	// few started or connected members for a quorum.
+	DisableStrictReconfigCheck bool
+
+	// healthInterval is etcd's HealthInterval (5 s): how long peers must
+	// have been connected to count as active for the strict reconfig
+	// check. Tests shorten it.
+	healthInterval time.Duration
 }
 
 // RaftKV is etcd's etcdserver.RaftKV (without RangeStream, which grpcapi may

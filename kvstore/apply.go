@@ -159,7 +159,13 @@ type confChangeResponse struct {
 // next backend commit, and update the membership.
 func (s *Server) applyConfChange(cc *raftpb.ConfChange, shouldApplyV3 membership.ShouldApplyV3) error {
 	lg := s.lg
-	if err := s.cluster.ValidateConfigurationChange(cc, shouldApplyV3); err != nil {
+	err := s.cluster.ValidateConfigurationChange(cc, shouldApplyV3)
+	if err == nil && removesLastVoter(s.cluster, cc) {
+		// raft panics on a configuration without voters; every member
+		// rejects it the same way, from the same committed membership.
+		err = servererrors.ErrNotEnoughStartedMembers
+	}
+	if err != nil {
 		lg.Error("validation on configuration change failed", zap.Bool("should-apply-v3", bool(shouldApplyV3)), zap.Error(err))
 		cc.NodeId = new(raft.None)
 		s.r.ApplyConfChange(cc)
@@ -214,6 +220,14 @@ func (s *Server) applyConfChange(cc *raftpb.ConfChange, shouldApplyV3 membership
 		}
 	}
 	return nil
+}
+
+func removesLastVoter(cl *membership.RaftCluster, cc *raftpb.ConfChange) bool {
+	if cc.GetType() != raftpb.ConfChangeRemoveNode {
+		return false
+	}
+	voters := cl.VotingMemberIDs()
+	return len(voters) == 1 && uint64(voters[0]) == cc.GetNodeId()
 }
 
 func memberJSON(m *membership.Member) ([]byte, error) {

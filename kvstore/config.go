@@ -15,6 +15,8 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3compactor"
 	"go.etcd.io/etcd/server/v3/storage/datadir"
+
+	"github.com/meshetcd/meshetcd/raftnode"
 )
 
 // Defaults, as etcd's embed.Config defaults.
@@ -35,6 +37,10 @@ const (
 	// raftMessageOverhead is what MaxSizePerMsg adds on top of the largest
 	// request by default (the same slack gRPC gets in etcd).
 	raftMessageOverhead = 512 * 1024
+
+	// healthInterval is etcd's HealthInterval: a peer must have been
+	// connected this long to count as active for strict reconfig checks.
+	healthInterval = 5 * time.Second
 
 	clusterStateNew      = "new"
 	clusterStateExisting = "existing"
@@ -125,6 +131,24 @@ func (c Config) withDefaults() (Config, error) {
 	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
 		return c, fmt.Errorf("kvstore: BcryptCost %d outside [%d, %d]", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
+	if c.healthInterval == 0 {
+		c.healthInterval = healthInterval
+	}
+	if c.Mesh != nil && c.Transport != nil {
+		return c, errors.New("kvstore: set either Mesh or Transport, not both")
+	}
+	if c.Join && c.Mesh == nil {
+		return c, errors.New("kvstore: Join needs Mesh (the join request travels over the mesh)")
+	}
+	if c.Mesh != nil {
+		want, err := raftnode.PeerNameFromURLs(c.PeerURLs.StringSlice())
+		if err != nil {
+			return c, fmt.Errorf("kvstore: mesh peer name: %w", err)
+		}
+		if got := c.Mesh.Name(); got != want {
+			return c, fmt.Errorf("kvstore: the mesh router is named %q but this member's peer name must be %q (host:port of its first sorted peer URL)", got, want)
+		}
+	}
 	if _, err := c.autoCompactionRetention(); err != nil {
 		return c, err
 	}
@@ -173,6 +197,19 @@ func (c Config) autoCompactionRetention() (time.Duration, error) {
 		return 0, fmt.Errorf("kvstore: parse AutoCompactionRetention %q: %w", c.AutoCompactionRetention, err)
 	}
 	return d, nil
+}
+
+// MeshMaxDatagramSize is the mesh.Config.MaxDatagramSize a member with this
+// config needs (defaults applied): any raft message, the largest request
+// included, fits one datagram. embed sets it on the member's router.
+func MeshMaxDatagramSize(c Config) int {
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.MaxSizePerMsg == 0 {
+		c.MaxSizePerMsg = uint64(c.MaxRequestBytes) + raftMessageOverhead
+	}
+	return raftnode.MeshMaxDatagramSize(c.MaxSizePerMsg)
 }
 
 func (c Config) memberDir() string   { return datadir.ToMemberDir(c.DataDir) }

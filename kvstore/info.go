@@ -78,7 +78,12 @@ func (s *Server) Defragment() error {
 
 // MoveLeader transfers leadership to transferee and waits until it leads.
 // Moving to the current leader is an immediate success.
+// Like etcd, only the leader moves leadership: a follower gets ErrNotLeader
+// (the gRPC layer answers it before calling, as v3rpc does).
 func (s *Server) MoveLeader(ctx context.Context, lead, transferee uint64) error {
+	if !s.isLeader() {
+		return servererrors.ErrNotLeader
+	}
 	m := s.cluster.Member(types.ID(transferee))
 	if m == nil || m.IsLearner {
 		return servererrors.ErrBadLeaderTransferee
@@ -204,3 +209,56 @@ func (r readServer) Done() <-chan struct{} { return r.s.stopping }
 // and a received snapshot's database to Raft().Snapshotter().SaveDBFrom
 // before its message is stepped.
 func (s *Server) Raft() *raftnode.Node { return s.r }
+
+// transferLeadershipOnShutdown hands leadership to the most up-to-date
+// voter that is recently active in raft and reachable on the mesh, before a
+// graceful Stop (etcd's TryTransferLeadershipOnShutdown). It waits about an
+// election timeout: raft itself abandons a transfer after that long.
+func (s *Server) transferLeadershipOnShutdown() {
+	if !s.isLeader() || len(s.cluster.VotingMemberIDs()) < 2 {
+		return
+	}
+	transferee, ok := s.pickTransferee()
+	if !ok {
+		s.lg.Warn("no reachable voting member to hand leadership to before stopping", zap.Error(servererrors.ErrUnhealthy))
+		return
+	}
+	timeout := s.cfg.ElectionTimeout + 2*s.cfg.HeartbeatInterval
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	if err := s.MoveLeader(ctx, uint64(s.memberID), uint64(transferee)); err != nil {
+		s.lg.Warn("leadership transfer before stopping failed", zap.String("transferee", transferee.String()), zap.Error(err))
+		return
+	}
+	s.lg.Info("handed leadership over before stopping", zap.String("new-leader", transferee.String()), zap.Duration("took", time.Since(start)))
+}
+
+// pickTransferee chooses among the voters raft sees recently active (and
+// the mesh reaches) the one with the highest match index; ties go to the
+// longest connected, then the lowest id, so the choice is deterministic.
+func (s *Server) pickTransferee() (types.ID, bool) {
+	st := s.r.Status()
+	var best types.ID
+	var bestMatch uint64
+	var bestSince time.Time
+	for _, id := range s.cluster.VotingMemberIDs() {
+		if id == s.memberID {
+			continue
+		}
+		pr, ok := st.Progress[uint64(id)]
+		if !ok || pr.IsLearner || !pr.RecentActive {
+			continue
+		}
+		since, known := s.activeSince(id)
+		if known && since.IsZero() {
+			continue
+		}
+		better := best == 0 || pr.Match > bestMatch ||
+			pr.Match == bestMatch && (since.Before(bestSince) || since.Equal(bestSince) && id < best)
+		if better {
+			best, bestMatch, bestSince = id, pr.Match, since
+		}
+	}
+	return best, best != 0
+}

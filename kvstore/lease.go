@@ -62,30 +62,60 @@ func (s *Server) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb
 }
 
 // LeaseRenew renews a lease on the leader, whose lessor alone tracks
-// expiry. On a follower it returns lease.ErrNotPrimary: forwarding to the
-// leader over the mesh comes with multi-member support.
+// expiry. A follower forwards the keepalive to the leader over the mesh,
+// retrying across leader changes until the request timeout (etcd's
+// leasehttp); without a mesh it returns lease.ErrNotPrimary.
 func (s *Server) LeaseRenew(ctx context.Context, id lease.LeaseID) (int64, error) {
-	release, uerr := s.useStores()
-	if uerr != nil {
-		return -1, uerr
-	}
-	defer release()
-	if !s.isLeader() {
-		return -1, lease.ErrNotPrimary
-	}
-	if !s.ensureLeadership(ctx) {
-		return -1, lease.ErrNotPrimary
-	}
-	// A lease we do not know yet may still be being granted.
-	if s.lessor.Lookup(id) == nil {
-		if err := s.waitAppliedIndex(); err != nil {
+	if s.isLeader() {
+		var ttl int64
+		err := s.withStores(func() error {
+			if !s.ensureLeadership(ctx) {
+				return errNotPrimaryNoForward
+			}
+			// A lease we do not know yet may still be being granted.
+			if s.lessor.Lookup(id) == nil {
+				if err := s.waitAppliedIndex(); err != nil {
+					return err
+				}
+			}
+			if err := s.checkLeaseRenew(ctx, id); err != nil {
+				return err
+			}
+			var err error
+			ttl, err = s.lessor.Renew(id)
+			return err
+		})
+		switch {
+		case err == nil:
+			return ttl, nil
+		case errors.Is(err, errNotPrimaryNoForward):
+			return -1, lease.ErrNotPrimary
+		case !errors.Is(err, lease.ErrNotPrimary):
+			if errors.Is(err, servererrors.ErrStopped) {
+				return -1, err
+			}
 			return 0, err
 		}
+		// Demoted meanwhile: forward to the new leader.
 	}
-	if err := s.checkLeaseRenew(ctx, id); err != nil {
-		return 0, err
+	if s.peers == nil {
+		return -1, lease.ErrNotPrimary
 	}
-	return s.lessor.Renew(id)
+	return s.forwardLeaseRenew(ctx, id)
+}
+
+// errNotPrimaryNoForward: a leader that cannot confirm its leadership
+// answers ErrNotPrimary at once so the client tries another member (etcd).
+var errNotPrimaryNoForward = errors.New("kvstore: leadership not confirmed")
+
+// withStores runs f while the stores are open (ErrStopped otherwise).
+func (s *Server) withStores(f func() error) error {
+	release, err := s.useStores()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return f()
 }
 
 func (s *Server) checkLeaseRenew(ctx context.Context, id lease.LeaseID) error {
@@ -116,24 +146,51 @@ func (s *Server) checkLeaseRenew(ctx context.Context, id lease.LeaseID) error {
 	return nil
 }
 
-// LeaseTimeToLive answers from the leader's lessor; a follower returns
-// lease.ErrNotPrimary until forwarding exists.
+// LeaseTimeToLive answers from the leader's lessor; a follower forwards
+// the question to the leader over the mesh (etcd's leasehttp), or returns
+// lease.ErrNotPrimary without a mesh.
 func (s *Server) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	release, uerr := s.useStores()
-	if uerr != nil {
-		return nil, uerr
-	}
-	defer release()
 	if err := s.requireAuthInfo(ctx); err != nil {
 		return nil, err
 	}
 	var rev uint64
 	if r.Keys {
-		var err error
-		if rev, err = s.checkLeaseTimeToLive(ctx, lease.LeaseID(r.ID)); err != nil {
+		err := s.withStores(func() error {
+			var err error
+			rev, err = s.checkLeaseTimeToLive(ctx, lease.LeaseID(r.ID))
+			return err
+		})
+		if err != nil {
 			return nil, err
 		}
 	}
+	var resp *pb.LeaseTimeToLiveResponse
+	var err error
+	if s.isLeader() {
+		err = s.withStores(func() error {
+			resp, err = s.leaseTimeToLiveOnLeader(r)
+			return err
+		})
+		if err == nil {
+			resp.Header = s.newHeader()
+		}
+	} else if s.peers == nil {
+		return nil, lease.ErrNotPrimary
+	} else {
+		resp, err = s.forwardLeaseTimeToLive(ctx, r)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if r.Keys && s.authStore.IsAuthEnabled() && rev != s.authStore.Revision() {
+		return nil, auth.ErrAuthOldRevision
+	}
+	return resp, nil
+}
+
+// leaseTimeToLiveOnLeader is etcd's leader branch of leaseTimeToLive; the
+// caller holds the stores.
+func (s *Server) leaseTimeToLiveOnLeader(r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	if !s.isLeader() {
 		return nil, lease.ErrNotPrimary
 	}
@@ -145,7 +202,7 @@ func (s *Server) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveReque
 		return nil, lease.ErrLeaseNotFound
 	}
 	resp := &pb.LeaseTimeToLiveResponse{
-		Header:     s.newHeader(),
+		Header:     &pb.ResponseHeader{},
 		ID:         r.ID,
 		TTL:        int64(le.Remaining().Seconds()),
 		GrantedTTL: le.TTL(),
@@ -158,9 +215,6 @@ func (s *Server) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveReque
 	// Demoted meanwhile: the remaining TTL is not trustworthy; retryable.
 	if le.Demoted() {
 		return nil, servererrors.ErrLeaderChanged
-	}
-	if r.Keys && s.authStore.IsAuthEnabled() && rev != s.authStore.Revision() {
-		return nil, auth.ErrAuthOldRevision
 	}
 	return resp, nil
 }

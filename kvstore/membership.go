@@ -3,6 +3,7 @@ package kvstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,27 +25,53 @@ const readyPercentThreshold = 0.9
 const removedMemberStopDelay = time.Second
 
 // The membership methods are etcd's (server.go): v1 conf changes whose
-// Context is the member JSON, validated again when applied. etcd's strict
-// reconfiguration checks that need transport health (is the leader
-// connected to a quorum) are not done yet.
+// Context is the member JSON, validated again when applied, with etcd's
+// strict reconfiguration checks (unless Config.DisableStrictReconfigCheck):
+// "started" members from the membership, "connected" from the mesh routes
+// (a peer reachable for at least healthInterval counts as active).
 
 // AddMember proposes adding memb (as a learner when memb.IsLearner).
 func (s *Server) AddMember(ctx context.Context, memb Member) ([]*Member, error) {
 	if err := s.checkMembershipOperationPermission(ctx); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(memb)
-	if err != nil {
-		return nil, fmt.Errorf("kvstore: encode member: %w", err)
+	if err := s.mayAddMember(memb); err != nil {
+		return nil, err
 	}
-	if !memb.IsLearner && !s.cluster.IsReadyToAddVotingMember() {
-		return nil, servererrors.ErrNotEnoughStartedMembers
-	}
+	return s.configure(ctx, addMemberConfChange(memb))
+}
+
+func addMemberConfChange(memb Member) *raftpb.ConfChange {
+	// json.Marshal of a Member cannot fail (plain fields only).
+	b, _ := json.Marshal(memb)
 	cc := &raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(uint64(memb.ID)), Context: b}
 	if memb.IsLearner {
 		cc.Type = raftpb.ConfChangeAddLearnerNode.Enum()
 	}
-	return s.configure(ctx, cc)
+	return cc
+}
+
+// mayAddMember is etcd's: adding a voter needs enough started members, and
+// any add needs this member connected to a quorum of the grown cluster.
+func (s *Server) mayAddMember(memb Member) error {
+	if s.cfg.DisableStrictReconfigCheck {
+		return nil
+	}
+	if !memb.IsLearner && !s.cluster.IsReadyToAddVotingMember() {
+		s.lg.Warn("rejecting member add request; not enough started members", zap.String("requested-member-add", memb.ID.String()))
+		return servererrors.ErrNotEnoughStartedMembers
+	}
+	voters := s.cluster.VotingMembers()
+	if len(voters) == 1 {
+		return nil
+	}
+	n, known := s.numConnectedSince(time.Now().Add(-s.cfg.healthInterval), voters)
+	if known && n < (len(voters)+1)/2+1 {
+		s.lg.Warn("rejecting member add request; this member has not been connected to enough peers for the grown cluster's quorum",
+			zap.String("requested-member-add", memb.ID.String()), zap.Int("active-peers", n))
+		return servererrors.ErrUnhealthy
+	}
+	return nil
 }
 
 // RemoveMember proposes removing member id.
@@ -52,10 +79,41 @@ func (s *Server) RemoveMember(ctx context.Context, id uint64) ([]*Member, error)
 	if err := s.checkMembershipOperationPermission(ctx); err != nil {
 		return nil, err
 	}
-	if m := s.cluster.Member(types.ID(id)); (m == nil || !m.IsLearner) && !s.cluster.IsReadyToRemoveVotingMember(id) {
+	if m := s.cluster.Member(types.ID(id)); m != nil && !m.IsLearner && len(s.cluster.VotingMembers()) == 1 {
+		// raft cannot apply a configuration without voters (it panics);
+		// refuse it whatever the strictness.
 		return nil, servererrors.ErrNotEnoughStartedMembers
 	}
+	if err := s.mayRemoveMember(types.ID(id)); err != nil {
+		return nil, err
+	}
 	return s.configure(ctx, &raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode.Enum(), NodeId: new(id)})
+}
+
+// mayRemoveMember is etcd's: keep a started quorum, and when removing an
+// active voter keep an active quorum.
+func (s *Server) mayRemoveMember(id types.ID) error {
+	if s.cfg.DisableStrictReconfigCheck {
+		return nil
+	}
+	if m := s.cluster.Member(id); m != nil && m.IsLearner {
+		return nil
+	}
+	if !s.cluster.IsReadyToRemoveVotingMember(uint64(id)) {
+		return servererrors.ErrNotEnoughStartedMembers
+	}
+	// A member that is down is not part of the active quorum anyway.
+	if t, known := s.activeSince(id); id != s.memberID && known && t.IsZero() {
+		return nil
+	}
+	voters := s.cluster.VotingMembers()
+	n, known := s.numConnectedSince(time.Now().Add(-s.cfg.healthInterval), voters)
+	if known && n-1 < 1+(len(voters)-1)/2 {
+		s.lg.Warn("rejecting member remove request; removing it would leave too few active members for a quorum",
+			zap.String("requested-member-remove", id.String()), zap.Int("active-peers", n))
+		return servererrors.ErrUnhealthy
+	}
+	return nil
 }
 
 // UpdateMember proposes new peer URLs for memb.ID.
@@ -71,16 +129,28 @@ func (s *Server) UpdateMember(ctx context.Context, memb Member) ([]*Member, erro
 }
 
 // PromoteMember promotes a caught-up learner to a voter. Only the leader
-// knows how far a learner is; a follower returns ErrNotLeader (etcd
-// forwards it to the leader; that comes with the mesh).
+// knows how far a learner is: a follower forwards the request to it over
+// the mesh (etcd forwards it over HTTP), retrying across leader changes.
 func (s *Server) PromoteMember(ctx context.Context, id uint64) ([]*Member, error) {
 	if err := s.checkMembershipOperationPermission(ctx); err != nil {
 		return nil, err
 	}
+	ms, err := s.promoteMember(ctx, id)
+	if !errors.Is(err, servererrors.ErrNotLeader) || s.peers == nil {
+		return ms, err
+	}
+	return s.forwardPromote(ctx, id)
+}
+
+// promoteMember promotes on the leader (ErrNotLeader elsewhere).
+func (s *Server) promoteMember(ctx context.Context, id uint64) ([]*Member, error) {
 	if err := s.isLearnerReady(id); err != nil {
 		return nil, err
 	}
-	if !s.cluster.IsReadyToPromoteMember(id) {
+	if m := s.cluster.Member(types.ID(id)); m != nil && !m.IsLearner {
+		return nil, membership.ErrMemberNotLearner
+	}
+	if !s.cfg.DisableStrictReconfigCheck && !s.cluster.IsReadyToPromoteMember(id) {
 		return nil, servererrors.ErrNotEnoughStartedMembers
 	}
 	b, err := json.Marshal(membership.ConfigChangeContext{Member: membership.Member{ID: types.ID(id)}, IsPromote: true})
@@ -171,10 +241,11 @@ func (s *Server) configure(ctx context.Context, cc *raftpb.ConfChange) ([]*Membe
 // stopAfterRemoval stops a member that applied its own removal, after a
 // delay so the commit reaches the others; Stop ends it early.
 func (s *Server) stopAfterRemoval() {
-	s.lg.Warn("this member was removed from the cluster; stopping", zap.String("member-id", s.memberID.String()))
+	s.setStopErr(ErrRemoved)
+	s.lg.Warn("this member was removed from the cluster; stopping", zap.String("member-id", s.memberID.String()), zap.Error(ErrRemoved))
 	select {
 	case <-time.After(removedMemberStopDelay):
-		s.Stop()
+		s.HardStop()
 	case <-s.stopping:
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
+	"github.com/meshetcd/meshetcd/kvstore/peerrpc"
 	"github.com/meshetcd/meshetcd/raftnode"
 )
 
@@ -64,8 +65,16 @@ type Server struct {
 	// uberApply is used only by the apply goroutine.
 	uberApply apply.UberApplier
 
-	r        *raftnode.Node
-	read     *read.Read
+	r    *raftnode.Node
+	read *read.Read
+	// tr and peers exist when the member runs over the mesh (Config.Mesh).
+	tr    *raftnode.MeshTransport
+	peers *peerrpc.Endpoint
+	// bootPeers are the members a joining member learned before applying
+	// any membership; immutable after New.
+	bootPeers map[types.ID][]string
+	// stopErr says why the member stopped by itself (removed, raft failed).
+	stopErr  atomic.Pointer[error]
 	w        wait.Wait
 	reqIDGen *idutil.Generator
 
@@ -138,8 +147,9 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		return nil, fmt.Errorf("kvstore: snapshot directory: %w", err)
 	}
 	haveWAL := raftnode.WALExists(cfg.walDir())
-	if !haveWAL && cfg.InitialClusterState == clusterStateExisting {
-		return nil, errors.New("kvstore: joining an existing cluster (InitialClusterState \"existing\") is not supported yet")
+	joining := !haveWAL && (cfg.Join || cfg.InitialClusterState == clusterStateExisting)
+	if joining && cfg.Mesh == nil {
+		return nil, errors.New("kvstore: joining an existing cluster (InitialClusterState \"existing\") needs Mesh to reach its members")
 	}
 
 	s := &Server{
@@ -154,6 +164,13 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	closers = append(closers, s.cancel)
+	if cfg.Mesh != nil {
+		if err := s.startMesh(); err != nil {
+			return nil, err
+		}
+		closers = append(closers, s.closeMesh)
+		cfg.Transport = s.tr
+	}
 
 	// Backend and consistent index first: a restart needs the ConfState
 	// and applied index they hold (etcd-reuse §1.2, §4.4).
@@ -192,6 +209,9 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		// Raft only asks once the node runs, when s.cluster exists.
 		IsIDRemoved: func(id uint64) bool { return s.cluster.IsIDRemoved(types.ID(id)) },
 	}
+	if s.tr != nil {
+		raftCfg.PeerResolver = s.resolvePeer
+	}
 	var clusterID types.ID
 	if haveWAL {
 		cs, err := confStateFromBackend(lg, be)
@@ -207,6 +227,34 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		s.cluster.SetID(s.memberID, clusterID)
 		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
 		s.cluster.Recover(api.UpdateCapability)
+	} else if joining {
+		// etcd's bootstrapExistingClusterNoWAL: learn our id and the
+		// cluster from a member, then start with an empty log; the leader
+		// sends the log (or a snapshot) including the membership.
+		var info clusterInfo
+		if cfg.Join {
+			info, err = joinCluster(ctx, cfg, s.peers)
+		} else {
+			info, err = fetchExistingCluster(ctx, cfg, s.peers)
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.memberID, clusterID = info.MemberID, info.ClusterID
+		s.bootPeers = map[types.ID][]string{}
+		for _, m := range info.Members {
+			s.bootPeers[m.ID] = m.PeerURLs
+		}
+		s.cluster = membership.NewCluster(lg, membership.WithMaxLearners(cfg.MaxLearners))
+		s.r, err = raftnode.Create(raftCfg, raftnode.Bootstrap{NodeID: uint64(s.memberID), ClusterID: uint64(clusterID)})
+		if err != nil {
+			return nil, fmt.Errorf("kvstore: create raft member: %w", err)
+		}
+		s.cluster.SetID(s.memberID, clusterID)
+		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
+		lg.Info("joining an existing cluster with an empty log",
+			zap.String("member-id", s.memberID.String()), zap.String("cluster-id", clusterID.String()),
+			zap.Int("members", len(info.Members)), zap.Bool("as-learner", cfg.Join))
 	} else {
 		cl, peers, err := newClusterMembership(cfg)
 		if err != nil {
@@ -276,6 +324,10 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	s.goAttach(s.read.LinearizableReadLoop)
 	s.goAttach(s.revokeExpiredLeasesLoop)
 	s.goAttach(s.publish)
+	s.serveMesh()
+	if joining && cfg.Join {
+		s.goAttach(s.promoteLoop)
+	}
 	go s.stopOnRaftFailure()
 	lg.Info("started member",
 		zap.String("name", cfg.Name),
@@ -447,17 +499,43 @@ func (s *Server) stopOnRaftFailure() {
 	select {
 	case <-s.r.Done():
 		if err := s.r.Err(); err != nil {
+			s.setStopErr(err)
 			s.lg.Error("stopping member: raft failed", zap.Error(err))
 		}
-		s.Stop()
+		s.HardStop()
 	case <-s.stopping:
 	}
 }
 
-// Stop stops the member cleanly: background work, raft (and the WAL),
-// lessor, mvcc, auth and the backend, then releases the data-dir lock.
-// It is idempotent; concurrent callers all return once it is done.
+// Stop stops the member gracefully: a leader first hands leadership to the
+// most up-to-date reachable voter (etcd's TryTransferLeadershipOnShutdown,
+// bounded by about an election timeout), then everything stops as in
+// HardStop. It is idempotent; concurrent callers all return once it is done.
 func (s *Server) Stop() {
+	select {
+	case <-s.stopping:
+	default:
+		s.transferLeadershipOnShutdown()
+	}
+	s.HardStop()
+}
+
+// Err says why the member stopped by itself: ErrRemoved after it applied
+// its own removal, or the raft failure; nil otherwise.
+func (s *Server) Err() error {
+	if p := s.stopErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (s *Server) setStopErr(err error) { s.stopErr.CompareAndSwap(nil, &err) }
+
+// HardStop stops the member without handing over leadership (a crash as
+// far as the others can tell): background work, raft (and the WAL),
+// lessor, mvcc, auth and the backend, the mesh endpoints, then releases
+// the data-dir lock. Idempotent.
+func (s *Server) HardStop() {
 	s.stopOnce.Do(func() {
 		s.wgMu.Lock()
 		close(s.stopping)
@@ -469,6 +547,7 @@ func (s *Server) Stop() {
 		s.wg.Wait()
 		// Raft goes before the state machine so no apply runs on closed stores.
 		s.r.Stop()
+		s.closeMesh()
 		// In-flight local reads see stopping and return; then nothing
 		// touches the stores again.
 		s.storesMu.Lock()

@@ -50,6 +50,10 @@ type Config struct {
 	// IsIDRemoved reports members removed from the cluster, whose messages
 	// are dropped instead of sent (etcd: cluster.IsIDRemoved). Optional.
 	IsIDRemoved func(id uint64) bool
+	// PeerResolver maps member ids to mesh peers from the committed
+	// membership; required when Transport is a Binder (MeshTransport),
+	// which Start binds to the node with it.
+	PeerResolver PeerResolver
 }
 
 func (c Config) withDefaults() Config {
@@ -96,6 +100,15 @@ func (c Config) validate() error {
 		return fmt.Errorf("raftnode: ElectionTicks %d must be at least 2", c.ElectionTicks)
 	case c.MaxInflightMsgs < 0:
 		return fmt.Errorf("raftnode: MaxInflightMsgs %d must be positive", c.MaxInflightMsgs)
+	}
+	if _, ok := c.Transport.(Binder); ok && c.PeerResolver == nil {
+		return errors.New("raftnode: a mesh transport needs a PeerResolver")
+	}
+	if sc, ok := c.Transport.(messageSizeChecker); ok {
+		if need := RequiredMessageSize(c.MaxSizePerMsg); sc.MaxMessageSize() < need {
+			return fmt.Errorf("raftnode: the transport carries messages up to %d bytes but MaxSizePerMsg %d needs %d: raise the mesh MaxDatagramSize to at least %d (raftnode.MeshMaxDatagramSize)",
+				sc.MaxMessageSize(), c.MaxSizePerMsg, need, MeshMaxDatagramSize(c.MaxSizePerMsg))
+		}
 	}
 	return nil
 }

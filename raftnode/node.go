@@ -141,6 +141,9 @@ func (n *Node) Start(a Applier) error {
 	}
 	n.started = true
 	n.applier = a
+	if b, ok := n.cfg.Transport.(Binder); ok {
+		b.Bind(n, n.cfg.PeerResolver)
+	}
 	n.wg.Add(3)
 	go n.readyLoop()
 	go n.applyLoop()

@@ -1,0 +1,341 @@
+package peerrpc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/meshetcd/meshetcd/mesh"
+)
+
+// DefaultChannel is the mesh channel id members use for peer requests
+// (next to meshconn's raft 32 and bulk 33).
+const DefaultChannel mesh.ChannelID = 34
+
+// Defaults of Config.
+const (
+	DefaultMaxConcurrent  = 64
+	DefaultTimeout        = 5 * time.Second
+	DefaultMaxHandlerTime = 30 * time.Second
+)
+
+// Typed errors of Call.
+var (
+	ErrTimeout   = errors.New("peerrpc: no answer from peer in time")
+	ErrBusy      = errors.New("peerrpc: peer is busy")
+	ErrNoHandler = errors.New("peerrpc: peer does not serve this method")
+	ErrClosed    = errors.New("peerrpc: endpoint closed")
+	errMalformed = errors.New("peerrpc: malformed datagram")
+)
+
+// RemoteError is the error a peer's handler returned, as text.
+type RemoteError struct {
+	Peer mesh.PeerName
+	Msg  string
+}
+
+func (e *RemoteError) Error() string { return e.Msg }
+
+// Is matches a target error with the same text, so callers can use
+// errors.Is(err, someSentinel) across the wire.
+func (e *RemoteError) Is(target error) bool { return target != nil && target.Error() == e.Msg }
+
+// Handler serves one method. ctx ends with the caller's timeout (capped) or
+// when the Endpoint closes. The returned payload must fit one datagram.
+type Handler func(ctx context.Context, src mesh.PeerName, req []byte) ([]byte, error)
+
+// Sender is the datagram channel an Endpoint sends on;
+// *mesh.DatagramChannel satisfies it.
+type Sender interface {
+	Send(dst mesh.PeerName, payload []byte) error
+	MaxPayload() int
+}
+
+// Config configures an Endpoint.
+type Config struct {
+	Logger         *zap.Logger // nil: zap.NewNop()
+	Router         *mesh.Router
+	Channel        mesh.ChannelID // default DefaultChannel
+	MaxConcurrent  int            // handlers running at once; default 64
+	DefaultTimeout time.Duration  // for calls whose ctx has no deadline; default 5 s
+	MaxHandlerTime time.Duration  // cap on a handler's ctx; default 30 s
+	// Open overrides how the datagram channel is opened (tests); nil opens
+	// cfg.Channel on cfg.Router at raft priority.
+	Open func(h mesh.DatagramHandler) (Sender, error)
+}
+
+// Endpoint both serves (Handle) and calls (Call) methods. Close stops it.
+type Endpoint struct {
+	lg  *zap.Logger
+	cfg Config
+	ch  Sender
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	sem    chan struct{}
+	nextID atomic.Uint64
+
+	mu       sync.Mutex
+	closed   bool
+	handlers map[uint8]Handler
+	pending  map[uint64]chan reply
+}
+
+type reply struct {
+	payload []byte
+	err     error
+}
+
+const (
+	kindRequest  = 1
+	kindResponse = 2
+
+	statusOK        = 0
+	statusError     = 1
+	statusBusy      = 2
+	statusNoHandler = 3
+
+	// request:  kind u8 | method u8 | id u64 | timeout ms u32 | payload
+	// response: kind u8 | status u8 | id u64 | payload (or error text)
+	requestHeaderLen  = 14
+	responseHeaderLen = 10
+)
+
+// New opens the endpoint's datagram channel.
+func New(cfg Config) (*Endpoint, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Channel == 0 {
+		cfg.Channel = DefaultChannel
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if cfg.DefaultTimeout <= 0 {
+		cfg.DefaultTimeout = DefaultTimeout
+	}
+	if cfg.MaxHandlerTime <= 0 {
+		cfg.MaxHandlerTime = DefaultMaxHandlerTime
+	}
+	if cfg.Open == nil {
+		if cfg.Router == nil {
+			return nil, errors.New("peerrpc: Config.Router is required")
+		}
+		r, id := cfg.Router, cfg.Channel
+		cfg.Open = func(h mesh.DatagramHandler) (Sender, error) {
+			return r.NewDatagramChannel(id, "peer-requests", mesh.PriorityRaft, h)
+		}
+	}
+	e := &Endpoint{
+		lg:       cfg.Logger.Named("peerrpc"),
+		cfg:      cfg,
+		sem:      make(chan struct{}, cfg.MaxConcurrent),
+		handlers: map[uint8]Handler{},
+		pending:  map[uint64]chan reply{},
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	// Ids start at the boot time so a restarted caller's ids do not match
+	// answers meant for its previous incarnation.
+	e.nextID.Store(uint64(time.Now().UnixNano()))
+	ch, err := cfg.Open(e.onDatagram)
+	if err != nil {
+		e.cancel()
+		return nil, fmt.Errorf("peerrpc: open channel %d: %w", cfg.Channel, err)
+	}
+	e.ch = ch
+	return e, nil
+}
+
+// Handle registers (or, with nil, removes) the handler of method.
+func (e *Endpoint) Handle(method uint8, h Handler) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if h == nil {
+		delete(e.handlers, method)
+		return
+	}
+	e.handlers[method] = h
+}
+
+// Close fails pending calls with ErrClosed, cancels running handlers and
+// waits for them. The mesh channel stays registered (the router cannot
+// unregister one); later datagrams are ignored. Idempotent.
+func (e *Endpoint) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	for id, c := range e.pending {
+		c <- reply{err: ErrClosed}
+		delete(e.pending, id)
+	}
+	e.mu.Unlock()
+	e.cancel()
+	e.wg.Wait()
+	return nil
+}
+
+// Call sends req to dst's handler of method and waits for the answer until
+// ctx ends (or DefaultTimeout when ctx has no deadline).
+func (e *Endpoint) Call(ctx context.Context, dst mesh.PeerName, method uint8, req []byte) ([]byte, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.cfg.DefaultTimeout)
+		defer cancel()
+	}
+	dl, _ := ctx.Deadline()
+	remaining := time.Until(dl)
+	if remaining <= 0 {
+		return nil, ErrTimeout
+	}
+	if requestHeaderLen+len(req) > e.ch.MaxPayload() {
+		return nil, fmt.Errorf("peerrpc: request of %d bytes exceeds the datagram limit %d: %w", len(req), e.ch.MaxPayload(), mesh.ErrTooLarge)
+	}
+	id := e.nextID.Add(1)
+	c := make(chan reply, 1)
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil, ErrClosed
+	}
+	e.pending[id] = c
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.pending, id)
+		e.mu.Unlock()
+	}()
+
+	b := make([]byte, requestHeaderLen+len(req))
+	b[0], b[1] = kindRequest, method
+	binary.BigEndian.PutUint64(b[2:10], id)
+	binary.BigEndian.PutUint32(b[10:14], uint32(min(remaining.Milliseconds()+1, int64(^uint32(0)))))
+	copy(b[requestHeaderLen:], req)
+	if err := e.ch.Send(dst, b); err != nil {
+		return nil, fmt.Errorf("peerrpc: send to %s: %w", dst, err)
+	}
+	select {
+	case r := <-c:
+		return r.payload, r.err
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w (%s, method %d)", ErrTimeout, dst, method)
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// onDatagram runs on the mesh channel's delivery goroutine: it never
+// blocks, so a slow handler cannot stall other traffic.
+func (e *Endpoint) onDatagram(src mesh.PeerName, payload []byte) {
+	if len(payload) < responseHeaderLen {
+		e.lg.Debug("dropped short datagram", zap.String("from", string(src)))
+		return
+	}
+	switch payload[0] {
+	case kindResponse:
+		e.onResponse(src, payload)
+	case kindRequest:
+		e.onRequest(src, payload)
+	default:
+		e.lg.Debug("dropped datagram of unknown kind", zap.String("from", string(src)), zap.Uint8("kind", payload[0]))
+	}
+}
+
+func (e *Endpoint) onResponse(src mesh.PeerName, payload []byte) {
+	id := binary.BigEndian.Uint64(payload[2:10])
+	body := payload[responseHeaderLen:]
+	var r reply
+	switch payload[1] {
+	case statusOK:
+		r.payload = append([]byte(nil), body...)
+	case statusError:
+		r.err = &RemoteError{Peer: src, Msg: string(body)}
+	case statusBusy:
+		r.err = fmt.Errorf("%w (%s)", ErrBusy, src)
+	case statusNoHandler:
+		r.err = fmt.Errorf("%w (%s)", ErrNoHandler, src)
+	default:
+		r.err = fmt.Errorf("%w: status %d from %s", errMalformed, payload[1], src)
+	}
+	e.mu.Lock()
+	c, ok := e.pending[id]
+	if ok {
+		delete(e.pending, id)
+	}
+	e.mu.Unlock()
+	if ok {
+		c <- r // buffered 1, and removed from pending: never blocks
+	}
+}
+
+func (e *Endpoint) onRequest(src mesh.PeerName, payload []byte) {
+	if len(payload) < requestHeaderLen {
+		return
+	}
+	method := payload[1]
+	id := binary.BigEndian.Uint64(payload[2:10])
+	timeout := time.Duration(binary.BigEndian.Uint32(payload[10:14])) * time.Millisecond
+	req := append([]byte(nil), payload[requestHeaderLen:]...)
+	e.mu.Lock()
+	h, ok := e.handlers[method]
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return
+	}
+	if !ok {
+		e.respond(src, id, statusNoHandler, nil)
+		return
+	}
+	select {
+	case e.sem <- struct{}{}:
+	default:
+		e.respond(src, id, statusBusy, nil)
+		return
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		<-e.sem
+		return
+	}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		defer func() { <-e.sem }()
+		ctx, cancel := context.WithTimeout(e.ctx, min(timeout, e.cfg.MaxHandlerTime))
+		defer cancel()
+		resp, err := h(ctx, src, req)
+		if err != nil {
+			e.respond(src, id, statusError, []byte(err.Error()))
+			return
+		}
+		e.respond(src, id, statusOK, resp)
+	}()
+}
+
+func (e *Endpoint) respond(dst mesh.PeerName, id uint64, status uint8, body []byte) {
+	if responseHeaderLen+len(body) > e.ch.MaxPayload() {
+		status, body = statusError, []byte("peerrpc: response too large for one datagram")
+	}
+	b := make([]byte, responseHeaderLen+len(body))
+	b[0], b[1] = kindResponse, status
+	binary.BigEndian.PutUint64(b[2:10], id)
+	copy(b[responseHeaderLen:], body)
+	if err := e.ch.Send(dst, b); err != nil {
+		// The caller times out and retries.
+		e.lg.Debug("could not answer peer request", zap.String("to", string(dst)), zap.Error(err))
+	}
+}

@@ -1,0 +1,444 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/meshetcd/meshetcd/mesh"
+	"github.com/meshetcd/meshetcd/meshconn"
+)
+
+// PeerResolver maps a raft member id to the mesh peer that runs it, from the
+// committed membership. ok is false for an unknown (or removed) member.
+type PeerResolver func(id uint64) (peer mesh.PeerName, ok bool)
+
+// Binder is implemented by transports that need the running node to report
+// to and step into, and the membership to address members by. Node.Start
+// binds Config.Transport when it implements Binder, before any message is
+// sent.
+type Binder interface {
+	Bind(n *Node, resolve PeerResolver)
+}
+
+// messageSizeChecker is implemented by transports with a per-message size
+// limit; Create and Restart refuse a MaxSizePerMsg the transport can't carry.
+type messageSizeChecker interface {
+	MaxMessageSize() int
+}
+
+// RequiredMessageSize is the largest marshalled raft message a member with
+// this MaxSizePerMsg can produce (an entry batch of MaxSizePerMsg bytes of
+// entries plus protobuf framing: at worst ~25% for tiny entries, plus the
+// message header).
+func RequiredMessageSize(maxSizePerMsg uint64) int {
+	if maxSizePerMsg == 0 {
+		maxSizePerMsg = DefaultMaxSizePerMsg
+	}
+	return int(maxSizePerMsg + maxSizePerMsg/4 + 4<<10)
+}
+
+// MeshMaxDatagramSize is the mesh.Config.MaxDatagramSize a router must have
+// to carry raft messages of a member with this MaxSizePerMsg through a
+// MeshTransport (RequiredMessageSize plus meshconn's per-datagram header,
+// with slack). With kvstore's defaults (MaxRequestBytes 1.5 MiB,
+// MaxSizePerMsg 2 MiB) it is about 2.6 MiB.
+func MeshMaxDatagramSize(maxSizePerMsg uint64) int {
+	return RequiredMessageSize(maxSizePerMsg) + 64<<10
+}
+
+// PeerNameFromURLs is the mesh peer name of a member with these advertised
+// peer URLs: host:port of the first URL in sorted order (etcd's
+// membership.NewMember sorts them). It works in every bootstrap mode,
+// because the peer URLs are in the committed membership before the member's
+// id is known to it.
+func PeerNameFromURLs(peerURLs []string) (mesh.PeerName, error) {
+	if len(peerURLs) == 0 {
+		return "", errors.New("raftnode: member has no peer URLs")
+	}
+	urls := append([]string(nil), peerURLs...)
+	sort.Strings(urls)
+	u, err := url.Parse(urls[0])
+	if err != nil {
+		return "", fmt.Errorf("raftnode: peer URL %q: %w", urls[0], err)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("raftnode: peer URL %q has no host:port", urls[0])
+	}
+	if _, _, err := net.SplitHostPort(u.Host); err != nil {
+		return "", fmt.Errorf("raftnode: peer URL %q: %w", urls[0], err)
+	}
+	return mesh.PeerName(u.Host), nil
+}
+
+// MeshTransportConfig configures a MeshTransport.
+type MeshTransportConfig struct {
+	Logger *zap.Logger // nil: zap.NewNop()
+	// Router is the member's running mesh router. The transport never stops
+	// it; the caller (embed) owns it and stops it after Close.
+	Router *mesh.Router
+	// RaftChannel and BulkChannel default to meshconn's suggested ids; every
+	// member must use the same ones.
+	RaftChannel mesh.ChannelID
+	BulkChannel mesh.ChannelID
+	// Bulk tunes snapshot transfers (its Handler and Logger are set by the
+	// transport). Zero values take meshconn's defaults.
+	Bulk meshconn.BulkConfig
+}
+
+// MeshTransport is the Transport over the mesh: ordinary raft messages are
+// datagrams on a meshconn.PacketConn, MsgSnap plus the backend database
+// stream through meshconn.Bulk. Create it before kvstore.New, hand it in as
+// the Transport; Node.Start binds it (Binder). Close it after the member
+// stopped and before the router stops.
+type MeshTransport struct {
+	lg   *zap.Logger
+	r    *mesh.Router
+	pc   *meshconn.PacketConn
+	bulk *meshconn.Bulk
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	node    *Node
+	resolve PeerResolver
+	bound   bool
+	closed  bool
+	// names caches id → peer for route events (which speak peer names).
+	names map[uint64]mesh.PeerName
+	// since is when each reachable peer last became reachable.
+	since map[mesh.PeerName]time.Time
+
+	// Counters (see Stats).
+	sent, sendFailed, received, malformed, misaddressed atomic.Uint64
+	snapsSent, snapsFailed, snapsReceived               atomic.Uint64
+}
+
+// MeshTransportStats counts a MeshTransport's traffic.
+type MeshTransportStats struct {
+	Sent, SendFailed                  uint64 // raft datagrams
+	Received, Malformed, Misaddressed uint64
+	SnapshotsSent, SnapshotsFailed    uint64
+	SnapshotsReceived                 uint64
+	PacketConn                        meshconn.PacketStats
+}
+
+var (
+	_ Transport = (*MeshTransport)(nil)
+	_ Binder    = (*MeshTransport)(nil)
+)
+
+// NewMeshTransport opens the raft datagram and bulk channels on cfg.Router.
+// Incoming traffic waits (bounded, then dropped) until Bind.
+func NewMeshTransport(cfg MeshTransportConfig) (*MeshTransport, error) {
+	if cfg.Router == nil {
+		return nil, errors.New("raftnode: MeshTransport needs a mesh router")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.RaftChannel == 0 {
+		cfg.RaftChannel = meshconn.DefaultRaftChannel
+	}
+	if cfg.BulkChannel == 0 {
+		cfg.BulkChannel = meshconn.DefaultBulkChannel
+	}
+	t := &MeshTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, names: map[uint64]mesh.PeerName{}, since: map[mesh.PeerName]time.Time{}}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})
+	if err != nil {
+		t.cancel()
+		return nil, fmt.Errorf("raftnode: open raft channel %d: %w", cfg.RaftChannel, err)
+	}
+	t.pc = pc
+	bcfg := cfg.Bulk
+	bcfg.Handler = t.receiveSnapshot
+	bcfg.Logger = t.lg
+	bulk, err := meshconn.NewBulk(cfg.Router, cfg.BulkChannel, bcfg)
+	if err != nil {
+		pc.Close()
+		t.cancel()
+		return nil, fmt.Errorf("raftnode: open snapshot channel %d: %w", cfg.BulkChannel, err)
+	}
+	t.bulk = bulk
+	return t, nil
+}
+
+// MaxMessageSize is the largest marshalled raft message this transport
+// carries; raftnode refuses a MaxSizePerMsg that needs more.
+func (t *MeshTransport) MaxMessageSize() int { return t.pc.MaxDatagramSize() }
+
+// Bind attaches the running node and the membership resolver and starts
+// delivering incoming messages. Only the first call counts.
+func (t *MeshTransport) Bind(n *Node, resolve PeerResolver) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.bound || t.closed {
+		return
+	}
+	t.bound, t.node, t.resolve = true, n, resolve
+	routes, cancel := t.r.SubscribeRoutes(64)
+	t.wg.Add(2)
+	go t.readLoop()
+	go t.watchRoutes(routes, cancel)
+}
+
+// Close stops receiving and aborts snapshot transfers in both directions;
+// it waits for the transport's goroutines. Idempotent.
+func (t *MeshTransport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	t.mu.Unlock()
+	t.cancel()
+	err := errors.Join(t.pc.Close(), t.bulk.Close())
+	t.wg.Wait()
+	return err
+}
+
+// ActiveSince is when peer last became reachable over the mesh (etcd's
+// Transport.ActiveSince, used for strict reconfiguration checks and to pick
+// a leader transferee); zero when it is unreachable now.
+func (t *MeshTransport) ActiveSince(peer mesh.PeerName) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.since[peer]
+}
+
+// Stats returns the traffic counters.
+func (t *MeshTransport) Stats() MeshTransportStats {
+	return MeshTransportStats{
+		Sent: t.sent.Load(), SendFailed: t.sendFailed.Load(),
+		Received: t.received.Load(), Malformed: t.malformed.Load(), Misaddressed: t.misaddressed.Load(),
+		SnapshotsSent: t.snapsSent.Load(), SnapshotsFailed: t.snapsFailed.Load(), SnapshotsReceived: t.snapsReceived.Load(),
+		PacketConn: t.pc.Stats(),
+	}
+}
+
+func (t *MeshTransport) bound2() (*Node, PeerResolver) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.node, t.resolve
+}
+
+// peer resolves id and remembers the answer for route events.
+func (t *MeshTransport) peer(resolve PeerResolver, id uint64) (mesh.PeerName, bool) {
+	name, ok := resolve(id)
+	t.mu.Lock()
+	if ok {
+		t.names[id] = name
+	} else {
+		delete(t.names, id)
+	}
+	t.mu.Unlock()
+	return name, ok
+}
+
+// Send marshals each message and queues it on the mesh. Any failure is
+// reported to raft as unreachable: raft never retries what we drop, but
+// unreachable makes it probe instead of streaming into a void.
+func (t *MeshTransport) Send(msgs []*raftpb.Message) {
+	n, resolve := t.bound2()
+	if n == nil {
+		return // not bound yet: raft resends on the next heartbeat
+	}
+	for _, m := range msgs {
+		to := m.GetTo()
+		if err := t.send1(resolve, m); err != nil {
+			t.sendFailed.Add(1)
+			t.lg.Debug("raft message not sent", zap.String("to", fmt.Sprintf("%x", to)), zap.Stringer("type", m.GetType()), zap.Error(err))
+			n.ReportUnreachable(to)
+			continue
+		}
+		t.sent.Add(1)
+	}
+}
+
+func (t *MeshTransport) send1(resolve PeerResolver, m *raftpb.Message) error {
+	if m.GetType() == raftpb.MsgSnap {
+		return errors.New("MsgSnap must go through SendSnapshot")
+	}
+	name, ok := t.peer(resolve, m.GetTo())
+	if !ok {
+		return fmt.Errorf("member %x is not in the membership", m.GetTo())
+	}
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("marshal: %w", err)
+	}
+	if _, err := t.pc.WriteTo(b, meshconn.MeshAddr{Peer: name}); err != nil {
+		return fmt.Errorf("to %s: %w", name, err)
+	}
+	return nil
+}
+
+func (t *MeshTransport) readLoop() {
+	defer t.wg.Done()
+	n, _ := t.bound2()
+	buf := make([]byte, t.pc.MaxDatagramSize())
+	for {
+		k, from, err := t.pc.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || t.ctx.Err() != nil {
+				return
+			}
+			// ErrShortBuffer cannot happen with this buffer; anything else
+			// is a one-off: count it and go on.
+			t.malformed.Add(1)
+			continue
+		}
+		m := &raftpb.Message{}
+		if err := proto.Unmarshal(buf[:k], m); err != nil {
+			t.malformed.Add(1)
+			t.lg.Debug("dropped undecodable raft datagram", zap.Stringer("from", from), zap.Error(err))
+			continue
+		}
+		if m.GetTo() != n.ID() || m.GetType() == raftpb.MsgSnap {
+			// A misrouted message (a peer name reused by another member)
+			// or a snapshot without its database: never step it.
+			t.misaddressed.Add(1)
+			continue
+		}
+		t.received.Add(1)
+		if err := n.Step(t.ctx, m); err != nil && t.ctx.Err() == nil {
+			t.lg.Debug("raft refused message", zap.Stringer("from", from), zap.Error(err))
+		}
+	}
+}
+
+// watchRoutes reports members whose mesh peer became unreachable, so the
+// leader stops pipelining to them at once (etcd does this when a stream
+// breaks). Reachability never changes membership.
+func (t *MeshTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()) {
+	defer t.wg.Done()
+	defer cancel()
+	n, _ := t.bound2()
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			t.mu.Lock()
+			if ev.Reachable {
+				if _, ok := t.since[ev.Peer]; !ok {
+					t.since[ev.Peer] = time.Now()
+				}
+				t.mu.Unlock()
+				continue
+			}
+			delete(t.since, ev.Peer)
+			var ids []uint64
+			for id, name := range t.names {
+				if name == ev.Peer {
+					ids = append(ids, id)
+				}
+			}
+			t.mu.Unlock()
+			for _, id := range ids {
+				t.lg.Info("raft peer unreachable on the mesh", zap.String("member-id", fmt.Sprintf("%x", id)), zap.String("peer", string(ev.Peer)))
+				n.ReportUnreachable(id)
+			}
+		case <-t.ctx.Done():
+			return
+		}
+	}
+}
+
+// SendSnapshot streams the marshalled MsgSnap (as the transfer's meta) and
+// the database (as its body) with Bulk, on its own goroutine, and reports
+// the outcome truthfully once the receiver accepted or refused it.
+func (t *MeshTransport) SendSnapshot(m snap.Message) {
+	n, resolve := t.bound2()
+	to := m.GetTo()
+	fail := func(err error) {
+		t.snapsFailed.Add(1)
+		t.lg.Warn("database snapshot not sent", zap.String("to", fmt.Sprintf("%x", to)), zap.Error(err))
+		m.CloseWithError(err)
+		if n != nil {
+			n.ReportSnapshot(to, true)
+		}
+	}
+	if n == nil {
+		fail(errors.New("transport not bound"))
+		return
+	}
+	name, ok := t.peer(resolve, to)
+	if !ok {
+		fail(fmt.Errorf("member %x is not in the membership", to))
+		return
+	}
+	meta, err := proto.Marshal(m.Message)
+	if err != nil {
+		fail(fmt.Errorf("marshal MsgSnap: %w", err))
+		return
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		fail(meshconn.ErrClosed)
+		return
+	}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		err := t.bulk.Send(t.ctx, name, meta, m.ReadCloser)
+		if err != nil {
+			fail(fmt.Errorf("to %s: %w", name, err))
+			return
+		}
+		t.snapsSent.Add(1)
+		t.lg.Info("database snapshot sent", zap.String("to", fmt.Sprintf("%x", to)), zap.String("peer", string(name)),
+			zap.Uint64("snapshot-index", m.Snapshot.GetMetadata().GetIndex()), zap.Int64("bytes", m.TotalSize))
+		m.CloseWithError(nil)
+		n.ReportSnapshot(to, false)
+	}()
+}
+
+// receiveSnapshot is the Bulk handler: it saves the database durably as
+// <index>.snap.db while it arrives, then steps the MsgSnap; raft then
+// persists the snapshot and the state machine swaps the database in.
+func (t *MeshTransport) receiveSnapshot(ctx context.Context, in *meshconn.Incoming) error {
+	n, _ := t.bound2()
+	if n == nil {
+		return errors.New("member not running yet")
+	}
+	m := &raftpb.Message{}
+	if err := proto.Unmarshal(in.Meta, m); err != nil {
+		t.malformed.Add(1)
+		return fmt.Errorf("undecodable MsgSnap: %w", err)
+	}
+	if m.GetType() != raftpb.MsgSnap || m.GetTo() != n.ID() || m.GetSnapshot() == nil {
+		t.misaddressed.Add(1)
+		return fmt.Errorf("not a MsgSnap for member %x", n.ID())
+	}
+	idx := m.GetSnapshot().GetMetadata().GetIndex()
+	size, err := n.Snapshotter().SaveDBFrom(in.Body, idx)
+	if err != nil {
+		return fmt.Errorf("save snapshot database %d: %w", idx, err)
+	}
+	if err := n.Step(ctx, m); err != nil {
+		return fmt.Errorf("step MsgSnap %d: %w", idx, err)
+	}
+	t.snapsReceived.Add(1)
+	t.lg.Info("received database snapshot", zap.String("from", string(in.Src)), zap.Uint64("snapshot-index", idx), zap.Int64("bytes", size))
+	return nil
+}

@@ -260,15 +260,12 @@ func (s *sender) run(ctx context.Context) error {
 		}
 
 		if s.opened {
-			for !s.eof && len(s.unacked) < int(s.cwnd) && s.readOff < s.limit {
-				if err := s.readChunk(); err != nil {
-					return err
+			// push sends what is unsent unless the mesh pushed back and
+			// the retry is not due yet.
+			push := func() error {
+				if !retryAt.IsZero() && now.Before(retryAt) {
+					return nil
 				}
-				if len(s.unacked) == 1 {
-					rtoAt = now.Add(rto)
-				}
-			}
-			if retryAt.IsZero() || !now.Before(retryAt) {
 				pending, err := s.flush()
 				if err != nil {
 					return err
@@ -278,6 +275,24 @@ func (s *sender) run(ctx context.Context) error {
 					retryDelay = min(2*retryDelay, cfg.RetransmitTimeout)
 				} else {
 					retryAt, retryDelay = time.Time{}, time.Millisecond
+				}
+				return nil
+			}
+			if err := push(); err != nil {
+				return err
+			}
+			for !s.eof && len(s.unacked) < int(s.cwnd) && s.readOff < s.limit {
+				// Each chunk goes out as soon as it is read: a slow body
+				// must not hold back chunks already in hand.
+				if err := s.readChunk(); err != nil {
+					return err
+				}
+				now = time.Now() // the read may have blocked
+				if len(s.unacked) == 1 {
+					rtoAt = now.Add(rto)
+				}
+				if err := push(); err != nil {
+					return err
 				}
 			}
 		}

@@ -341,3 +341,81 @@ func TestBulkReceiverRestartAbortsSender(t *testing.T) {
 		t.Fatal("Send did not notice the receiver's restart")
 	}
 }
+
+// A slow handler throttles the sender: the receiver never buffers more
+// than its window plus one chunk, and the transfer still completes.
+func TestBulkFlowControlBoundsReceiverBuffer(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	var rb *Bulk
+	var peak uint64
+	cfg := fastBulk(func(ctx context.Context, in *Incoming) error {
+		buf := make([]byte, 3000)
+		for {
+			rb.mu.Lock()
+			for _, t := range rb.in {
+				t.mu.Lock()
+				peak = max(peak, t.queued)
+				t.mu.Unlock()
+			}
+			rb.mu.Unlock()
+			_, err := in.Body.Read(buf)
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	})
+	cfg.Window = 4
+	rb = newFakeBulk(t, n, "b", cfg)
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := a.Send(ctx, "b", nil, bytes.NewReader(randomBytes(9, 1<<20))); err != nil {
+		t.Fatal(err)
+	}
+	limit := uint64(cfg.Window*rb.ChunkSize() + a.ChunkSize())
+	t.Logf("receiver buffered at most %d bytes (window %d + one chunk = %d)", peak, cfg.Window*rb.ChunkSize(), limit)
+	if peak == 0 || peak > limit {
+		t.Fatalf("receiver buffered %d bytes; want 0 < peak ≤ %d", peak, limit)
+	}
+}
+
+func TestBulkCloseReleasesEverything(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	entered := make(chan struct{}, 1)
+	cfg := fastBulk(func(ctx context.Context, in *Incoming) error {
+		entered <- struct{}{}
+		_, err := io.Copy(io.Discard, in.Body) // blocks until Close aborts it
+		if err == nil || ctx.Err() == nil {
+			return fmt.Errorf("body ended with %v, ctx %v; want both failed", err, ctx.Err())
+		}
+		return err
+	})
+	b, err := newBulk("b", n.opener("b", bulkChan), n.reachable("b"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := newBulk("a", n.opener("a", bulkChan), n.reachable("a"), fastBulk(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := &gatedReader{r: bytes.NewReader(randomBytes(9, 1<<20)), n: 100 << 10, reached: make(chan struct{}), release: make(chan struct{})}
+	errc := make(chan error, 1)
+	go func() { errc <- a.Send(context.Background(), "b", []byte("m"), body) }()
+	<-entered
+	<-body.reached
+	b.Close()
+	b.Close()
+	close(body.release)
+	if err := <-errc; !errors.Is(err, ErrAborted) {
+		t.Fatalf("Send: %v; want ErrAborted", err)
+	}
+	a.Close()
+	if err := a.Send(context.Background(), "b", nil, bytes.NewReader(nil)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Send on a closed endpoint: %v; want ErrClosed", err)
+	}
+	checkNoLeaks(t)
+}

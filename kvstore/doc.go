@@ -27,6 +27,48 @@
 // Request validation (key sizes, txn limits, sort options) is grpcapi's job,
 // as it is v3rpc's in etcd: the apply chain trusts proposals.
 //
-// A transport for other members is plugged in through Config.Transport and
-// bound to the member's raft node (Server.Raft) once New returns.
+// # Members over the mesh
+//
+// Config.Mesh is the member's running mesh router; New opens the raft
+// transport (raftnode.MeshTransport, channels 32 and 33) and a peer-request
+// endpoint (kvstore/peerrpc, channel 34) on it and closes them in Stop. The
+// peer requests are what etcd sends over HTTP on the peer port: a
+// follower forwards LeaseRenew and LeaseTimeToLive to the leader (retrying
+// across leader changes until the request timeout), PromoteMember is
+// forwarded to the leader, a removed member that missed its removal is
+// told so and stops (Err() == ErrRemoved), and a new member bootstraps:
+//
+//   - InitialClusterState "new": the static initial cluster, as before.
+//   - InitialClusterState "existing" (after `etcdctl member add`): ask any
+//     reachable mesh peer for the cluster id and members, find ourselves by
+//     PeerURLs, start with an empty log as that member.
+//   - Join: ask any reachable mesh peer to add us (forwarded to the leader)
+//     as a learner, start with an empty log, and promote ourselves once
+//     the leader finds us caught up (Match ≥ 90 % of its own, started
+//     voters keep a quorum).
+//
+// Membership changes follow etcd: conf changes return once applied, strict
+// reconfiguration checks (unless DisableStrictReconfigCheck) count started
+// members from the membership and active ones from mesh reachability held
+// for 5 s, a member that applies its own removal stops. Stop hands
+// leadership to the most up-to-date reachable voter first; HardStop does
+// not. embed wires a member like this:
+//
+//	name, _ := raftnode.PeerNameFromURLs(peerURLs.StringSlice())
+//	mcfg := mesh.DefaultConfig()
+//	mcfg.Name = name                                   // must match, New checks
+//	mcfg.ClusterLabel = initialClusterToken
+//	mcfg.ListenAddr, mcfg.Seeds = listenPeerHostPort, otherPeerHostPorts
+//	mcfg.MaxDatagramSize = kvstore.MeshMaxDatagramSize(kcfg) // New checks it
+//	r, _ := mesh.New(mcfg)
+//	_ = r.Start(ctx)
+//	kcfg.Mesh = r
+//	kcfg.Join = joinFlag // or InitialClusterState = "existing"
+//	s, err := kvstore.New(ctx, kcfg) // ctx bounds a join's wait for the cluster
+//	...
+//	s.Stop()  // first: hands over leadership, closes the transport
+//	r.Stop()  // then the router
+//
+// Tests and one-member clusters may instead pass a raftnode.Transport in
+// Config.Transport (bound to Server.Raft once New returns).
 package kvstore

@@ -32,6 +32,7 @@ const (
 	methodPromote         uint8 = 3 // member id u64 → members JSON (etcd: /members/promote)
 	methodJoin            uint8 = 4 // joinRequest → clusterInfo (ours)
 	methodMembers         uint8 = 5 // → clusterInfo (etcd: GET /members + cluster id header)
+	methodRemoved         uint8 = 6 // cluster id u64 + member id u64: "you were removed" (etcd: 410 Gone)
 )
 
 // forwardRetryDelay throttles retries of a forwarded request (etcd's 50 ms).
@@ -84,7 +85,7 @@ type clusterInfo struct {
 
 // startMesh opens the transport and the peer-request endpoint on cfg.Mesh.
 func (s *Server) startMesh() error {
-	tr, err := raftnode.NewMeshTransport(raftnode.MeshTransportConfig{Logger: s.lg, Router: s.cfg.Mesh})
+	tr, err := raftnode.NewMeshTransport(raftnode.MeshTransportConfig{Logger: s.lg, Router: s.cfg.Mesh, OnRemovedSender: s.tellRemoved})
 	if err != nil {
 		return fmt.Errorf("kvstore: mesh transport: %w", err)
 	}
@@ -108,6 +109,49 @@ func (s *Server) serveMesh() {
 	s.peers.Handle(methodPromote, s.handlePromote)
 	s.peers.Handle(methodJoin, s.handleJoin)
 	s.peers.Handle(methodMembers, s.handleMembers)
+	s.peers.Handle(methodRemoved, s.handleRemoved)
+}
+
+// tellRemoved tells a removed member that still sends raft messages (it
+// missed its own removal) that it is out, like etcd's peers answering 410.
+// It runs on the transport's receive loop: the call goes off it.
+func (s *Server) tellRemoved(id uint64, peer mesh.PeerName) {
+	req := binary.BigEndian.AppendUint64(nil, uint64(s.cluster.ID()))
+	req = binary.BigEndian.AppendUint64(req, id)
+	s.goAttach(func() {
+		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+		defer cancel()
+		if _, err := s.peers.Call(ctx, peer, methodRemoved, req); err != nil {
+			s.lg.Debug("could not tell a removed member it was removed", zap.String("member-id", types.ID(id).String()), zap.Error(err))
+		}
+	})
+}
+
+// handleRemoved stops this member when a member of its own cluster says it
+// was removed. Only a peer that is a current member by our committed
+// membership is believed (the mesh already authenticated it).
+func (s *Server) handleRemoved(_ context.Context, src mesh.PeerName, req []byte) ([]byte, error) {
+	if len(req) != 16 {
+		return nil, errors.New("kvstore: malformed removal notice")
+	}
+	cid, id := types.ID(binary.BigEndian.Uint64(req)), types.ID(binary.BigEndian.Uint64(req[8:]))
+	if cid != s.cluster.ID() || id != s.memberID || s.memberByPeer(src) == nil {
+		return nil, errors.New("kvstore: removal notice not for this member")
+	}
+	s.setStopErr(ErrRemoved)
+	s.lg.Warn("a member of the cluster says this member was removed; stopping",
+		zap.String("member-id", s.memberID.String()), zap.String("told-by", string(src)), zap.Error(ErrRemoved))
+	go s.HardStop()
+	return nil, nil
+}
+
+func (s *Server) memberByPeer(peer mesh.PeerName) *Member {
+	for _, m := range s.cluster.Members() {
+		if name, err := raftnode.PeerNameFromURLs(m.PeerURLs); err == nil && name == peer && m.ID != s.memberID {
+			return m
+		}
+	}
+	return nil
 }
 
 // closeMesh stops the endpoint and transport (the router is the caller's).

@@ -16,6 +16,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
+	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/lease"
 
 	"github.com/meshetcd/meshetcd/mesh"
@@ -761,9 +762,35 @@ func TestMeshForeignPeersCannotDisturb(t *testing.T) {
 func TestMeshRemovedMemberStops(t *testing.T) {
 	c := newMeshCluster(t, 3, nil)
 	ctx := testCtx(t)
-	lead := c.members[c.leader()]
-	fi := c.others(c.leader())[0]
-	f := c.members[fi]
+	li := c.leader()
+	lead := c.members[li]
+	o := c.others(li)
+
+	// A member removed while it was down learns it from the others when it
+	// comes back (etcd's peers answer it 410 Gone) and stops.
+	downID := c.members[o[0]].MemberID()
+	c.kill(o[0])
+	if _, err := lead.RemoveMember(ctx, uint64(downID)); err != nil {
+		t.Fatalf("RemoveMember(down member): %v", err)
+	}
+	c.routers[o[0]] = c.startRouter(o[0], nil)
+	if err := c.startMember(o[0], ctx); err != nil {
+		t.Fatalf("restart removed member: %v", err)
+	}
+	back := c.members[o[0]]
+	select {
+	case <-back.StopNotify():
+	case <-time.After(waitTimeout):
+		t.Fatal("member removed while down kept running after restart")
+	}
+	if !errors.Is(back.Err(), ErrRemoved) {
+		t.Fatalf("member removed while down: Err = %v, want ErrRemoved", back.Err())
+	}
+	c.routers[o[0]].Stop()
+	c.members[o[0]], c.routers[o[0]] = nil, nil
+
+	// A running member applies its own removal and stops.
+	f := c.members[o[1]]
 	if _, err := lead.RemoveMember(ctx, uint64(f.MemberID())); err != nil {
 		t.Fatalf("RemoveMember: %v", err)
 	}
@@ -775,15 +802,18 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	if !errors.Is(f.Err(), ErrRemoved) {
 		t.Fatalf("removed member's Err = %v, want ErrRemoved", f.Err())
 	}
-	c.routers[fi].Stop()
-	c.members[fi], c.routers[fi] = nil, nil
-	// Two voters left; removing an unknown member fails as in etcd, a
-	// learner cannot be promoted when it is not one.
+	c.routers[o[1]].Stop()
+	c.members[o[1]], c.routers[o[1]] = nil, nil
+
+	// etcd's errors for the rest.
 	if _, err := lead.RemoveMember(ctx, 0x1234); !errors.Is(err, membership.ErrIDNotFound) {
 		t.Fatalf("RemoveMember(unknown) err = %v, want ErrIDNotFound", err)
 	}
 	if _, err := lead.PromoteMember(ctx, uint64(lead.MemberID())); !errors.Is(err, membership.ErrMemberNotLearner) {
 		t.Fatalf("PromoteMember(voter) err = %v, want ErrMemberNotLearner", err)
+	}
+	if _, err := lead.RemoveMember(ctx, uint64(lead.MemberID())); !errors.Is(err, servererrors.ErrNotEnoughStartedMembers) {
+		t.Fatalf("RemoveMember(last voter) err = %v, want ErrNotEnoughStartedMembers", err)
 	}
 	mustPut(t, lead, "after-removal", "ok")
 }

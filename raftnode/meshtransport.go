@@ -96,6 +96,11 @@ type MeshTransportConfig struct {
 	// Bulk tunes snapshot transfers (its Handler and Logger are set by the
 	// transport). Zero values take meshconn's defaults.
 	Bulk meshconn.BulkConfig
+	// OnRemovedSender, when set, is called (at most once per second per
+	// sender) when a member that was removed from the cluster still sends
+	// raft messages, typically because it was down when its removal was
+	// committed. kvstore tells it so, like etcd's peers answer it 410 Gone.
+	OnRemovedSender func(id uint64, peer mesh.PeerName)
 }
 
 // MeshTransport is the Transport over the mesh: ordinary raft messages are
@@ -122,6 +127,9 @@ type MeshTransport struct {
 	names map[uint64]mesh.PeerName
 	// since is when each reachable peer last became reachable.
 	since map[mesh.PeerName]time.Time
+	// removedTold rate-limits OnRemovedSender per sender (readLoop only).
+	removedTold map[uint64]time.Time
+	onRemoved   func(id uint64, peer mesh.PeerName)
 
 	// Counters (see Stats).
 	sent, sendFailed, received, malformed, misaddressed atomic.Uint64
@@ -157,7 +165,8 @@ func NewMeshTransport(cfg MeshTransportConfig) (*MeshTransport, error) {
 	if cfg.BulkChannel == 0 {
 		cfg.BulkChannel = meshconn.DefaultBulkChannel
 	}
-	t := &MeshTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, names: map[uint64]mesh.PeerName{}, since: map[mesh.PeerName]time.Time{}}
+	t := &MeshTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, names: map[uint64]mesh.PeerName{}, since: map[mesh.PeerName]time.Time{},
+		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})
 	if err != nil {
@@ -317,6 +326,15 @@ func (t *MeshTransport) readLoop() {
 			continue
 		}
 		t.received.Add(1)
+		if t.onRemoved != nil && n.Config().IsIDRemoved(m.GetFrom()) {
+			if now := time.Now(); now.Sub(t.removedTold[m.GetFrom()]) > time.Second {
+				t.removedTold[m.GetFrom()] = now
+				if a, ok := from.(meshconn.MeshAddr); ok {
+					t.onRemoved(m.GetFrom(), a.Peer)
+				}
+			}
+			continue
+		}
 		if err := n.Step(t.ctx, m); err != nil && t.ctx.Err() == nil {
 			t.lg.Debug("raft refused message", zap.Stringer("from", from), zap.Error(err))
 		}

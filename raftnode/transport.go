@@ -6,8 +6,8 @@ import (
 )
 
 // Transport carries raft messages from this member to the other members.
-// A one-member cluster runs without one (nil). The mesh transport that
-// implements it lives beside this file once multi-member clusters exist.
+// A one-member cluster runs without one (nil). MeshTransport implements it
+// over the mesh.
 //
 // Contract: neither method blocks the Ready loop. Send is called from the
 // Ready loop and SendSnapshot from the apply goroutine, concurrently. A message that cannot be

@@ -328,31 +328,96 @@ func (l *listener) Close() error {
 
 func (l *listener) Addr() net.Addr { return l.addr }
 
-// pipe is one direction of a connection: a bounded byte queue.
+// pipe is one direction of a connection: a bounded ring of bytes that
+// grows on demand up to its capacity, so writes copy without allocating.
 type pipe struct {
 	mu       sync.Mutex
-	chunks   []chunk
-	size     int
+	buf      []byte // ring; len(buf) <= capacity
+	head     int    // read position in buf
+	size     int    // buffered bytes
 	capacity int
+	written  uint64 // bytes ever written
+	read     uint64 // bytes ever read
+	// marks hold back delayed bytes: bytes [start, end) become readable at
+	// at, and nothing behind them may overtake them (it is a stream).
+	marks    []mark
 	eof      bool // writer closed: reader gets EOF after draining
 	gone     bool // reader closed: writer gets EPIPE
 	broken   bool // reset: both sides get ErrReset
-	wake     chan struct{}
+	readable chan struct{}
+	writable chan struct{}
 }
 
-type chunk struct {
-	data      []byte
-	deliverAt time.Time
+type mark struct {
+	start, end uint64
+	at         time.Time
 }
 
 func newPipe(capacity int) *pipe {
-	return &pipe{capacity: capacity, wake: make(chan struct{})}
+	return &pipe{capacity: capacity, readable: make(chan struct{}, 1), writable: make(chan struct{}, 1)}
 }
 
-// signalLocked wakes the other side; p.mu must be held.
-func (p *pipe) signalLocked() {
-	close(p.wake)
-	p.wake = make(chan struct{})
+// notify wakes one waiter; a woken waiter passes the wake-up on if there
+// is more for others.
+func notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// availableLocked returns how many bytes may be read now and, if delayed
+// bytes are held back, when the next ones become readable.
+func (p *pipe) availableLocked(now time.Time) (int, time.Time) {
+	limit := p.written
+	for len(p.marks) > 0 && p.marks[0].end <= p.read {
+		p.marks = p.marks[1:]
+	}
+	for _, m := range p.marks {
+		if m.at.After(now) {
+			return int(m.start - p.read), m.at
+		}
+	}
+	return int(limit - p.read), time.Time{}
+}
+
+// growLocked makes room in the ring for need buffered bytes.
+func (p *pipe) growLocked(need int) {
+	if len(p.buf) >= need {
+		return
+	}
+	n := max(4096, len(p.buf))
+	for n < need {
+		n *= 2
+	}
+	n = min(n, p.capacity)
+	nb := make([]byte, n)
+	p.copyOutLocked(nb[:p.size], false)
+	p.buf, p.head = nb, 0
+}
+
+// copyOutLocked copies the first len(dst) buffered bytes into dst and, if
+// consume, removes them.
+func (p *pipe) copyOutLocked(dst []byte, consume bool) {
+	n := len(dst)
+	first := min(n, len(p.buf)-p.head)
+	copy(dst, p.buf[p.head:p.head+first])
+	copy(dst[first:], p.buf[:n-first])
+	if consume {
+		p.head = (p.head + n) % len(p.buf)
+		p.size -= n
+		p.read += uint64(n)
+	}
+}
+
+// copyInLocked appends src to the ring, which must have room.
+func (p *pipe) copyInLocked(src []byte) {
+	tail := (p.head + p.size) % len(p.buf)
+	first := min(len(src), len(p.buf)-tail)
+	copy(p.buf[tail:], src[:first])
+	copy(p.buf, src[first:])
+	p.size += len(src)
+	p.written += uint64(len(src))
 }
 
 type endpoint struct {
@@ -393,50 +458,48 @@ func (ep *endpoint) Read(b []byte) (int, error) {
 	for {
 		blackholed, stalled, readRate, _, _, changed := ep.linkState()
 		p.mu.Lock()
-		if p.broken {
-			p.mu.Unlock()
-			return 0, ErrReset
-		}
-		if p.gone {
-			p.mu.Unlock()
-			return 0, ErrClosed
-		}
-		var retryTimer *time.Timer
-		var retry <-chan time.Time
-		if !blackholed && !stalled && len(p.chunks) > 0 {
-			now := time.Now()
-			c := &p.chunks[0]
-			if !c.deliverAt.After(now) {
-				limit := len(b)
-				if readRate > 0 {
-					limit = min(limit, max(1, readRate/100))
-				}
-				n := copy(b[:limit], c.data)
-				c.data = c.data[n:]
-				if len(c.data) == 0 {
-					p.chunks[0] = chunk{}
-					p.chunks = p.chunks[1:]
-				}
-				p.size -= n
-				p.signalLocked()
-				p.mu.Unlock()
-				if readRate > 0 {
-					time.Sleep(time.Duration(n) * time.Second / time.Duration(readRate))
-				}
-				return n, nil
+		if p.broken || p.gone {
+			err := ErrReset
+			if !p.broken {
+				err = ErrClosed
 			}
-			retryTimer = time.NewTimer(c.deliverAt.Sub(now))
-			retry = retryTimer.C
+			notify(p.readable)
+			p.mu.Unlock()
+			return 0, err
 		}
-		if p.eof && len(p.chunks) == 0 {
+		now := time.Now()
+		avail, nextAt := p.availableLocked(now)
+		if !blackholed && !stalled && avail > 0 {
+			n := min(len(b), avail)
+			if readRate > 0 {
+				n = min(n, max(1, readRate/100))
+			}
+			p.copyOutLocked(b[:n], true)
+			if avail > n {
+				notify(p.readable)
+			}
+			notify(p.writable)
+			p.mu.Unlock()
+			if readRate > 0 {
+				time.Sleep(time.Duration(n) * time.Second / time.Duration(readRate))
+			}
+			return n, nil
+		}
+		if p.eof && p.size == 0 {
+			notify(p.readable)
 			p.mu.Unlock()
 			return 0, io.EOF
 		}
-		wake := p.wake
 		p.mu.Unlock()
+		var retry <-chan time.Time
+		var retryTimer *time.Timer
+		if !nextAt.IsZero() && !blackholed && !stalled {
+			retryTimer = time.NewTimer(nextAt.Sub(now))
+			retry = retryTimer.C
+		}
 		timedOut := false
 		select {
-		case <-wake:
+		case <-p.readable:
 		case <-changed:
 		case <-retry:
 		case <-ep.readDeadline.wait():
@@ -457,15 +520,17 @@ func (ep *endpoint) Write(b []byte) (int, error) {
 	for {
 		_, _, _, delay, drop, changed := ep.linkState()
 		p.mu.Lock()
-		if p.broken {
+		switch {
+		case p.broken:
+			notify(p.writable)
 			p.mu.Unlock()
 			return written, ErrReset
-		}
-		if p.eof {
+		case p.eof:
+			notify(p.writable)
 			p.mu.Unlock()
 			return written, ErrClosed
-		}
-		if p.gone {
+		case p.gone:
+			notify(p.writable)
 			p.mu.Unlock()
 			return written, fmt.Errorf("memnet: write: %w", syscall.EPIPE)
 		}
@@ -473,23 +538,26 @@ func (ep *endpoint) Write(b []byte) (int, error) {
 			p.mu.Unlock()
 			return len(b), nil
 		}
-		if space := p.capacity - p.size; space > 0 {
+		if space := p.capacity - p.size; space > 0 && written < len(b) {
 			n := min(space, len(b)-written)
-			data := make([]byte, n)
-			copy(data, b[written:written+n])
-			p.chunks = append(p.chunks, chunk{data: data, deliverAt: time.Now().Add(delay)})
-			p.size += n
+			p.growLocked(p.size + n)
+			p.copyInLocked(b[written : written+n])
+			if delay > 0 {
+				p.marks = append(p.marks, mark{start: p.written - uint64(n), end: p.written, at: time.Now().Add(delay)})
+			}
 			written += n
-			p.signalLocked()
+			notify(p.readable)
 		}
 		if written == len(b) {
+			if p.size < p.capacity {
+				notify(p.writable) // pass the wake-up on to another writer
+			}
 			p.mu.Unlock()
 			return written, nil
 		}
-		wake := p.wake
 		p.mu.Unlock()
 		select {
-		case <-wake:
+		case <-p.writable:
 		case <-changed:
 		case <-ep.writeDeadline.wait():
 			return written, os.ErrDeadlineExceeded
@@ -503,11 +571,13 @@ func (ep *endpoint) Close() error {
 	ep.closeOnce.Do(func() {
 		ep.out.mu.Lock()
 		ep.out.eof = true
-		ep.out.signalLocked()
+		notify(ep.out.readable)
+		notify(ep.out.writable)
 		ep.out.mu.Unlock()
 		ep.in.mu.Lock()
 		ep.in.gone = true
-		ep.in.signalLocked()
+		notify(ep.in.readable)
+		notify(ep.in.writable)
 		ep.in.mu.Unlock()
 		ep.nw.mu.Lock()
 		delete(ep.nw.endpoints, ep)
@@ -521,7 +591,8 @@ func (ep *endpoint) reset() {
 	for _, p := range []*pipe{ep.in, ep.out} {
 		p.mu.Lock()
 		p.broken = true
-		p.signalLocked()
+		notify(p.readable)
+		notify(p.writable)
 		p.mu.Unlock()
 	}
 	ep.nw.mu.Lock()

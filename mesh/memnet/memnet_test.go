@@ -159,3 +159,27 @@ func TestDelayDropAndStall(t *testing.T) {
 		t.Fatalf("slow reader read 50 bytes at 1000 B/s in %v", d)
 	}
 }
+
+// BenchmarkStream measures a write/read round through one connection
+// direction; steady state allocates nothing per write.
+func BenchmarkStream(b *testing.B) {
+	nw := New()
+	l, _ := nw.Host("srv").Listen("srv:1")
+	defer l.Close()
+	c, _ := nw.Host("cli").Dial(context.Background(), "srv:1")
+	s, _ := l.Accept()
+	defer c.Close()
+	defer s.Close()
+	msg := make([]byte, 1024)
+	buf := make([]byte, 1024)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -124,6 +125,24 @@ type Bulk struct {
 	closed   bool
 
 	wg sync.WaitGroup // the janitor and every handler goroutine
+
+	sentOK, sentFailed, recvOK, recvFailed, rewinds atomic.Uint64
+}
+
+// BulkStats counts an endpoint's transfers since it was opened.
+type BulkStats struct {
+	Sent, SendFailed        uint64 // outgoing transfers accepted by the receiver / failed
+	Received, ReceiveFailed uint64 // incoming transfers accepted / rejected or aborted
+	Rewinds                 uint64 // times a sender went back to resend unacknowledged chunks
+}
+
+// Stats returns the transfer counters.
+func (b *Bulk) Stats() BulkStats {
+	return BulkStats{
+		Sent: b.sentOK.Load(), SendFailed: b.sentFailed.Load(),
+		Received: b.recvOK.Load(), ReceiveFailed: b.recvFailed.Load(),
+		Rewinds: b.rewinds.Load(),
+	}
 }
 
 type inKey struct {

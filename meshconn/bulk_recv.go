@@ -275,9 +275,11 @@ func (b *Bulk) runHandler(t *inTransfer, in *Incoming) {
 	t.cancel()
 	b.sendRaw(t.key.src, msg)
 	if err != nil {
+		b.recvFailed.Add(1)
 		b.log.Warn("rejected bulk transfer", zap.String("src", string(t.key.src)), zap.Uint64("id", t.key.id), zap.Error(err))
 		return
 	}
+	b.recvOK.Add(1)
 	b.log.Info("received bulk transfer", zap.String("src", string(t.key.src)), zap.Uint64("id", t.key.id),
 		zap.Uint64("bytes", total), zap.Duration("took", time.Since(t.started)))
 }
@@ -305,6 +307,7 @@ func (b *Bulk) abortIncoming(t *inTransfer, err error, code uint8, reason string
 	t.cond.Broadcast()
 	t.mu.Unlock()
 	t.cancel()
+	b.recvFailed.Add(1)
 	if msg != nil {
 		b.sendRaw(t.key.src, msg)
 	}

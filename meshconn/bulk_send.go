@@ -119,7 +119,10 @@ func (b *Bulk) Send(ctx context.Context, dst mesh.PeerName, meta []byte, body io
 	}
 	log := b.log.With(zap.String("dst", string(dst)), zap.Uint64("id", t.id))
 	log.Info("sending bulk transfer", zap.Int("meta-bytes", len(meta)))
-	if err := s.run(ctx); err != nil {
+	err = s.run(ctx)
+	b.rewinds.Add(uint64(s.rewinds))
+	if err != nil {
+		b.sentFailed.Add(1)
 		if !errors.Is(err, ErrRejected) && !errors.Is(err, ErrAborted) {
 			// Let the receiver clean up now rather than at its idle timeout.
 			b.send(dst, &bulkMsg{typ: bulkTypeCancel, id: t.id, code: cancelBySender, reason: truncReason(err.Error())})
@@ -127,6 +130,7 @@ func (b *Bulk) Send(ctx context.Context, dst mesh.PeerName, meta []byte, body io
 		log.Warn("bulk transfer failed", zap.Uint64("bytes-acked", s.acked), zap.Error(err))
 		return fmt.Errorf("meshconn: bulk transfer %016x to %s: %w", t.id, dst, err)
 	}
+	b.sentOK.Add(1)
 	log.Info("sent bulk transfer", zap.Uint64("bytes", s.readOff), zap.Duration("took", time.Since(start)),
 		zap.Int("retransmits", s.rewinds))
 	return nil

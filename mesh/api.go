@@ -70,3 +70,7 @@ type RouteEvent struct {
 //	func (r *Router) Reachable(p PeerName) bool
 //	func (r *Router) Status() Status                    // JSON-marshallable
 //	func (r *Router) StatusHandler() http.Handler       // serves Status as JSON
+//
+// Beyond that list (see doc.go): DefaultConfig, Router.UID, Router.ListenAddr,
+// Router.NewGossip (weave-style state channels), DatagramChannel.Dropped,
+// and mesh/memnet for tests.

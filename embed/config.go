@@ -16,6 +16,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/meshetcd/meshetcd/mesh"
 )
 
 // Defaults, matching etcd 3.7's except where noted. The client and peer
@@ -71,18 +73,56 @@ type Config struct {
 	// An advertised URL with port 0 is replaced by the bound listener's
 	// address, so tests can use port 0 throughout.
 	AdvertiseClientURLs []url.URL
-	// ListenPeerURLs is where the gossip mesh will listen. Multi-member
-	// clustering is not available yet, so nothing listens there today.
+	// ListenPeerURLs is where the member's mesh router listens (one
+	// http:// URL; the mesh has its own encryption, see MeshPassword).
 	ListenPeerURLs []url.URL
 	// AdvertisePeerURLs are this member's peer URLs in the membership; with
-	// the cluster token they determine the member id, as in etcd.
+	// the cluster token they determine the member id, as in etcd. Other
+	// members dial them; host:port of the first one in sorted order is the
+	// member's mesh peer name, so the port must be fixed (not 0).
 	AdvertisePeerURLs []url.URL
 
 	// InitialCluster is etcd's --initial-cluster ("name=url,name=url").
 	// Empty means this member alone: Name=AdvertisePeerURLs.
 	InitialCluster      string
 	InitialClusterState string // "new" or "existing"
+	// InitialClusterToken is etcd's token and the mesh cluster label:
+	// routers with different tokens refuse each other.
 	InitialClusterToken string
+
+	// Peers are extra mesh seeds ("host:port" of any reachable member's
+	// peer address; --peers). The other members' peer URLs from
+	// InitialCluster are seeds anyway. One reachable member is enough:
+	// the mesh finds the rest by gossip.
+	Peers []string
+	// DiscoverySize, when > 0, forms a new cluster by mesh discovery
+	// (--discovery-size): members started with the same size and token
+	// find each other through Peers and bootstrap once exactly that many
+	// have confirmed the same set; a member that finds a running cluster
+	// joins it instead. Excludes InitialCluster and Join.
+	DiscoverySize int
+	// Join adds this member to a running cluster reachable through Peers
+	// (--join): it is added as a learner, catches up, and is promoted to
+	// a voter automatically.
+	Join bool
+	// MeshPassword is the shared mesh secret: every mesh link is
+	// authenticated and encrypted with it; a member with another secret is
+	// refused. Empty means plaintext links (like etcd's http:// peers).
+	// cmd/meshetcd reads it from --mesh-password-file or
+	// MESHETCD_MESH_PASSWORD, never from a visible command-line value.
+	MeshPassword string
+	// PeerAutoTLS is etcd's --peer-auto-tls. The mesh has no
+	// unauthenticated-encryption mode, so it is refused (use MeshPassword).
+	PeerAutoTLS bool
+	// StrictReconfigCheck is etcd's --strict-reconfig-check (default
+	// true): refuse membership changes that could lose quorum.
+	StrictReconfigCheck bool
+	// MeshTransport is how the mesh router dials and listens; nil means
+	// TCP. StartCluster uses an in-memory mesh/memnet network.
+	MeshTransport mesh.Transport
+	// MeshTuning, when set, adjusts the mesh router's configuration after
+	// meshetcd filled it in (timeouts for a WAN, test speed-ups).
+	MeshTuning func(*mesh.Config)
 
 	SnapshotCount     uint64
 	HeartbeatInterval time.Duration // etcd --heartbeat-interval (one raft tick)
@@ -140,6 +180,7 @@ func NewConfig() Config {
 		AdvertisePeerURLs:           []url.URL{mustURL(DefaultInitialAdvertisePeerURL)},
 		InitialClusterState:         ClusterStateNew,
 		InitialClusterToken:         DefaultInitialClusterToken,
+		StrictReconfigCheck:         true,
 		SnapshotCount:               DefaultSnapshotCount,
 		HeartbeatInterval:           DefaultHeartbeatInterval,
 		ElectionTimeout:             DefaultElectionTimeout,
@@ -213,12 +254,41 @@ func (c *Config) Validate() error {
 	if err := checkBindURLs("--listen-peer-urls", c.ListenPeerURLs); err != nil {
 		return err
 	}
+	if len(c.ListenPeerURLs) != 1 {
+		return fmt.Errorf("--listen-peer-urls %q: the mesh listens on exactly one address; give one URL", urlsString(c.ListenPeerURLs))
+	}
+	if len(c.AdvertisePeerURLs) == 0 {
+		return errors.New("--initial-advertise-peer-urls must not be empty")
+	}
 	if err := checkHostURLs(c.AdvertisePeerURLs); err != nil {
 		return fmt.Errorf(`--initial-advertise-peer-urls %q must be "host:port" (%w)`, urlsString(c.AdvertisePeerURLs), err)
 	}
 	for _, u := range c.AdvertisePeerURLs {
 		if u.Scheme != "http" {
-			return fmt.Errorf("--initial-advertise-peer-urls %q: only http:// peer URLs are supported (peer TLS is not implemented; the mesh has its own encryption)", u.String())
+			return fmt.Errorf("--initial-advertise-peer-urls %q: only http:// peer URLs are supported: peer traffic runs over the mesh, which encrypts and authenticates with --mesh-password-file (or MESHETCD_MESH_PASSWORD) instead of TLS", u.String())
+		}
+		if u.Port() == "0" && (c.DiscoverySize > 0 || c.Join || c.InitialClusterState == ClusterStateExisting || strings.Contains(c.InitialCluster, ",")) {
+			return fmt.Errorf("--initial-advertise-peer-urls %q: the port must be fixed in a multi-member cluster (it is part of the member's identity in the mesh and in the member id)", u.String())
+		}
+	}
+	if c.PeerAutoTLS {
+		return errors.New("--peer-auto-tls is not supported: the mesh cannot encrypt links with throw-away keys alone (it has no unauthenticated-encryption mode); set a mesh secret with --mesh-password-file FILE or MESHETCD_MESH_PASSWORD, which authenticates and encrypts every mesh link")
+	}
+	if c.DiscoverySize < 0 {
+		return fmt.Errorf("--discovery-size must be >= 0 (got %d)", c.DiscoverySize)
+	}
+	if c.DiscoverySize > 0 && c.Join {
+		return errors.New("--discovery-size and --join exclude each other: discovery forms a new cluster (and joins a running one by itself), --join only joins")
+	}
+	if (c.DiscoverySize > 0 || c.Join) && strings.TrimSpace(c.InitialCluster) != "" {
+		return errors.New("--initial-cluster cannot be combined with --discovery-size or --join: the membership comes from the mesh")
+	}
+	if c.Join && len(c.Peers) == 0 {
+		return errors.New("--join needs --peers host:port naming a reachable member of the cluster")
+	}
+	for _, p := range c.Peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			return fmt.Errorf("--peers %q: want host:port of a member's peer address (%w)", p, err)
 		}
 	}
 
@@ -236,9 +306,6 @@ func (c *Config) Validate() error {
 	}
 	if err := checkInitialCluster(c.Name, ic, c.AdvertisePeerURLs); err != nil {
 		return err
-	}
-	if len(ic) > 1 {
-		return fmt.Errorf("--initial-cluster lists %d members: multi-member clusters over the mesh are not available yet in this version of meshetcd (run one member per cluster for now)", len(ic))
 	}
 
 	if c.HeartbeatInterval <= 0 {

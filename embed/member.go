@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
+	"strings"
 	"strconv"
 	"sync"
 	"time"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/meshetcd/meshetcd/grpcapi"
 	"github.com/meshetcd/meshetcd/kvstore"
+	"github.com/meshetcd/meshetcd/mesh"
 )
 
 // Member is one running meshetcd member. It owns its listeners, its gRPC
@@ -27,6 +31,8 @@ type Member struct {
 	cfg        Config
 	lg         *zap.Logger
 	srv        *kvstore.Server
+	router     *mesh.Router
+	disc       *discovery
 	gs         *grpc.Server
 	listenURLs []url.URL // the bound client listener addresses
 	clientURLs []url.URL // advertised client URLs, port 0 resolved
@@ -63,8 +69,8 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		lg.Warn("'data-dir' was empty; using default", zap.String("data-dir", dataDir))
 	}
 	hasWAL := wal.Exist(filepath.Join(dataDir, "member", "wal"))
-	if cfg.InitialClusterState == ClusterStateExisting && !hasWAL {
-		return nil, errors.New("--initial-cluster-state=existing (joining a running cluster) is not supported yet in this version of meshetcd")
+	if err := resolvePeerPortZero(&cfg); err != nil {
+		return nil, err
 	}
 	ic, err := cfg.InitialClusterMap()
 	if err != nil {
@@ -73,6 +79,9 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	if cfg.Name == DefaultName {
 		lg.Warn("it isn't recommended to use default name, please set a value for --name. " +
 			"Note that etcd might run into issue when multiple members have the same default name")
+	}
+	if hasWAL && (cfg.DiscoverySize > 0 || cfg.Join || cfg.InitialClusterState == ClusterStateExisting) {
+		lg.Info("the data directory holds a member; ignoring bootstrap flags (--discovery-size, --join, --initial-cluster*)", zap.String("data-dir", dataDir))
 	}
 
 	listeners := make([]net.Listener, 0, len(cfg.ListenClientURLs))
@@ -99,28 +108,99 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	}
 	advertised := resolveZeroPorts(cfg.AdvertiseClientURLs, cfg.ListenClientURLs, bound)
 
-	srv, err := kvstore.New(ctx, kvstore.Config{
-		Logger:                  lg,
-		Name:                    cfg.Name,
-		DataDir:                 dataDir,
-		InitialCluster:          ic,
-		InitialClusterToken:     cfg.InitialClusterToken,
-		InitialClusterState:     cfg.InitialClusterState,
-		PeerURLs:                types.URLs(cfg.AdvertisePeerURLs),
-		ClientURLs:              types.URLs(advertised),
-		SnapshotCount:           cfg.SnapshotCount,
-		HeartbeatInterval:       cfg.HeartbeatInterval,
-		ElectionTimeout:         cfg.ElectionTimeout,
-		MaxRequestBytes:         cfg.MaxRequestBytes,
-		MaxTxnOps:               cfg.MaxTxnOps,
-		QuotaBackendBytes:       cfg.QuotaBackendBytes,
-		UnsafeNoFsync:           cfg.UnsafeNoFsync,
-		AutoCompactionMode:      cfg.AutoCompactionMode,
-		AutoCompactionRetention: cfg.AutoCompactionRetention,
-	})
+	kc := kvstore.Config{
+		Logger:                     lg,
+		Name:                       cfg.Name,
+		DataDir:                    dataDir,
+		InitialCluster:             ic,
+		InitialClusterToken:        cfg.InitialClusterToken,
+		InitialClusterState:        cfg.InitialClusterState,
+		PeerURLs:                   types.URLs(cfg.AdvertisePeerURLs),
+		ClientURLs:                 types.URLs(advertised),
+		SnapshotCount:              cfg.SnapshotCount,
+		HeartbeatInterval:          cfg.HeartbeatInterval,
+		ElectionTimeout:            cfg.ElectionTimeout,
+		MaxRequestBytes:            cfg.MaxRequestBytes,
+		MaxTxnOps:                  cfg.MaxTxnOps,
+		QuotaBackendBytes:          cfg.QuotaBackendBytes,
+		UnsafeNoFsync:              cfg.UnsafeNoFsync,
+		AutoCompactionMode:         cfg.AutoCompactionMode,
+		AutoCompactionRetention:    cfg.AutoCompactionRetention,
+		Join:                       cfg.Join,
+		DisableStrictReconfigCheck: !cfg.StrictReconfigCheck,
+	}
+
+	// The mesh router comes first: discovery, join and "existing" talk to
+	// other members over it before the state machine exists.
+	icStrings := make(map[string][]string, len(ic))
+	for n, us := range ic {
+		icStrings[n] = us.StringSlice()
+	}
+	mc, err := routerConfig(&cfg, lg, icStrings, meshDatagramSize(kc))
+	if err != nil {
+		return nil, err
+	}
+	router, err := mesh.New(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create the mesh router: %w", err)
+	}
+	disc := newDiscovery(lg.Named("discovery"), announcement{
+		Peer:       mc.Name,
+		Name:       cfg.Name,
+		PeerURLs:   urlStrings(cfg.AdvertisePeerURLs),
+		ClientURLs: urlStrings(advertised),
+		Token:      cfg.InitialClusterToken,
+	}, time.Now())
+	if err := disc.register(router); err != nil {
+		return nil, err
+	}
+	rctx, rcancel := context.WithTimeout(ctx, routerStartTimeout)
+	err = router.Start(rctx)
+	rcancel()
+	if err != nil {
+		_ = router.Stop()
+		return nil, fmt.Errorf("cannot start the mesh on %s: %w", cfg.ListenPeerURLs[0].String(), err)
+	}
+	lg.Info("mesh router started", zap.String("peer-name", string(mc.Name)), zap.String("listen", router.ListenAddr()),
+		zap.Strings("seeds", mc.Seeds), zap.String("cluster-label", mc.ClusterLabel), zap.Bool("encrypted", !mc.InsecurePlaintext))
+	routerOwned := true
+	defer func() {
+		if routerOwned {
+			_ = router.Stop()
+		}
+	}()
+
+	if !hasWAL && cfg.DiscoverySize > 0 {
+		dec, view, derr := disc.run(ctx, cfg.DiscoverySize)
+		if derr != nil {
+			return nil, derr
+		}
+		switch dec.kind {
+		case decideBootstrap:
+			init := types.URLsMap{}
+			for _, p := range dec.set {
+				a := view[p]
+				us, uerr := types.NewURLs(a.PeerURLs)
+				if uerr != nil {
+					return nil, fmt.Errorf("discovery: member %s announced bad peer URLs: %w", p, uerr)
+				}
+				init[a.Name] = us
+			}
+			disc.update(func(a *announcement) { a.Initial = dec.set })
+			lg.Info("mesh discovery agreed on the initial cluster", zap.String("initial-cluster", init.String()))
+			kc.InitialCluster, kc.InitialClusterState = init, ClusterStateNew
+		case decideJoin:
+			lg.Info("mesh discovery found a running cluster; joining it", zap.String("reason", dec.reason))
+			kc.Join = true
+		}
+	}
+	kc.Mesh = router
+
+	srv, err := kvstore.New(ctx, kc)
 	if err != nil {
 		return nil, fmt.Errorf("cannot start member %q on data dir %q: %w", cfg.Name, dataDir, err)
 	}
+	routerOwned = false // the Member closes it from now on
 
 	gcfg := grpcapi.Config{
 		Logger:                      lg,
@@ -135,12 +215,17 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		WatchProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
 		Version:                     Version,
 		ElectionTimeout:             cfg.ElectionTimeout,
+		ExtraHTTP: func(mux *http.ServeMux) {
+			mux.Handle("/mesh/status", router.StatusHandler())
+		},
 	}
 	serveCtx, cancelServe := context.WithCancel(context.Background())
 	m = &Member{
 		cfg:         cfg,
 		lg:          lg,
 		srv:         srv,
+		router:      router,
+		disc:        disc,
 		gs:          grpcapi.NewGRPCServer(srv, gcfg),
 		listenURLs:  bound,
 		clientURLs:  advertised,
@@ -192,11 +277,51 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		_ = m.Close()
 		return nil, fmt.Errorf("member %q did not become ready: %w", cfg.Name, ctx.Err())
 	}
+	// Announce the running cluster, so members discovering later join it.
+	disc.update(func(a *announcement) { a.ClusterID = srv.ClusterID().String() })
 	for range bound {
 		// etcd's exact line, once per client listener; tools wait for it.
 		lg.Info("ready to serve client requests")
 	}
 	return m, nil
+}
+
+// resolvePeerPortZero gives a one-member cluster whose peer URLs use port 0
+// (tests, throw-away members) a fixed free port: the mesh peer name and the
+// member id derive from the advertised peer URL, so it must be known before
+// the router starts. Validate allows port 0 only for a member alone.
+func resolvePeerPortZero(cfg *Config) error {
+	var port string
+	fix := func(us []url.URL) []url.URL {
+		out := slices.Clone(us)
+		for i := range out {
+			if out[i].Port() == "0" {
+				out[i].Host = net.JoinHostPort(out[i].Hostname(), port)
+			}
+		}
+		return out
+	}
+	zero := false
+	for _, u := range slices.Concat(cfg.AdvertisePeerURLs, cfg.ListenPeerURLs) {
+		zero = zero || u.Port() == "0"
+	}
+	if !zero {
+		return nil
+	}
+	host := cfg.ListenPeerURLs[0].Hostname()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return fmt.Errorf("cannot pick a free peer port on %s: %w", host, err)
+	}
+	_, port, _ = net.SplitHostPort(l.Addr().String())
+	_ = l.Close()
+	cfg.ListenPeerURLs = fix(cfg.ListenPeerURLs)
+	cfg.AdvertisePeerURLs = fix(cfg.AdvertisePeerURLs)
+	if strings.TrimSpace(cfg.InitialCluster) != "" {
+		// name=http://host:0 in --initial-cluster follows the advertised URL.
+		cfg.InitialCluster = cfg.Name + "=" + urlsString(cfg.AdvertisePeerURLs)
+	}
+	return nil
 }
 
 // dialAddr is the address to dial a listener at: a wildcard listener is
@@ -320,7 +445,12 @@ func (m *Member) Close() error {
 				m.lg.Warn("closing the JSON gateway", zap.Error(err))
 			}
 		}
+		// kvstore hands leadership over and closes the raft transport;
+		// the router goes last so that hand-over can still travel.
 		m.srv.Stop()
+		if err := m.router.Stop(); err != nil {
+			m.lg.Warn("stopping the mesh router", zap.Error(err))
+		}
 		m.lg.Info("member closed", zap.String("name", m.cfg.Name))
 	})
 	return m.closeErr

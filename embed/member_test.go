@@ -27,8 +27,22 @@ func testConfig(t *testing.T) (Config, *observer.ObservedLogs) {
 	zero := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
 	cfg.ListenClientURLs = []url.URL{zero}
 	cfg.AdvertiseClientURLs = []url.URL{zero}
+	cfg.ListenPeerURLs = []url.URL{zero}
+	cfg.AdvertisePeerURLs = []url.URL{zero}
 	cfg.Logger = zap.New(core)
 	return cfg, logs
+}
+
+// freePeerURL is an http://127.0.0.1:port URL with a port that was free a
+// moment ago (peer URLs of multi-member clusters need a fixed port).
+func freePeerURL(t *testing.T) url.URL {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return url.URL{Scheme: "http", Host: l.Addr().String()}
 }
 
 func startCtx(t *testing.T) context.Context {
@@ -206,19 +220,30 @@ func TestStartMemberErrors(t *testing.T) {
 			t.Errorf("err = %v", err)
 		}
 	})
-	t.Run("multi-member not yet", func(t *testing.T) {
-		cfg, _ := testConfig(t)
-		cfg.InitialCluster = "t1=http://127.0.0.1:2380,t2=http://127.0.0.1:2381"
-		_, err := StartMember(startCtx(t), cfg)
-		if err == nil || !strings.Contains(err.Error(), "multi-member") {
-			t.Errorf("err = %v", err)
-		}
-	})
-	t.Run("existing without data", func(t *testing.T) {
+	t.Run("existing needs a fixed peer port", func(t *testing.T) {
 		cfg, _ := testConfig(t)
 		cfg.InitialClusterState = ClusterStateExisting
 		_, err := StartMember(startCtx(t), cfg)
-		if err == nil || !strings.Contains(err.Error(), "existing") {
+		if err == nil || !strings.Contains(err.Error(), "port must be fixed") {
+			t.Errorf("err = %v", err)
+		}
+	})
+	t.Run("existing with nobody to ask", func(t *testing.T) {
+		cfg, _ := testConfig(t)
+		p := freePeerURL(t)
+		cfg.ListenPeerURLs, cfg.AdvertisePeerURLs = []url.URL{p}, []url.URL{p}
+		cfg.InitialClusterState = ClusterStateExisting
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if _, err := StartMember(ctx, cfg); err == nil {
+			t.Error("an existing-cluster start with no reachable member succeeded")
+		}
+	})
+	t.Run("peer auto tls refused", func(t *testing.T) {
+		cfg, _ := testConfig(t)
+		cfg.PeerAutoTLS = true
+		_, err := StartMember(startCtx(t), cfg)
+		if err == nil || !strings.Contains(err.Error(), "--mesh-password-file") {
 			t.Errorf("err = %v", err)
 		}
 	})

@@ -1,0 +1,88 @@
+package embed
+
+import (
+	"fmt"
+	"net/url"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/meshetcd/meshetcd/kvstore"
+	"github.com/meshetcd/meshetcd/mesh"
+	"github.com/meshetcd/meshetcd/raftnode"
+)
+
+// meshPeerName is the member's mesh name: host:port of its first sorted
+// advertised peer URL (the decided rule; raftnode resolves members the
+// same way from the membership).
+func meshPeerName(cfg *Config) (mesh.PeerName, error) {
+	return raftnode.PeerNameFromURLs(urlStrings(cfg.AdvertisePeerURLs))
+}
+
+// routerConfig turns a member's configuration into its mesh router's.
+// datagram is the size raft needs (kvstore.MeshMaxDatagramSize), so that
+// --max-request-bytes < raft MaxSizePerMsg < mesh datagram limit.
+func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram int) (mesh.Config, error) {
+	name, err := meshPeerName(cfg)
+	if err != nil {
+		return mesh.Config{}, err
+	}
+	mc := mesh.DefaultConfig()
+	mc.Name = name
+	mc.NickName = cfg.Name
+	mc.ClusterLabel = cfg.InitialClusterToken
+	mc.ListenAddr = cfg.ListenPeerURLs[0].Host
+	for _, u := range cfg.AdvertisePeerURLs {
+		mc.AdvertiseAddrs = append(mc.AdvertiseAddrs, u.Host)
+	}
+	// Seeds: every other member's peer URLs, then --peers.
+	for member, urls := range ic {
+		if member == cfg.Name {
+			continue
+		}
+		for _, s := range urls {
+			if u, err := url.Parse(s); err == nil && u.Host != "" {
+				mc.Seeds = append(mc.Seeds, u.Host)
+			}
+		}
+	}
+	mc.Seeds = append(mc.Seeds, cfg.Peers...)
+	slices.Sort(mc.Seeds)
+	mc.Seeds = slices.Compact(mc.Seeds)
+	mc.Seeds = slices.DeleteFunc(mc.Seeds, func(s string) bool { return slices.Contains(mc.AdvertiseAddrs, s) })
+
+	if cfg.MeshPassword != "" {
+		mc.Password = cfg.MeshPassword
+	} else {
+		mc.InsecurePlaintext = true
+	}
+	// The mesh must notice a dead link well inside raft's election
+	// timeout so it reroutes before raft suspects the leader: detection
+	// (DeadTimeout + one heartbeat) at about 3/4 of the election timeout,
+	// which gives the mesh's own defaults for etcd's default 1 s. Longer
+	// election timeouts (WANs) get proportionally more patient links.
+	if cfg.ElectionTimeout > DefaultElectionTimeout {
+		mc.DeadTimeout = cfg.ElectionTimeout * 6 / 10
+		mc.HeartbeatInterval = mc.DeadTimeout / 4
+	}
+	mc.MaxDatagramSize = max(mc.MaxDatagramSize, datagram)
+	mc.Logger = lg.Named("mesh")
+	if cfg.MeshTransport != nil {
+		mc.Transport = cfg.MeshTransport
+	}
+	if cfg.MeshTuning != nil {
+		cfg.MeshTuning(&mc)
+	}
+	if mc.Name != name {
+		return mesh.Config{}, fmt.Errorf("MeshTuning must not change the mesh peer name (%s)", name)
+	}
+	return mc, nil
+}
+
+// meshDatagramSize is the datagram limit raft needs for this config.
+func meshDatagramSize(kc kvstore.Config) int { return kvstore.MeshMaxDatagramSize(kc) }
+
+// startTimeout bounds how long a member waits for the router to start
+// listening (not for peers).
+const routerStartTimeout = 10 * time.Second

@@ -9,8 +9,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
-	"strings"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 

@@ -463,3 +463,28 @@ func urlStrings(us []url.URL) []string {
 	}
 	return ss
 }
+
+// PeerAddr is host:port of the member's first advertised peer URL: what
+// another member passes in --peers (Config.Peers) to reach it.
+func (m *Member) PeerAddr() string { return m.cfg.AdvertisePeerURLs[0].Host }
+
+// PeerURLs are the member's advertised peer URLs.
+func (m *Member) PeerURLs() []url.URL { return append([]url.URL(nil), m.cfg.AdvertisePeerURLs...) }
+
+// Name is the member's name (--name).
+func (m *Member) Name() string { return m.cfg.Name }
+
+// MeshStatus is a snapshot of the member's mesh router (also served as
+// JSON at /mesh/status on every client URL).
+func (m *Member) MeshStatus() mesh.Status { return m.router.Status() }
+
+// freeLoopbackPort returns a port on 127.0.0.1 that was free a moment ago.
+func freeLoopbackPort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("embed: picking a free port: %w", err)
+	}
+	defer l.Close()
+	_, port, err := net.SplitHostPort(l.Addr().String())
+	return port, err
+}

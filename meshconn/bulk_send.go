@@ -236,6 +236,19 @@ func (s *sender) run(ctx context.Context) error {
 		if f.heard {
 			heard = now
 		}
+		// Checked here, right after taking the feedback, so that time spent
+		// blocked reading the body is not mistaken for the receiver's
+		// silence.
+		if now.Sub(heard) > cfg.IdleTimeout {
+			return fmt.Errorf("nothing from receiver for %v: %w", cfg.IdleTimeout, ErrIdleTimeout)
+		}
+		if s.b.reachable(s.t.dst) {
+			noRoute = time.Time{}
+		} else if noRoute.IsZero() {
+			noRoute = now
+		} else if now.Sub(noRoute) > cfg.NoRouteGrace {
+			return fmt.Errorf("receiver unreachable for %v: %w", cfg.NoRouteGrace, mesh.ErrNoRoute)
+		}
 		if f.acked && !s.opened {
 			s.opened = true
 			rtoAt = now.Add(rto)
@@ -301,16 +314,6 @@ func (s *sender) run(ctx context.Context) error {
 			}
 		}
 
-		if now.Sub(heard) > cfg.IdleTimeout {
-			return fmt.Errorf("nothing from receiver for %v: %w", cfg.IdleTimeout, ErrIdleTimeout)
-		}
-		if s.b.reachable(s.t.dst) {
-			noRoute = time.Time{}
-		} else if noRoute.IsZero() {
-			noRoute = now
-		} else if now.Sub(noRoute) > cfg.NoRouteGrace {
-			return fmt.Errorf("receiver unreachable for %v: %w", cfg.NoRouteGrace, mesh.ErrNoRoute)
-		}
 		if !now.Before(rtoAt) {
 			// No progress for a whole timeout: resend what is
 			// unacknowledged, or probe (for the open's ack, a window

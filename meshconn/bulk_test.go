@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -268,7 +269,8 @@ func TestBulkConcurrentTransfersDoNotMix(t *testing.T) {
 	got := make(chan received, 8)
 	cfg := fastBulk(hashingHandler(got))
 	cfg.MaxIncoming = 8
-	newFakeBulk(t, n, "sink", cfg)
+	newFakeBulk(t, n, "sink1", cfg)
+	newFakeBulk(t, n, "sink2", cfg) // same handler: results must still not mix
 	senders := []*Bulk{newFakeBulk(t, n, "a", fastBulk(nil)), newFakeBulk(t, n, "b", fastBulk(nil))}
 	n.setFaults(0.01, 0, 0, 0.01)
 	want := make(map[string][32]byte)
@@ -276,6 +278,7 @@ func TestBulkConcurrentTransfersDoNotMix(t *testing.T) {
 	errs := make(chan error, 6)
 	for i := range 6 {
 		s := senders[i%2]
+		sink := mesh.PeerName(fmt.Sprintf("sink%d", 1+i/3))
 		meta := fmt.Sprintf("%s-%d", s.local, i)
 		body := randomBytes(uint64(10+i), 200<<10+i*1000)
 		want[meta] = sha256.Sum256(body)
@@ -284,7 +287,7 @@ func TestBulkConcurrentTransfersDoNotMix(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			errs <- s.Send(ctx, "sink", []byte(meta), bytes.NewReader(body))
+			errs <- s.Send(ctx, sink, []byte(meta), bytes.NewReader(body))
 		}()
 	}
 	wg.Wait()
@@ -418,4 +421,34 @@ func TestBulkCloseReleasesEverything(t *testing.T) {
 		t.Fatalf("Send on a closed endpoint: %v; want ErrClosed", err)
 	}
 	checkNoLeaks(t)
+}
+
+func TestSpoolToFile(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	dir, keep := t.TempDir(), t.TempDir()
+	body := randomBytes(12, 300<<10)
+	var kept string
+	newFakeBulk(t, n, "b", fastBulk(SpoolToFile(dir, func(ctx context.Context, src mesh.PeerName, meta []byte, path string) error {
+		got, err := os.ReadFile(path)
+		if err != nil || !bytes.Equal(got, body) || string(meta) != "m" || src != "a" {
+			return fmt.Errorf("spooled file wrong: %d bytes, meta %q, src %s, %v", len(got), meta, src, err)
+		}
+		if string(meta) == "m" && kept == "" {
+			kept = filepath.Join(keep, "snap.db")
+			return os.Rename(path, kept) // the first one is kept
+		}
+		return nil
+	})))
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	for range 2 {
+		if err := a.Send(context.Background(), "b", []byte("m"), bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := os.ReadFile(kept); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("kept file: %d bytes, %v", len(got), err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("%d files left in the spool dir", len(ents))
+	}
 }

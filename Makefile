@@ -53,10 +53,15 @@ bench: build
 soak: build etcdctl
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 $(GO) test -count=1 -timeout 80m -run Soak ./integration/...
 
-## fuzz: run each fuzz target for a while (the seed corpora already run in `make test`)
+## fuzz: run each fuzz target for a while (FUZZTIME=30s); the seed corpora already run in `make test`
+FUZZTIME ?= 30s
 fuzz:
-	@for t in $$($(GO) test -list '^Fuzz' ./mesh/... | grep '^Fuzz'); do \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 30s ./mesh/... || exit 1; done
+	@for pkg in $$(grep -rl '^func Fuzz' --include='*_test.go' . | xargs -n1 dirname | sort -u); do \
+		for t in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+			echo "== $$pkg $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
 
 clean:
 	rm -rf $(BIN) default.meshetcd

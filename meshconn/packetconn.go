@@ -48,8 +48,8 @@ type PacketStats struct {
 }
 
 type inPacket struct {
-	src  mesh.PeerName
-	data []byte
+	src mesh.PeerName
+	buf *[]byte // from PacketConn.bufs
 }
 
 // PacketConn is a net.PacketConn over one mesh datagram channel.
@@ -73,6 +73,28 @@ type PacketConn struct {
 	rd      *deadline
 
 	sent, received, dropped, malformed atomic.Uint64
+
+	// bufs recycles datagram buffers: outgoing ones once Channel.Send has
+	// copied them, incoming ones once ReadFrom has copied them out, so a
+	// steady stream does not allocate per datagram.
+	bufs sync.Pool // of *[]byte
+}
+
+func (c *PacketConn) getBuf(n int) *[]byte {
+	if bp, ok := c.bufs.Get().(*[]byte); ok && cap(*bp) >= n {
+		*bp = (*bp)[:n]
+		return bp
+	}
+	b := make([]byte, n, max(n, 512))
+	return &b
+}
+
+func (c *PacketConn) putBuf(bp *[]byte) {
+	// Datagrams up to the mesh limit (1 MiB) are rare; keeping them
+	// would pin their memory for the small ones.
+	if cap(*bp) <= 64<<10 {
+		c.bufs.Put(bp)
+	}
 }
 
 var _ net.PacketConn = (*PacketConn)(nil)
@@ -124,11 +146,13 @@ func (c *PacketConn) deliver(src mesh.PeerName, payload []byte) {
 		}
 		return
 	}
-	p := inPacket{src: src, data: append([]byte(nil), data...)}
+	bp := c.getBuf(len(data))
+	copy(*bp, data)
 	select {
-	case c.inbound <- p:
+	case c.inbound <- inPacket{src: src, buf: bp}:
 		c.received.Add(1)
 	default:
+		c.putBuf(bp)
 		c.dropped.Add(1)
 	}
 }
@@ -149,8 +173,10 @@ func (c *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	select {
 	case p := <-c.inbound:
 		from := MeshAddr{Peer: p.src}
-		n := copy(b, p.data)
-		if n < len(p.data) {
+		n := copy(b, *p.buf)
+		short := n < len(*p.buf)
+		c.putBuf(p.buf)
+		if short {
 			return n, from, c.opErr("read", from, ErrShortBuffer)
 		}
 		return n, from, nil
@@ -178,7 +204,10 @@ func (c *PacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if max := c.MaxDatagramSize(); len(b) > max {
 		return 0, c.opErr("write", addr, fmt.Errorf("meshconn: %d-byte datagram, limit %d: %w", len(b), max, mesh.ErrTooLarge))
 	}
-	d := encodePacket(b)
+	bp := c.getBuf(packetHeaderLen + len(b))
+	defer c.putBuf(bp)
+	d := *bp
+	encodePacketInto(d, b)
 	if dst == c.local {
 		c.deliver(dst, d)
 		c.sent.Add(1)

@@ -35,11 +35,17 @@ const (
 // encodePacket returns a fresh datagram carrying payload.
 func encodePacket(payload []byte) []byte {
 	b := make([]byte, packetHeaderLen+len(payload))
+	encodePacketInto(b, payload)
+	return b
+}
+
+// encodePacketInto writes the datagram for payload into b, which must be
+// exactly packetHeaderLen+len(payload) long.
+func encodePacketInto(b, payload []byte) {
 	b[0] = packetVersion
 	binary.BigEndian.PutUint32(b[5:9], uint32(len(payload)))
 	copy(b[packetHeaderLen:], payload)
 	binary.BigEndian.PutUint32(b[1:5], crc32c(b[5:]))
-	return b
 }
 
 // decodePacket returns the payload inside b (aliasing b) or an error.

@@ -187,6 +187,11 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 			}
 		}
 		t.Logf("follower log lines about snapshots: %q", snapLines)
+		// Both servers log raft's own message when a follower installs a
+		// snapshot from the leader (rather than replaying the log).
+		if !slices.ContainsFunc(snapLines, func(m string) bool { return strings.Contains(m, "restored snapshot") }) {
+			t.Errorf("follower %s caught up without a raft snapshot (no \"restored snapshot\" log line)", c.Members[f].Name)
+		}
 	})
 }
 

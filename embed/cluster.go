@@ -284,9 +284,8 @@ func (c *Cluster) Members() []*Member {
 	return append([]*Member(nil), c.members...)
 }
 
-// Close closes the client and every member (concurrently, so a leader's
-// hand-over on shutdown can still reach the others), then removes a
-// temporary data directory.
+// Close closes the client and every member, then removes a temporary data
+// directory.
 func (c *Cluster) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -300,20 +299,33 @@ func (c *Cluster) Close() error {
 	if cli != nil {
 		_ = cli.Close() // a closing client's error is of no interest
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
+	// Followers first, together; then the leader, which then has nobody
+	// to hand leadership to and stops at once instead of waiting for a
+	// transfer to members that are going away too.
+	var followers, leaders []*Member
 	for _, m := range ms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := m.Close(); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
+		if s := m.Server(); s.Leader() == s.MemberID() {
+			leaders = append(leaders, m)
+		} else {
+			followers = append(followers, m)
+		}
 	}
-	wg.Wait()
+	var mu sync.Mutex
+	for _, group := range [][]*Member{followers, leaders} {
+		var wg sync.WaitGroup
+		for _, m := range group {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := m.Close(); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+	}
 	if c.ownDir {
 		if err := os.RemoveAll(c.dir); err != nil {
 			errs = append(errs, fmt.Errorf("embed: removing %s: %w", c.dir, err))

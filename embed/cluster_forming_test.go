@@ -191,7 +191,7 @@ func TestClusterConfigErrors(t *testing.T) {
 	}{
 		{"discovery and join", func(c *Config) { c.DiscoverySize, c.Join = 3, true }, "exclude each other"},
 		{"join without peers", func(c *Config) { c.Join = true }, "--join needs --peers"},
-		{"discovery with initial cluster", func(c *Config) { c.DiscoverySize, c.InitialCluster = 3, "t1=" + p.String() }, "cannot be combined"},
+		{"discovery with initial cluster", func(c *Config) { c.DiscoverySize, c.InitialCluster = 3, "t1="+p.String() }, "cannot be combined"},
 		{"bad peers", func(c *Config) { c.Peers = []string{"nohostport"} }, "--peers"},
 		{"two listen peer urls", func(c *Config) { c.ListenPeerURLs = append(c.ListenPeerURLs, p) }, "exactly one"},
 	} {

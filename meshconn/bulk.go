@@ -126,6 +126,10 @@ type Bulk struct {
 
 	wg sync.WaitGroup // the janitor and every handler goroutine
 
+	// ready is set once ch and chunk are; the mesh may deliver before
+	// the channel it is opening has even been returned to us.
+	ready atomic.Bool
+
 	sentOK, sentFailed, recvOK, recvFailed, rewinds atomic.Uint64
 }
 
@@ -186,6 +190,7 @@ func newBulk(local mesh.PeerName, open OpenFunc, reachable func(mesh.PeerName) b
 		return nil, fmt.Errorf("meshconn: channel max payload %d leaves no room for data", ch.MaxPayload())
 	}
 	b.ch = ch
+	b.ready.Store(true)
 	b.wg.Add(1)
 	go b.janitor()
 	return b, nil
@@ -206,10 +211,7 @@ func (b *Bulk) Close() error {
 	}
 	b.closed = true
 	close(b.closing)
-	ins := make([]*inTransfer, 0, len(b.in))
-	for _, t := range b.in {
-		ins = append(ins, t)
-	}
+	ins := b.incomingLocked()
 	b.mu.Unlock()
 	for _, t := range ins {
 		b.abortIncoming(t, ErrClosed, rejectClosing, "receiver closing")
@@ -225,6 +227,9 @@ func (b *Bulk) Close() error {
 
 // deliver is the channel's DatagramHandler; it never blocks.
 func (b *Bulk) deliver(src mesh.PeerName, payload []byte) {
+	if !b.ready.Load() {
+		return // as if lost: the sender retransmits
+	}
 	m, err := decodeBulk(payload)
 	if err != nil {
 		b.log.Debug("dropping malformed bulk datagram", zap.String("src", string(src)), zap.Error(err))
@@ -278,14 +283,21 @@ func (b *Bulk) sweep(now time.Time) {
 			delete(b.finished, k)
 		}
 	}
-	ins := make([]*inTransfer, 0, len(b.in))
-	for _, t := range b.in {
-		ins = append(ins, t)
-	}
+	ins := b.incomingLocked()
 	b.mu.Unlock()
 	for _, t := range ins {
 		if err := t.check(now, b.reachable(t.key.src)); err != nil {
 			b.abortIncoming(t, err, rejectAborted, err.Error())
 		}
 	}
+}
+
+// incomingLocked lists the incoming transfers, to act on them after
+// releasing b.mu (their methods take it again).
+func (b *Bulk) incomingLocked() []*inTransfer {
+	ins := make([]*inTransfer, 0, len(b.in))
+	for _, t := range b.in {
+		ins = append(ins, t)
+	}
+	return ins
 }

@@ -103,26 +103,22 @@ func (b *Bulk) deliverIncoming(src mesh.PeerName, m *bulkMsg) {
 
 // open admits a new transfer or rejects it.
 func (b *Bulk) open(key inKey, m *bulkMsg) {
-	reject := func(code uint8, reason string) {
-		b.send(key.src, &bulkMsg{typ: bulkTypeReject, id: key.id, code: code, reason: reason})
-	}
+	var code uint8
+	var reason string
 	b.mu.Lock()
 	switch {
 	case b.closed:
-		b.mu.Unlock()
-		reject(rejectClosing, "receiver closing")
-		return
+		code, reason = rejectClosing, "receiver closing"
 	case b.cfg.Handler == nil:
-		b.mu.Unlock()
-		reject(rejectByHandler, "receiver accepts no transfers")
-		return
+		code, reason = rejectByHandler, "receiver accepts no transfers"
 	case uint64(m.metaLen) > uint64(b.cfg.MaxMetaSize):
-		b.mu.Unlock()
-		reject(rejectMetaLarge, fmt.Sprintf("meta of %d bytes exceeds %d", m.metaLen, b.cfg.MaxMetaSize))
-		return
+		code, reason = rejectMetaLarge, fmt.Sprintf("meta of %d bytes exceeds %d", m.metaLen, b.cfg.MaxMetaSize)
 	case len(b.in) >= b.cfg.MaxIncoming:
+		code, reason = rejectBusy, fmt.Sprintf("busy with %d transfers", len(b.in))
+	}
+	if code != 0 {
 		b.mu.Unlock()
-		reject(rejectBusy, fmt.Sprintf("busy with %d transfers", len(b.in)))
+		b.send(key.src, &bulkMsg{typ: bulkTypeReject, id: key.id, code: code, reason: reason})
 		return
 	}
 	if _, dup := b.in[key]; dup {
@@ -140,7 +136,7 @@ func (b *Bulk) open(key inKey, m *bulkMsg) {
 		ctx:     ctx,
 		cancel:  cancel,
 		heard:   now,
-		meta:    make([]byte, 0, m.metaLen),
+		meta:    make([]byte, 0, min(m.metaLen, 64<<10)), // grows as meta arrives
 	}
 	t.cond.L = &t.mu
 	b.in[key] = t

@@ -435,8 +435,7 @@ func (s *Server) promoteLoop() {
 			return
 		}
 		if m != nil && !m.IsLearner {
-			s.lg.Info("this member is a voting member now", zap.String("member-id", s.memberID.String()))
-			return
+			return // a voter (promoted, or it always was one)
 		}
 		if m == nil {
 			continue // our own AddLearner is not applied yet
@@ -476,7 +475,9 @@ func (s *Server) handleJoin(ctx context.Context, src mesh.PeerName, req []byte) 
 	if err != nil {
 		return nil, fmt.Errorf("kvstore: join: peer URLs: %w", err)
 	}
-	if name, err := raftnode.PeerNameFromURLs(urls.StringSlice()); err != nil || name != src {
+	// The joiner itself must own the peer URLs it asks for; a member
+	// forwarding a join to the leader already checked that.
+	if name, err := raftnode.PeerNameFromURLs(urls.StringSlice()); err != nil || name != src && s.memberByPeer(src) == nil {
 		return nil, fmt.Errorf("kvstore: join: mesh peer %q does not match peer URLs %v", src, jr.PeerURLs)
 	}
 	if !s.isLeader() {

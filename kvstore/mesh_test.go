@@ -3,6 +3,7 @@ package kvstore
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -782,10 +783,47 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	lead := c.members[li]
 	o := c.others(li)
 
+	// A join that reaches a follower is forwarded to the leader.
+	f0 := c.members[o[0]]
+	joinReq := []byte(`{"name":"m7","peerURLs":["` + peerURL(7) + `"]}`)
+	b, err := f0.handleJoin(ctx, mesh.PeerName(peerURL(7)[len("http://"):]), joinReq)
+	if err != nil {
+		t.Fatalf("join through a follower: %v", err)
+	}
+	var info clusterInfo
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatal(err)
+	}
+	if m := lead.memberByPeerURLs([]string{peerURL(7)}); m == nil || !m.IsLearner || info.MemberID != m.ID || info.ClusterID != lead.ClusterID() {
+		t.Fatalf("join through a follower: answer %s, leader's view %+v", b, m)
+	}
+	// Only one learner at a time (etcd's --max-learners 1).
+	now := time.Now()
+	second := membership.NewMemberAsLearner("", mustURLsMap(t, "x="+peerURL(8))["x"], "", &now)
+	if _, err := lead.AddMember(ctx, *second); !errors.Is(err, membership.ErrTooManyLearners) {
+		t.Fatalf("second learner: err = %v, want ErrTooManyLearners", err)
+	}
+	// A stranger cannot join with someone else's peer URLs.
+	if _, err := f0.handleJoin(ctx, "10.9.9.9:2380", joinReq); err == nil {
+		t.Fatal("join from a peer that does not own the URLs was accepted")
+	}
+	if _, err := lead.RemoveMember(ctx, uint64(lead.memberByPeerURLs([]string{peerURL(7)}).ID)); err != nil {
+		t.Fatalf("remove the learner: %v", err)
+	}
+
 	// A member removed while it was down learns it from the others when it
-	// comes back (etcd's peers answer it 410 Gone) and stops.
+	// comes back (etcd's peers answer it 410 Gone) and stops. Before that,
+	// strict reconfiguration refuses to remove the other, active, follower:
+	// with one member down that would leave no active quorum.
 	downID := c.members[o[0]].MemberID()
+	downPeer := c.routers[o[0]].Name()
 	c.kill(o[0])
+	eventually(t, waitTimeout, "the leader sees the killed member inactive", func() bool {
+		return lead.tr.ActiveSince(downPeer).IsZero()
+	})
+	if _, err := lead.RemoveMember(ctx, uint64(c.members[o[1]].MemberID())); !errors.Is(err, servererrors.ErrUnhealthy) {
+		t.Fatalf("removing an active member while another is down: err = %v, want ErrUnhealthy", err)
+	}
 	if _, err := lead.RemoveMember(ctx, uint64(downID)); err != nil {
 		t.Fatalf("RemoveMember(down member): %v", err)
 	}

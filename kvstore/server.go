@@ -325,7 +325,9 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	s.goAttach(s.revokeExpiredLeasesLoop)
 	s.goAttach(s.publish)
 	s.serveMesh()
-	if joining && cfg.Join {
+	if cfg.Join && s.peers != nil {
+		// Also after a restart: a learner that joined keeps asking until it
+		// is a voter (the loop ends at once for a voter).
 		s.goAttach(s.promoteLoop)
 	}
 	go s.stopOnRaftFailure()

@@ -15,6 +15,42 @@
 // point it logs etcd's "ready to serve client requests" line, which tools
 // (and meshetcd's own integration tests) wait for.
 //
-// Today a member is a one-member cluster: multi-member clusters over the
-// gossip mesh and embed.StartCluster are the next milestone.
+// # Members and the mesh
+//
+// Every member runs a mesh router (package mesh) listening on its
+// ListenPeerURLs, advertising its AdvertisePeerURLs, with the cluster token
+// as mesh cluster label and host:port of its first sorted advertised peer
+// URL as mesh peer name; its seeds are the other members' peer URLs and
+// Peers. Raft (raftnode's MeshTransport) and the peer requests (kvstore)
+// run over it; the datagram limit comes from kvstore.MeshMaxDatagramSize,
+// so --max-request-bytes < raft MaxSizePerMsg < mesh datagram limit. The
+// router's status is served as JSON at /mesh/status on every client URL.
+// Close stops serving clients, then kvstore (a leader hands leadership
+// over), then the router.
+//
+// # Forming a cluster
+//
+//   - Static, etcd's flags: InitialCluster, InitialClusterState "new",
+//     InitialClusterToken; member ids derive from them as in etcd.
+//   - Discovery (DiscoverySize n, Peers): every member gossips an
+//     announcement {name, peer URLs, client URLs, token, seen set,
+//     initial set, cluster id} on a mesh gossip channel (a last-writer-wins
+//     map: a CRDT). A member bootstraps when exactly n candidates are known
+//     and every one of them announces that it sees exactly those n (or
+//     when someone announced an initial set containing it); the initial
+//     cluster is then the same map everywhere. A member that finds a
+//     running cluster joins it; more than n candidates and no cluster is
+//     refused after a grace period (ErrDiscoveryTooMany). See decide.
+//   - Join (Join, Peers): kvstore asks the cluster over the mesh to add the
+//     member as a learner; it is promoted once caught up. etcd's
+//     "member add" + InitialClusterState "existing" works too.
+//
+// A member whose data directory holds a WAL ignores all of these and
+// restarts from it.
+//
+// # Clusters in one process
+//
+// StartCluster runs n members in the process, on an in-memory network
+// (mesh/memnet, with Cut/Heal/Partition for tests) or on loopback TCP, and
+// returns a client connected to all of them; see ExampleStartCluster.
 package embed

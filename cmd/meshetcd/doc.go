@@ -6,7 +6,14 @@
 // Flags meshetcd does not implement are never silently ignored: harmless
 // tuning knobs are accepted with a warning, and flags that would change
 // security (TLS, client certificate auth, auth tokens, ...) or data placement
-// are refused unless left at etcd's default.
+// are refused unless left at etcd's default. Peer TLS flags are refused
+// with a pointer to the mesh secret (--mesh-password-file or
+// MESHETCD_MESH_PASSWORD), which authenticates and encrypts mesh links.
+//
+// Clusters form with etcd's static flags (--initial-cluster & co), by mesh
+// discovery (--discovery-size N --peers host:port) or by joining a running
+// cluster (--join --peers host:port); meshetcd's own flags are also read
+// from MESHETCD_* variables.
 //
 // Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM) or --help/--version,
 // 1 on a runtime error (port in use, data directory locked, fatal member

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -16,7 +17,20 @@ import (
 )
 
 // envPrefix is etcd's: a flag --some-flag is also read from ETCD_SOME_FLAG.
-const envPrefix = "ETCD"
+// meshetcd's own flags (meshFlags) are read from MESHETCD_SOME_FLAG
+// instead, so an etcd environment never sets them by accident.
+const (
+	envPrefix     = "ETCD"
+	meshEnvPrefix = "MESHETCD"
+	// meshPasswordEnv carries the mesh secret itself; it has no flag, so
+	// the secret never has to appear on a command line (visible in ps).
+	meshPasswordEnv = "MESHETCD_MESH_PASSWORD"
+)
+
+// meshFlags are meshetcd's own flags (etcd has no such flag).
+var meshFlags = map[string]bool{
+	"discovery-size": true, "peers": true, "join": true, "mesh-password-file": true,
+}
 
 // flagKind says what meshetcd does with one of etcd's flags.
 type flagKind int
@@ -68,7 +82,6 @@ var etcdExtraFlags = []extraFlag{
 	{"socket-reuse-address", "bool", "false", harmless, ""},
 	{"raft-read-timeout", "duration", "5s", harmless, "raft runs over the mesh, not rafthttp"},
 	{"raft-write-timeout", "duration", "5s", harmless, "raft runs over the mesh, not rafthttp"},
-	{"strict-reconfig-check", "bool", "true", harmless, ""},
 	{"pre-vote", "bool", "true", harmless, ""},
 	{"v2-deprecation", "string", "", harmless, "deprecated in etcd and ignored by it too"},
 	{"config-file", "string", "", unsupported, "configuration files are not supported yet; use flags or ETCD_* variables"},
@@ -80,9 +93,9 @@ var etcdExtraFlags = []extraFlag{
 	{"bootstrap-defrag-threshold-megabytes", "uint", "0", harmless, ""},
 
 	// discovery: cluster formation meshetcd does differently (the mesh)
-	{"discovery-endpoints", "string", "", unsupported, "etcd v3 discovery is not supported; meshetcd clusters form with --initial-cluster"},
-	{"discovery-token", "string", "", unsupported, "etcd v3 discovery is not supported"},
-	{"discovery-srv", "string", "", unsupported, "DNS SRV discovery is not supported"},
+	{"discovery-endpoints", "string", "", unsupported, "etcd v3 discovery is not supported; use --initial-cluster, or mesh discovery with --discovery-size N --peers host:port"},
+	{"discovery-token", "string", "", unsupported, "etcd v3 discovery is not supported; use mesh discovery: --discovery-size N --peers host:port"},
+	{"discovery-srv", "string", "", unsupported, "DNS SRV discovery is not supported; use mesh discovery: --discovery-size N --peers host:port"},
 	{"discovery-srv-name", "string", "", unsupported, "DNS SRV discovery is not supported"},
 	{"discovery-fallback", "string", "exit", unsupported, "etcd discovery is not supported"},
 	{"discovery-dial-timeout", "duration", "2s", harmless, ""},
@@ -107,18 +120,17 @@ var etcdExtraFlags = []extraFlag{
 	{"client-cert-allowed-hostname", "string", "", security, "client TLS is not implemented yet"},
 	{"trusted-ca-file", "string", "", security, "client TLS is not implemented yet"},
 	{"auto-tls", "bool", "false", security, "client TLS is not implemented yet"},
-	{"peer-cert-file", "string", "", security, "peer TLS is not implemented (the mesh will have its own encryption)"},
-	{"peer-key-file", "string", "", security, "peer TLS is not implemented"},
-	{"peer-client-cert-file", "string", "", security, "peer TLS is not implemented"},
-	{"peer-client-key-file", "string", "", security, "peer TLS is not implemented"},
-	{"peer-client-cert-auth", "bool", "false", security, "peer TLS is not implemented"},
-	{"peer-trusted-ca-file", "string", "", security, "peer TLS is not implemented"},
-	{"peer-auto-tls", "bool", "false", security, "peer TLS is not implemented"},
+	{"peer-cert-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-key-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-client-cert-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-client-key-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-client-cert-auth", "bool", "false", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-trusted-ca-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"self-signed-cert-validity", "uint", "1", security, "TLS is not implemented yet"},
-	{"peer-crl-file", "string", "", security, "peer TLS is not implemented"},
-	{"peer-cert-allowed-cn", "string", "", security, "peer TLS is not implemented"},
-	{"peer-cert-allowed-hostname", "string", "", security, "peer TLS is not implemented"},
-	{"peer-skip-client-san-verification", "bool", "false", security, "peer TLS is not implemented"},
+	{"peer-crl-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-cert-allowed-cn", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-cert-allowed-hostname", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
+	{"peer-skip-client-san-verification", "bool", "false", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"cipher-suites", "string", "", security, "TLS is not implemented yet"},
 	{"tls-min-version", "string", "TLS1.2", security, "TLS is not implemented yet"},
 	{"tls-max-version", "string", "", security, "TLS is not implemented yet"},
@@ -219,6 +231,7 @@ func parseFlags(args []string, e env) (*options, error) {
 	var (
 		heartbeatMs, electionMs uint
 		logger, logOutputs      string
+		peers, meshPasswordFile string
 	)
 
 	// member
@@ -245,6 +258,15 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.StringVar(&cfg.InitialCluster, "initial-cluster", "", "Initial cluster configuration for bootstrapping (default '${name}=${initial-advertise-peer-urls}').")
 	fs.Var(clusterState, "initial-cluster-state", "Initial cluster state ('new' or 'existing'). Ignored on restarts.")
 	fs.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", cfg.InitialClusterToken, "Initial cluster token for the cluster during bootstrap.")
+	fs.BoolVar(&cfg.StrictReconfigCheck, "strict-reconfig-check", true, "Reject reconfiguration requests that would cause quorum loss.")
+	fs.BoolVar(&cfg.PeerAutoTLS, "peer-auto-tls", false, "etcd's peer auto TLS: refused, because the mesh has no encryption without a shared secret; use --mesh-password-file.")
+
+	// meshetcd: forming a cluster over the mesh
+	fs.IntVar(&cfg.DiscoverySize, "discovery-size", 0, "Form a new cluster of this many members by mesh discovery (with --peers); a member that finds a running cluster joins it.")
+	fs.StringVar(&peers, "peers", "", "Comma-separated host:port of reachable members' peer addresses (mesh seeds); one is enough.")
+	fs.BoolVar(&cfg.Join, "join", false, "Join the running cluster reachable through --peers: added as a learner, promoted to voter once caught up.")
+	fs.StringVar(&meshPasswordFile, "mesh-password-file", "", "File holding the shared mesh secret that authenticates and encrypts every mesh link (or set "+meshPasswordEnv+").")
+
 	fs.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", cfg.AutoCompactionRetention, "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.")
 	fs.StringVar(&cfg.AutoCompactionMode, "auto-compaction-mode", cfg.AutoCompactionMode, "Interpret 'auto-compaction-retention' as one of: periodic|revision.")
 
@@ -339,6 +361,24 @@ func parseFlags(args []string, e env) (*options, error) {
 	cfg.ListenPeerURLs = lpurls.urls
 	cfg.AdvertisePeerURLs = apurls.urls
 	cfg.InitialClusterState = clusterState.v
+	cfg.Peers = splitList(peers)
+	if meshPasswordFile != "" {
+		b, err := os.ReadFile(meshPasswordFile)
+		if err != nil {
+			return nil, usageErrorf("--mesh-password-file: %w", err)
+		}
+		cfg.MeshPassword = strings.TrimRight(string(b), "\r\n")
+		if cfg.MeshPassword == "" {
+			return nil, usageErrorf("--mesh-password-file %s is empty", meshPasswordFile)
+		}
+		if _, ok := e.Lookup(meshPasswordEnv); ok {
+			o.warnings = append(o.warnings, warning{"environment variable is shadowed by the corresponding command-line flag; using the flag", map[string]string{"environment-variable": meshPasswordEnv, "flag": "--mesh-password-file"}, false})
+		}
+	} else if v, ok := e.Lookup(meshPasswordEnv); ok && v != "" {
+		cfg.MeshPassword = v
+		// Never log the value.
+		o.warnings = append(o.warnings, warning{"recognized and used environment variable", map[string]string{"variable-name": meshPasswordEnv, "variable-value": "(secret)"}, true})
+	}
 	cfg.HeartbeatInterval = time.Duration(heartbeatMs) * time.Millisecond
 	cfg.ElectionTimeout = time.Duration(electionMs) * time.Millisecond
 	// etcd: an explicit --listen-client-urls without --advertise-client-urls
@@ -360,6 +400,7 @@ func applyEnv(fs *pflag.FlagSet, e env, o *options) (map[string]string, error) {
 	fromEnv := map[string]string{}
 	known := map[string]bool{}
 	var err error
+	known[meshPasswordEnv] = true
 	fs.VisitAll(func(f *pflag.Flag) {
 		key := flagToEnv(f.Name)
 		known[key] = true
@@ -387,7 +428,7 @@ func applyEnv(fs *pflag.FlagSet, e env, o *options) (map[string]string, error) {
 	}
 	for _, kv := range e.Environ() {
 		key, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(key, envPrefix+"_") || known[key] && key != "ETCD_VERSION" && key != "ETCD_HELP" {
+		if !strings.HasPrefix(key, envPrefix+"_") && !strings.HasPrefix(key, meshEnvPrefix+"_") || known[key] && key != "ETCD_VERSION" && key != "ETCD_HELP" {
 			continue
 		}
 		switch key {
@@ -400,9 +441,14 @@ func applyEnv(fs *pflag.FlagSet, e env, o *options) (map[string]string, error) {
 	return fromEnv, nil
 }
 
-// flagToEnv is etcd's flags.FlagToEnv: --some-flag -> ETCD_SOME_FLAG.
+// flagToEnv is etcd's flags.FlagToEnv: --some-flag -> ETCD_SOME_FLAG, and
+// MESHETCD_SOME_FLAG for meshetcd's own flags.
 func flagToEnv(name string) string {
-	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+	prefix := envPrefix
+	if meshFlags[name] {
+		prefix = meshEnvPrefix
+	}
+	return prefix + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
 // normalizeArgs turns etcd's single-dash long flags (-name x, which Go's
@@ -484,7 +530,15 @@ func helpText(fs *pflag.FlagSet, kinds map[string]extraFlag) string {
     Show this help.
 
 Every flag can also be set from the environment: --some-flag is read from
-ETCD_SOME_FLAG when not given on the command line.
+ETCD_SOME_FLAG (MESHETCD_SOME_FLAG for meshetcd's own flags --discovery-size,
+--peers, --join, --mesh-password-file) when not given on the command line.
+The mesh secret can be given as MESHETCD_MESH_PASSWORD (never as a flag value).
+
+Forming a cluster: etcd's static --initial-cluster (peer URLs are mesh
+addresses), mesh discovery (--discovery-size N --peers host:port on every
+member), or --join --peers host:port to add a member to a running cluster
+(etcd's "member add" + --initial-cluster-state existing works too). A member
+needs to reach only one other member: the mesh relays.
 
 meshetcd flags:
 `)

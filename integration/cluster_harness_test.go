@@ -387,6 +387,26 @@ func (c *Cluster) MustCtl(t testing.TB, idx []int, args ...string) string {
 	return out
 }
 
+// CtlRetry runs etcdctl and retries while a membership change is refused
+// for now: strict reconfig checks answer "unhealthy cluster" until every
+// member has been connected for a while (etcd: 5 s), and promote answers
+// "not in sync" until the learner caught up.
+func (c *Cluster) CtlRetry(t testing.TB, idx []int, args ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		o, errOut, err := c.Ctl(idx, args...)
+		if err == nil {
+			return o
+		}
+		transient := strings.Contains(errOut, "unhealthy cluster") || strings.Contains(errOut, "in sync")
+		if !transient || time.Now().After(deadline) {
+			t.Fatalf("etcdctl %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, o, errOut)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // AddMember runs the etcd flow: `etcdctl member add` (optionally
 // --learner) through member via, then starts the new member with
 // --initial-cluster-state existing. It returns the new member, ready.
@@ -397,7 +417,7 @@ func (c *Cluster) AddMember(t testing.TB, via int, learner bool) *Member {
 	if learner {
 		args = append(args, "--learner")
 	}
-	out := c.MustCtl(t, []int{via}, args...)
+	out := c.CtlRetry(t, []int{via}, args...)
 	// etcdctl prints ETCD_INITIAL_CLUSTER="..." for the new member.
 	var ic string
 	for _, line := range strings.Split(out, "\n") {

@@ -338,7 +338,7 @@ func (d *directChannel) MaxPayload() int                        { return 1 << 20
 func BenchmarkPacketConnOverhead(b *testing.B) {
 	for _, size := range benchSizes {
 		b.Run(sizeName(size), func(b *testing.B) {
-			c, err := newPacketConn("a", func(h mesh.DatagramHandler) (Channel, error) { return &directChannel{h}, nil }, PacketConfig{})
+			c, err := newPacketConn("a", func(h mesh.DatagramHandler) (channel, error) { return &directChannel{h}, nil }, PacketConfig{})
 			if err != nil {
 				b.Fatal(err)
 			}

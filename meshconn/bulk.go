@@ -112,7 +112,7 @@ type Handler func(ctx context.Context, in *Incoming) error
 type Bulk struct {
 	cfg       BulkConfig
 	local     mesh.PeerName
-	ch        Channel
+	ch        channel
 	reachable func(mesh.PeerName) bool
 	chunk     int // effective chunk size
 	log       *zap.Logger
@@ -163,7 +163,7 @@ type verdict struct {
 
 // newBulk opens the channel through open and starts the endpoint.
 // reachable may be nil (the peer is then always taken as reachable).
-func newBulk(local mesh.PeerName, open OpenFunc, reachable func(mesh.PeerName) bool, cfg BulkConfig) (*Bulk, error) {
+func newBulk(local mesh.PeerName, open openFunc, reachable func(mesh.PeerName) bool, cfg BulkConfig) (*Bulk, error) {
 	if err := validPeerName(string(local)); err != nil {
 		return nil, fmt.Errorf("meshconn: local peer name: %w", err)
 	}

@@ -410,7 +410,7 @@ func (s *sender) ackTo(next uint64) {
 	// An empty final chunk is never covered by an ack: only the verdict
 	// settles it, and until then it doubles as the retransmitted probe.
 	for i < len(s.unacked) && s.unacked[i].n > 0 && s.unacked[i].off+uint64(s.unacked[i].n) <= next {
-		// Channel.Send copied the datagram, so the buffer is ours again.
+		// channel.Send copied the datagram, so the buffer is ours again.
 		s.free = append(s.free, s.unacked[i].d[:cap(s.unacked[i].d)])
 		s.unacked[i] = nil
 		i++

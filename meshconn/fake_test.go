@@ -66,9 +66,9 @@ func newFakeNet(t testing.TB, maxPayload int) *fakeNet {
 	return n
 }
 
-// opener returns the OpenFunc for peer's channel id.
-func (n *fakeNet) opener(peer mesh.PeerName, id mesh.ChannelID) OpenFunc {
-	return func(h mesh.DatagramHandler) (Channel, error) {
+// opener returns the openFunc for peer's channel id.
+func (n *fakeNet) opener(peer mesh.PeerName, id mesh.ChannelID) openFunc {
+	return func(h mesh.DatagramHandler) (channel, error) {
 		c := &fakeChan{n: n, key: fakeKey{peer, id}, h: h, inbox: make(chan fakeDatagram, n.inboxLen), stop: make(chan struct{})}
 		n.mu.Lock()
 		old := n.chans[c.key] // a restarted peer takes over the channel

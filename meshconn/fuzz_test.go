@@ -130,7 +130,7 @@ func FuzzBulkReceiver(f *testing.F) {
 				return err
 			},
 		}
-		b, err := newBulk("r", func(mesh.DatagramHandler) (Channel, error) { return stubChannel{nil}, nil }, nil, cfg)
+		b, err := newBulk("r", func(mesh.DatagramHandler) (channel, error) { return stubChannel{nil}, nil }, nil, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -241,7 +241,7 @@ func bulkSession(in []byte) [][]byte {
 // so the fuzzer does reach the acceptance path.
 func TestBulkSessionAccepted(t *testing.T) {
 	got := make(chan received, 4)
-	b, err := newBulk("r", func(mesh.DatagramHandler) (Channel, error) { return stubChannel{nil}, nil }, nil,
+	b, err := newBulk("r", func(mesh.DatagramHandler) (channel, error) { return stubChannel{nil}, nil }, nil,
 		BulkConfig{Handler: hashingHandler(got)})
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,7 @@ const (
 
 // Listen opens a PacketConn on a new Raft-priority datagram channel id of r.
 func Listen(r *mesh.Router, id mesh.ChannelID, cfg PacketConfig) (*PacketConn, error) {
-	return newPacketConn(r.Name(), func(h mesh.DatagramHandler) (Channel, error) {
+	return newPacketConn(r.Name(), func(h mesh.DatagramHandler) (channel, error) {
 		ch, err := r.NewDatagramChannel(id, "meshconn", mesh.PriorityRaft, h)
 		if err != nil {
 			return nil, err
@@ -25,7 +25,7 @@ func Listen(r *mesh.Router, id mesh.ChannelID, cfg PacketConfig) (*PacketConn, e
 // of r. It gives transfers up when r has had no route to the other side
 // for BulkConfig.NoRouteGrace.
 func NewBulk(r *mesh.Router, id mesh.ChannelID, cfg BulkConfig) (*Bulk, error) {
-	return newBulk(r.Name(), func(h mesh.DatagramHandler) (Channel, error) {
+	return newBulk(r.Name(), func(h mesh.DatagramHandler) (channel, error) {
 		ch, err := r.NewDatagramChannel(id, "meshconn-bulk", mesh.PriorityBulk, h)
 		if err != nil {
 			return nil, err

@@ -14,17 +14,17 @@ import (
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
-// Channel is the datagram channel meshconn sends on; *mesh.DatagramChannel
+// channel is the datagram channel meshconn sends on; *mesh.DatagramChannel
 // satisfies it. Send must never block, and must copy payload: meshconn
 // reuses the buffer once Send returns.
-type Channel interface {
+type channel interface {
 	Send(dst mesh.PeerName, payload []byte) error
 	MaxPayload() int
 }
 
-// OpenFunc opens a datagram channel that delivers inbound datagrams to h.
+// openFunc opens a datagram channel that delivers inbound datagrams to h.
 // Listen and NewBulk build one from a router; tests pass their own.
-type OpenFunc func(h mesh.DatagramHandler) (Channel, error)
+type openFunc func(h mesh.DatagramHandler) (channel, error)
 
 // DefaultQueueLen is the default inbound queue length of a PacketConn,
 // matching etcd's per-peer stream buffer.
@@ -64,7 +64,7 @@ type inPacket struct {
 type PacketConn struct {
 	local mesh.PeerName
 	addr  MeshAddr
-	ch    Channel
+	ch    channel
 	log   *zap.Logger
 
 	inbound chan inPacket
@@ -74,7 +74,7 @@ type PacketConn struct {
 
 	sent, received, dropped, malformed atomic.Uint64
 
-	// bufs recycles datagram buffers: outgoing ones once Channel.Send has
+	// bufs recycles datagram buffers: outgoing ones once channel.Send has
 	// copied them, incoming ones once ReadFrom has copied them out, so a
 	// steady stream does not allocate per datagram.
 	bufs sync.Pool // of *[]byte
@@ -101,7 +101,7 @@ var _ net.PacketConn = (*PacketConn)(nil)
 
 // newPacketConn opens the channel through open and wires its inbound
 // datagrams into the new PacketConn.
-func newPacketConn(local mesh.PeerName, open OpenFunc, cfg PacketConfig) (*PacketConn, error) {
+func newPacketConn(local mesh.PeerName, open openFunc, cfg PacketConfig) (*PacketConn, error) {
 	if err := validPeerName(string(local)); err != nil {
 		return nil, fmt.Errorf("meshconn: local peer name: %w", err)
 	}

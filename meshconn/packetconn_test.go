@@ -209,7 +209,7 @@ func (s stubChannel) MaxPayload() int                  { return 1000 }
 
 func TestPacketConnWriteErrors(t *testing.T) {
 	for _, want := range []error{mesh.ErrNoRoute, mesh.ErrQueueFull, mesh.ErrTooLarge, mesh.ErrClosed} {
-		c, err := newPacketConn("a", func(mesh.DatagramHandler) (Channel, error) { return stubChannel{want}, nil }, PacketConfig{})
+		c, err := newPacketConn("a", func(mesh.DatagramHandler) (channel, error) { return stubChannel{want}, nil }, PacketConfig{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -121,52 +121,98 @@ func sizeName(n int) string {
 // BenchmarkDatagramRTT: one datagram out, the echo back, one at a time.
 func BenchmarkDatagramRTT(b *testing.B) {
 	benchTopologies(b, func(b *testing.B, src, dst *mesh.Router) {
-		ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer ps.Close()
-		pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer pd.Close()
-		go echo(pd)
-		to := MeshAddr{dst.Name()}
+		ps, to, closeFn := echoPair(b, src, dst)
+		defer closeFn()
 		for _, size := range benchSizes {
-			b.Run(sizeName(size), func(b *testing.B) {
-				msg := make([]byte, size)
-				buf := make([]byte, ps.MaxDatagramSize())
-				rtts := make([]time.Duration, 0, b.N)
-				lost := 0
-				b.ResetTimer()
-				for range b.N {
-					t0 := time.Now()
-					if _, err := ps.WriteTo(msg, to); err != nil {
-						b.Fatal(err)
-					}
-					ps.SetReadDeadline(t0.Add(time.Second))
-					if _, _, err := ps.ReadFrom(buf); err != nil {
-						if errors.Is(err, os.ErrDeadlineExceeded) {
-							lost++
-							continue
-						}
-						b.Fatal(err)
-					}
-					rtts = append(rtts, time.Since(t0))
-				}
-				b.StopTimer()
-				if len(rtts) == 0 {
-					b.Fatal("every datagram was lost")
-				}
-				slices.Sort(rtts)
-				b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/op")
-				b.ReportMetric(float64(rtts[len(rtts)/2].Nanoseconds())/1e3, "p50-µs")
-				b.ReportMetric(float64(rtts[len(rtts)*99/100].Nanoseconds())/1e3, "p99-µs")
-				b.ReportMetric(float64(lost)/float64(b.N), "lost/op")
-			})
+			b.Run(sizeName(size), func(b *testing.B) { benchRTT(b, ps, to, size) })
 		}
 	})
+}
+
+// BenchmarkDatagramRTTUnderBulk: the same 100-byte round trip while a bulk
+// transfer saturates the same links (direct and relayed, encrypted), to
+// check that the mesh's priority classes keep Raft traffic ahead.
+func BenchmarkDatagramRTTUnderBulk(b *testing.B) {
+	for _, relay := range []bool{false, true} {
+		b.Run(map[bool]string{false: "direct", true: "relay"}[relay], func(b *testing.B) {
+			src, dst := tcpRouters(b, relay, true, nil)
+			bs, err := NewBulk(src, DefaultBulkChannel, BulkConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer bs.Close()
+			bd, err := NewBulk(dst, DefaultBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
+				_, err := io.Copy(io.Discard, in.Body)
+				return err
+			}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer bd.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					bs.Send(ctx, dst.Name(), nil, io.LimitReader(zeroReader{}, 64<<20))
+				}
+			}()
+			ps, to, closeFn := echoPair(b, src, dst)
+			defer closeFn()
+			time.Sleep(100 * time.Millisecond) // let the bulk stream fill the pipes
+			b.Run("100B", func(b *testing.B) { benchRTT(b, ps, to, 100) })
+			cancel()
+			wg.Wait()
+		})
+	}
+}
+
+// echoPair opens PacketConns on src and dst, dst echoing; close them with
+// the returned func. A channel id can be opened once per router.
+func echoPair(b *testing.B, src, dst *mesh.Router) (ps *PacketConn, to MeshAddr, closeFn func()) {
+	ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go echo(pd)
+	return ps, MeshAddr{dst.Name()}, func() { ps.Close(); pd.Close() }
+}
+
+func benchRTT(b *testing.B, ps *PacketConn, to MeshAddr, size int) {
+	msg := make([]byte, size)
+	buf := make([]byte, ps.MaxDatagramSize())
+	rtts := make([]time.Duration, 0, b.N)
+	lost := 0
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		if _, err := ps.WriteTo(msg, to); err != nil {
+			b.Fatal(err)
+		}
+		ps.SetReadDeadline(t0.Add(time.Second))
+		if _, _, err := ps.ReadFrom(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				lost++
+				continue
+			}
+			b.Fatal(err)
+		}
+		rtts = append(rtts, time.Since(t0))
+	}
+	b.StopTimer()
+	if len(rtts) == 0 {
+		b.Fatal("every datagram was lost")
+	}
+	slices.Sort(rtts)
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/op")
+	b.ReportMetric(float64(rtts[len(rtts)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(rtts[len(rtts)*99/100].Nanoseconds())/1e3, "p99-µs")
+	b.ReportMetric(float64(lost)/float64(b.N), "lost/op")
 }
 
 // BenchmarkDatagramThroughput: one sender, one reader, at most 512

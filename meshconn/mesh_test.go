@@ -250,39 +250,56 @@ func TestBulk64MiBThroughRelayBoundedMemory(t *testing.T) {
 	checkNoLeaks(t)
 }
 
-func TestBulkFailsWhenReceiverRouterStops(t *testing.T) {
-	_, a, _, c := memLine(t)
-	got := make(chan received, 1)
-	bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got), IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bc.Close()
-	ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ba.Close()
-	body := &countingReader{r: newPatternReader(7, 64<<20), at: 8 << 20, reached: make(chan struct{})}
-	errc := make(chan error, 1)
-	go func() { errc <- ba.Send(context.Background(), "c", nil, body) }()
-	select {
-	case <-body.reached:
-	case err := <-errc:
-		t.Fatalf("Send ended before the receiver was stopped: %v", err)
-	}
-	stopped := time.Now()
-	if err := c.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-errc:
-		if err == nil {
-			t.Fatal("Send returned nil although the receiver died half way")
-		}
-		t.Logf("Send failed %v after the receiver stopped, %d MiB read: %v", time.Since(stopped), body.read.Load()>>20, err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("Send did not fail within 20 s of the receiver stopping")
+func TestBulkFailsWhenReceiverDies(t *testing.T) {
+	for _, how := range []string{"router-stops", "link-blackholed"} {
+		t.Run(how, func(t *testing.T) {
+			nw, a, _, c := memLine(t)
+			got := make(chan received, 1)
+			bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got), IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bc.Close()
+			ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ba.Close()
+			body := &countingReader{r: newPatternReader(7, 64<<20), at: 8 << 20, reached: make(chan struct{})}
+			errc := make(chan error, 1)
+			go func() { errc <- ba.Send(context.Background(), "c", nil, body) }()
+			select {
+			case <-body.reached:
+			case err := <-errc:
+				t.Fatalf("Send ended before the receiver died: %v", err)
+			}
+			died := time.Now()
+			if how == "router-stops" {
+				if err := c.Stop(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				nw.Blackhole("b", "c") // silent: no reset, the mesh must time the link out
+			}
+			select {
+			case err := <-errc:
+				if err == nil {
+					t.Fatal("Send returned nil although the receiver died half way")
+				}
+				t.Logf("Send failed %v after the receiver died, %d MiB read: %v", time.Since(died), body.read.Load()>>20, err)
+			case <-time.After(20 * time.Second):
+				t.Fatal("Send did not fail within 20 s of the receiver dying")
+			}
+			// The receiving side, cut off, gives up too: its handler's Body fails.
+			select {
+			case r := <-got:
+				if r.err == nil {
+					t.Fatal("the receiver's handler saw a complete body")
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("the receiver did not abort its side within 20 s")
+			}
+		})
 	}
 }
 

@@ -68,6 +68,9 @@ func decodePacket(b []byte) ([]byte, error) {
 
 // ---- Bulk transfer messages ----
 //
+// A transfer moves one byte stream, meta followed by body; open announces
+// the meta's length, data chunks carry the stream by offset.
+//
 //	[0]     version (bulkVersion)
 //	[1]     type
 //	[2:6]   CRC32C of [6:]
@@ -78,7 +81,7 @@ func decodePacket(b []byte) ([]byte, error) {
 //	  data:   offset u64, flags u8 (flagFinal), streamCRC u32 (CRC32C of
 //	          the whole stream, set on the final chunk), chunk bytes
 //	  ack:    next u64 (every byte before it arrived and was verified),
-//	          limit u64 (the sender may send bytes below it),
+//	          limit u64 (the sender may start chunks below it),
 //	          flags u8 (flagGap: a chunk after a hole arrived)
 //	  ping:   empty
 //	  done:   total u64 (stream length the receiver accepted)
@@ -145,19 +148,14 @@ func bulkBodyMin(typ uint8) int {
 }
 
 func bulkBodyLen(m *bulkMsg) int {
+	n := bulkBodyMin(m.typ)
 	switch m.typ {
-	case bulkTypeOpen:
-		return 4
 	case bulkTypeData:
-		return 8 + 1 + 4 + len(m.chunk)
-	case bulkTypeAck:
-		return 8 + 8 + 1
-	case bulkTypeDone:
-		return 8
+		n += len(m.chunk)
 	case bulkTypeReject, bulkTypeCancel:
-		return 1 + min(len(m.reason), maxReasonLen)
+		n += min(len(m.reason), maxReasonLen)
 	}
-	return 0
+	return n
 }
 
 // encodeBulk returns a fresh datagram for m.

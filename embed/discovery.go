@@ -234,6 +234,8 @@ type discovery struct {
 	lg    *zap.Logger
 	self  mesh.PeerName
 	token string
+	// conflictGrace is discoveryConflictGrace; tests shorten it.
+	conflictGrace time.Duration
 
 	mu      sync.Mutex
 	state   announcements // everything heard, any token
@@ -245,8 +247,9 @@ func newDiscovery(lg *zap.Logger, own announcement, start time.Time) *discovery 
 	own.Version = uint64(start.UnixNano())
 	own.Seen = []mesh.PeerName{own.Peer}
 	return &discovery{
-		lg:      lg,
-		self:    own.Peer,
+		lg:            lg,
+		conflictGrace: discoveryConflictGrace,
+		self:          own.Peer,
 		token:   own.Token,
 		state:   announcements{own.Peer: &own},
 		changed: make(chan struct{}, 1),
@@ -379,7 +382,7 @@ func (d *discovery) run(ctx context.Context, n int) (decision, announcements, er
 		case decideTooMany:
 			if tooManySince.IsZero() {
 				tooManySince = time.Now()
-			} else if time.Since(tooManySince) > discoveryConflictGrace {
+			} else if time.Since(tooManySince) > d.conflictGrace {
 				return dec, nil, fmt.Errorf("%w: %s; start exactly --discovery-size members, or add members to a running cluster with --join", ErrDiscoveryTooMany, dec.reason)
 			}
 		default:

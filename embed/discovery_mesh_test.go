@@ -2,6 +2,7 @@ package embed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -34,32 +35,77 @@ func TestDiscoveryRandomStartsMemnet(t *testing.T) {
 	}
 }
 
+// TestDiscoveryTooManyNeverSplits starts n+1 members for a size-n cluster
+// over memnet routers, in random orders. The agreement cannot always pick
+// n of them, but it must never be unsafe: every member that bootstraps does
+// so with the same n-member set; the others join that cluster or give up
+// with ErrDiscoveryTooMany.
+func TestDiscoveryTooManyNeverSplits(t *testing.T) {
+	for trial := range 20 {
+		seed := uint64(7000 + trial)
+		res, err := runDiscovery(t, 4, 3, seed)
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		var set []mesh.PeerName
+		for i, r := range res {
+			switch {
+			case r.err != nil:
+				if !errors.Is(r.err, ErrDiscoveryTooMany) {
+					t.Fatalf("trial %d member %d: %v", trial, i, r.err)
+				}
+			case r.dec.kind == decideBootstrap:
+				if len(r.dec.set) != 3 || set != nil && !slices.Equal(set, r.dec.set) {
+					t.Fatalf("trial %d: member %d bootstrapped [%s], another [%s]", trial, i, joinNames(r.dec.set), joinNames(set))
+				}
+				set = r.dec.set
+			case r.dec.kind == decideJoin:
+			default:
+				t.Fatalf("trial %d member %d: %s", trial, i, r.dec)
+			}
+		}
+	}
+}
+
+type discoveryResult struct {
+	dec  decision
+	view announcements
+	err  error
+}
+
 func discoveryTrial(t *testing.T, n int, seed uint64) error {
+	results, err := runDiscovery(t, n, n, seed)
+	if err != nil {
+		return err
+	}
+	return checkSameBootstrap(results, n)
+}
+
+// runDiscovery starts members routers on memnet in a random order, with
+// random delays and a random tree of seeds, runs discovery for a size-n
+// cluster on each, and returns what each decided.
+func runDiscovery(t *testing.T, members, n int, seed uint64) ([]discoveryResult, error) {
+	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, seed))
 	nw := memnet.New()
 	host := func(i int) string { return fmt.Sprintf("10.1.0.%d", i+1) }
 	// Seeds form a random tree (each member names one member earlier in a
 	// random permutation), so the mesh is connected, as --peers promises.
-	perm := rng.Perm(n)
-	seedOf := make([]string, n)
-	for k := 1; k < n; k++ {
+	perm := rng.Perm(members)
+	seedOf := make([]string, members)
+	for k := 1; k < members; k++ {
 		seedOf[perm[k]] = host(perm[rng.IntN(k)]) + ":2380"
 	}
-	start := rng.Perm(n)
-	delays := make([]time.Duration, n)
+	start := rng.Perm(members)
+	delays := make([]time.Duration, members)
 	for i := range delays {
 		delays[i] = time.Duration(rng.IntN(40)) * time.Millisecond
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	type result struct {
-		dec  decision
-		view announcements
-		err  error
-	}
-	results := make([]result, n)
-	routers := make([]*mesh.Router, n)
+	results := make([]discoveryResult, members)
+	routers := make([]*mesh.Router, members)
 	defer func() {
 		for _, r := range routers {
 			if r != nil {
@@ -84,16 +130,17 @@ func discoveryTrial(t *testing.T, n int, seed uint64) error {
 		}
 		r, err := mesh.New(mc)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		d := newDiscovery(zap.NewNop(), announcement{
 			Peer: mc.Name, Name: fmt.Sprintf("m%d", i), PeerURLs: []string{"http://" + string(mc.Name)}, Token: "tok",
 		}, time.Now())
+		d.conflictGrace = time.Second
 		if err := d.register(r); err != nil {
-			return err
+			return nil, err
 		}
 		if err := r.Start(ctx); err != nil {
-			return err
+			return nil, err
 		}
 		mu.Lock()
 		routers[i] = r
@@ -106,11 +153,16 @@ func discoveryTrial(t *testing.T, n int, seed uint64) error {
 				// What StartMember announces before it starts kvstore.
 				d.update(func(a *announcement) { a.Initial = dec.set })
 			}
-			results[i] = result{dec, view, err}
+			results[i] = discoveryResult{dec, view, err}
 		}()
 	}
 	wg.Wait()
+	return results, nil
+}
 
+// checkSameBootstrap: every member bootstrapped the same n-member set and
+// derives the same cluster id from it.
+func checkSameBootstrap(results []discoveryResult, n int) error {
 	var want []mesh.PeerName
 	var wantCID types.ID
 	for i, r := range results {

@@ -250,9 +250,9 @@ func newDiscovery(lg *zap.Logger, own announcement, start time.Time) *discovery 
 		lg:            lg,
 		conflictGrace: discoveryConflictGrace,
 		self:          own.Peer,
-		token:   own.Token,
-		state:   announcements{own.Peer: &own},
-		changed: make(chan struct{}, 1),
+		token:         own.Token,
+		state:         announcements{own.Peer: &own},
+		changed:       make(chan struct{}, 1),
 	}
 }
 

@@ -163,9 +163,21 @@ func TestClusterJoinFlag(t *testing.T) {
 	c := StartCluster(t, ClusterOptions{})
 	c.WaitHealthy(t)
 	m := c.StartExtra(t, nil, true, "--join", "--peers", strings.TrimPrefix(c.Members[1].PeerURL, "http://"))
+	begin := time.Now()
+	waitVoters(t, c, 4)
+	t.Logf("joined member promoted to voter %v after it was ready", time.Since(begin).Round(time.Millisecond))
 	if _, err := c.Client(t, m.Idx).Put(ctx(t), "joined", "1"); err != nil {
 		t.Fatalf("put via joined member: %v", err)
 	}
+	// The joined member survives a restart (it recovers from its data dir).
+	m.Kill()
+	c.Restart(m.Idx)
+	c.WaitHealthy(t)
+}
+
+// waitVoters waits until member list shows n members, none a learner.
+func waitVoters(t testing.TB, c *Cluster, n int) {
+	t.Helper()
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		ml := ctlMemberList(t, c, 0)
@@ -175,18 +187,14 @@ func TestClusterJoinFlag(t *testing.T) {
 				voters++
 			}
 		}
-		if len(ml) == 4 && voters == 4 {
-			break
+		if len(ml) == n && voters == n {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("joined member not promoted within %v: %+v", readyTimeout, ml)
+			t.Fatalf("not %d voters within %v: %+v", n, readyTimeout, ml)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// The joined member survives a restart (it recovers from its data dir).
-	m.Kill()
-	c.Restart(m.Idx)
-	c.WaitHealthy(t)
 }
 
 // --discovery-size 3 --peers: members that know only one other member

@@ -205,3 +205,50 @@ func TestClusterConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestRestartIgnoresBootstrapFlags: a member restarted on its data
+// directory with its original (discovery) flags recovers from its WAL
+// instead of discovering again.
+func TestRestartIgnoresBootstrapFlags(t *testing.T) {
+	c := startTestCluster(t, 3, ClusterOptions{Discovery: true})
+	ctx := clusterCtx(t)
+	m0 := c.Members()[0]
+	cid := m0.Server().ClusterID()
+	if _, err := c.Client().Put(ctx, "before", "restart"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m0.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := m0.Config()
+	if cfg.DiscoverySize != 3 {
+		t.Fatalf("config lost its discovery size: %+v", cfg)
+	}
+	m, err := c.StartMember(ctx, cfg)
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if m.Server().ClusterID() != cid || m.Server().MemberID() != m0.Server().MemberID() {
+		t.Fatalf("restarted as %s in %s, was %s in %s", m.Server().MemberID(), m.Server().ClusterID(), m0.Server().MemberID(), cid)
+	}
+	cli, err := m.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if r, err := cli.Get(ctx, "before"); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("get after restart: %v %v", err, r)
+	}
+}
+
+func TestStartClusterLoopback(t *testing.T) {
+	c := startTestCluster(t, 3, ClusterOptions{Loopback: true, MeshPassword: "secret", Token: "loop"})
+	checkOneCluster(t, c, 3)
+	st := c.Members()[0].MeshStatus()
+	if !st.Encrypted || st.ClusterLabel != "loop" || !strings.HasPrefix(string(st.Name), "127.0.0.1:") {
+		t.Fatalf("mesh status %+v", st)
+	}
+	if _, err := c.Client().Put(clusterCtx(t), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+}

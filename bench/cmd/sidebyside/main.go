@@ -529,7 +529,7 @@ func (s *state) writeResults() error {
 		}
 	}
 	if len(s.profiles) > 0 {
-		fmt.Fprintf(f, "\n## Profiles (%s, %ds, member m0)\n\n", c.profileWorkload, c.profileSeconds)
+		fmt.Fprintf(f, "\n## Profiles (%s, %ds, of the Raft leader)\n\n", c.profileWorkload, c.profileSeconds)
 		for _, p := range s.profiles {
 			if rel, err := filepath.Rel(s.outDir, p); err == nil {
 				p = rel

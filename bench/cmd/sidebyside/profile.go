@@ -50,7 +50,8 @@ func (s *state) profileOne(ctx context.Context, sys *system, w *workload, total 
 		return fmt.Errorf("start with --enable-pprof: %w", err)
 	}
 	defer cl.stop()
-	base := cl.members[0].clientURL() + "/debug/pprof/"
+	target := cl.leader(ctx)
+	base := target.clientURL() + "/debug/pprof/"
 	// Fail fast when the server has no pprof handler.
 	if err := httpGet(ctx, base+"cmdline", io.Discard, 5*time.Second); err != nil {
 		return fmt.Errorf("no /debug/pprof: %w", err)
@@ -58,7 +59,7 @@ func (s *state) profileOne(ctx context.Context, sys *system, w *workload, total 
 	cpuPath := filepath.Join(dir, sys.name+"-cpu-"+w.name+".pb.gz")
 	heapPath := filepath.Join(dir, sys.name+"-heap-"+w.name+".pb.gz")
 
-	logf("[profile] %s: %ds CPU profile under %s", sys.name, s.cfg.profileSeconds, w.name)
+	logf("[profile] %s: %ds CPU profile of %s (leader) under %s", sys.name, s.cfg.profileSeconds, target.name, w.name)
 	done := make(chan error, 1)
 	go func() {
 		f, err := os.Create(cpuPath)

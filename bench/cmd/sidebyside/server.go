@@ -235,6 +235,25 @@ func (c *cluster) formed(ctx context.Context, cli *clientv3.Client) error {
 	return nil
 }
 
+// leader returns the member that is the Raft leader now (the first member if that
+// cannot be told).
+func (c *cluster) leader(ctx context.Context) *member {
+	cli, err := newClient(c.endpoints())
+	if err != nil {
+		return c.members[0]
+	}
+	defer cli.Close()
+	for _, m := range c.members {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := cli.Status(sctx, m.endpoint())
+		cancel()
+		if err == nil && st.Header != nil && st.Leader != 0 && st.Header.MemberId == st.Leader {
+			return m
+		}
+	}
+	return c.members[0]
+}
+
 func (c *cluster) endpoints() []string {
 	var eps []string
 	for _, m := range c.members {

@@ -104,6 +104,9 @@ func (s *Server) applyEntries(ents []*raftpb.Entry) error {
 			// log we did not write.
 			return fmt.Errorf("unsupported raft entry type %s at index %d", e.GetType(), e.GetIndex())
 		}
+		if shouldApplyV3 {
+			s.pruneDedupe(e.GetIndex())
+		}
 		s.appliedIndex.Store(e.GetIndex())
 		s.appliedTerm.Store(e.GetTerm())
 	}
@@ -129,7 +132,13 @@ func (s *Server) applyEntryNormal(e *raftpb.Entry, shouldApplyV3 membership.Shou
 		}
 		return
 	}
+	if bool(shouldApplyV3) && s.isDuplicate(e.Data, e.GetIndex()) {
+		return
+	}
 	ar, id := apply.Apply(s.lg, e, s.uberApply, s.w, shouldApplyV3)
+	if shouldApplyV3 {
+		s.flushPending()
+	}
 	if !shouldApplyV3 || ar == nil {
 		return
 	}
@@ -269,7 +278,8 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 	if err := s.kv.Restore(newbe); err != nil {
 		return fmt.Errorf("restore mvcc from snapshot %d: %w", idx, err)
 	}
-	newbe.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook())
+	newbe.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook(newbe))
+	s.dd.seen = loadDedupe(newbe)
 	alarms, err := v3alarm.NewAlarmStore(lg, schema.NewAlarmBackend(lg, newbe))
 	if err != nil {
 		return fmt.Errorf("restore alarms from snapshot: %w", err)

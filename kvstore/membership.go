@@ -212,6 +212,7 @@ func (s *Server) configure(ctx context.Context, cc *raftpb.ConfChange) ([]*Membe
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.requestTimeout())
 	defer cancel()
+	leaderChanged, routeChanged := s.proposalLossNotify()
 	if err := s.r.ProposeConfChange(cctx, cc); err != nil {
 		s.w.Trigger(cc.GetId(), nil)
 		if cctx.Err() != nil {
@@ -219,22 +220,37 @@ func (s *Server) configure(ctx context.Context, cc *raftpb.ConfChange) ([]*Membe
 		}
 		return nil, err
 	}
-	select {
-	case x := <-ch:
-		resp, ok := x.(*confChangeResponse)
-		if !ok {
+	for retries := 0; ; {
+		select {
+		case x := <-ch:
+			resp, ok := x.(*confChangeResponse)
+			if !ok {
+				return nil, servererrors.ErrStopped
+			}
+			s.lg.Info("applied a configuration change through raft",
+				zap.String("raft-conf-change", cc.GetType().String()),
+				zap.String("raft-conf-change-node-id", types.ID(cc.GetNodeId()).String()))
+			return resp.members, resp.err
+		case <-leaderChanged:
+		case <-routeChanged:
+		case <-cctx.Done():
+			s.w.Trigger(cc.GetId(), nil)
+			return nil, s.parseProposeCtxErr(cctx.Err(), start)
+		case <-s.stopping:
+			s.w.Trigger(cc.GetId(), nil)
 			return nil, servererrors.ErrStopped
 		}
-		s.lg.Info("applied a configuration change through raft",
-			zap.String("raft-conf-change", cc.GetType().String()),
-			zap.String("raft-conf-change-node-id", types.ID(cc.GetNodeId()).String()))
-		return resp.members, resp.err
-	case <-cctx.Done():
-		s.w.Trigger(cc.GetId(), nil)
-		return nil, s.parseProposeCtxErr(cctx.Err(), start)
-	case <-s.stopping:
-		s.w.Trigger(cc.GetId(), nil)
-		return nil, servererrors.ErrStopped
+		// The proposal may have been lost (see processInternalRaftRequestOnce).
+		// A second copy that commits too is refused when applied (the
+		// member exists, is removed or is no learner any more) and nobody
+		// waits for its answer; an update applies the same change again.
+		leaderChanged, routeChanged = s.proposalLossNotify()
+		if retries < maxProposalRetries && time.Since(start) < maxRetryAge {
+			retries++
+			if err := s.r.ProposeConfChange(cctx, cc); err != nil {
+				s.lg.Debug("re-proposing a configuration change failed", zap.Error(err))
+			}
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -65,6 +66,8 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.requestTimeout())
 	defer cancel()
+	// Taken before proposing, so a change while the proposal travels counts.
+	leaderChanged, routeChanged := s.proposalLossNotify()
 	if err := s.r.Propose(cctx, data); err != nil {
 		s.metrics.proposalsFailed.Inc()
 		s.w.Trigger(id, nil) // free the waiter
@@ -75,21 +78,55 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 	}
 	s.metrics.proposalsPend.Inc()
 	defer s.metrics.proposalsPend.Dec()
-	select {
-	case x := <-ch:
-		if x == nil {
-			// Only Stop-time cleanup triggers nil for a live request.
+	retries := 0
+	for {
+		select {
+		case x := <-ch:
+			if x == nil {
+				// Only Stop-time cleanup triggers nil for a live request.
+				return nil, servererrors.ErrStopped
+			}
+			return x.(*apply.Result), nil
+		case <-leaderChanged:
+		case <-routeChanged:
+		case <-cctx.Done():
+			s.metrics.proposalsFailed.Inc()
+			s.w.Trigger(id, nil)
+			return nil, s.parseProposeCtxErr(cctx.Err(), start)
+		case <-s.stopping:
+			s.w.Trigger(id, nil)
 			return nil, servererrors.ErrStopped
 		}
-		return x.(*apply.Result), nil
-	case <-cctx.Done():
-		s.metrics.proposalsFailed.Inc()
-		s.w.Trigger(id, nil)
-		return nil, s.parseProposeCtxErr(cctx.Err(), start)
-	case <-s.stopping:
-		s.w.Trigger(id, nil)
-		return nil, servererrors.ErrStopped
+		// The leader or a mesh route changed: our proposal may have been
+		// lost on the way (raft never resends one). Propose it again; if
+		// both copies commit, the later one is skipped at apply (dedupe.go).
+		leaderChanged, routeChanged = s.proposalLossNotify()
+		if retries < maxProposalRetries && time.Since(start) < maxRetryAge {
+			retries++
+			if err := s.r.Propose(cctx, data); err != nil {
+				s.lg.Debug("re-proposing a pending request failed", zap.Uint64("request-id", id), zap.Error(err))
+			}
+		}
 	}
+}
+
+const (
+	// maxProposalRetries bounds re-proposals of one request.
+	maxProposalRetries = 3
+	// maxRetryAge: a request is re-proposed only this soon after it was
+	// first proposed, which keeps every copy well inside dedupeWindow.
+	maxRetryAge = 3 * time.Second
+)
+
+// proposalLossNotify returns channels closed at the next leader change and,
+// over the mesh, the next route change: the events after which a pending
+// proposal may have been lost.
+func (s *Server) proposalLossNotify() (leader, route <-chan struct{}) {
+	leader = s.r.LeaderChangedNotify()
+	if s.tr != nil {
+		route = s.tr.RouteChangedNotify()
+	}
+	return leader, route
 }
 
 // parseProposeCtxErr maps a proposal's context error like etcd does.

@@ -73,6 +73,8 @@ type Server struct {
 	// bootPeers are the members a joining member learned before applying
 	// any membership; immutable after New.
 	bootPeers map[types.ID][]string
+	// dd deduplicates retried requests at apply (apply goroutine only).
+	dd dedupe
 	// stopErr says why the member stopped by itself (removed, raft failed).
 	stopErr  atomic.Pointer[error]
 	w        wait.Wait
@@ -195,6 +197,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		s.be = be
 	}
 
+	s.dd.seen = loadDedupe(be)
+
 	raftCfg := raftnode.Config{
 		Logger:                 lg,
 		WALDir:                 cfg.walDir(),
@@ -311,7 +315,7 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	s.uberApply = s.newUberApplier()
 	s.lessor.SetCheckpointer(s.checkpointLease)
 	// Installed last so no constructor above runs it (etcd-reuse §7.2).
-	be.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook())
+	be.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook(be))
 
 	s.read = read.NewRead(readServer{s}, s.r)
 	if err := s.r.Start(applier{s}); err != nil {
@@ -453,14 +457,16 @@ func (s *Server) newUberApplier() apply.UberApplier {
 }
 
 // txPostLockInsideApplyHook moves the applying index into the consistent
-// index once an apply takes the batch lock, so the index lands in the same
-// bbolt commit as the data (etcd-reuse §2.1).
-func (s *Server) txPostLockInsideApplyHook() func() {
+// index once an apply takes be's batch lock, so the index lands in the same
+// bbolt commit as the data (etcd-reuse §2.1), and with them the record of
+// the request being applied (dedupe.go).
+func (s *Server) txPostLockInsideApplyHook(be backend.Backend) func() {
 	return func() {
 		applyingIdx, applyingTerm := s.ci.ConsistentApplyingIndex()
 		if applyingIdx > s.ci.UnsafeConsistentIndex() {
 			s.ci.SetConsistentIndex(applyingIdx, applyingTerm)
 		}
+		s.recordPending(be.BatchTx(), applyingIdx)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
+	"go.etcd.io/etcd/pkg/v3/notify"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -130,6 +131,8 @@ type MeshTransport struct {
 	// removedTold rate-limits OnRemovedSender per sender (readLoop only).
 	removedTold map[uint64]time.Time
 	onRemoved   func(id uint64, peer mesh.PeerName)
+	// routeChanged is notified on every route event.
+	routeChanged *notify.Notifier
 
 	// Counters (see Stats).
 	sent, sendFailed, received, malformed, misaddressed atomic.Uint64
@@ -166,7 +169,7 @@ func NewMeshTransport(cfg MeshTransportConfig) (*MeshTransport, error) {
 		cfg.BulkChannel = meshconn.DefaultBulkChannel
 	}
 	t := &MeshTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, names: map[uint64]mesh.PeerName{}, since: map[mesh.PeerName]time.Time{},
-		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender}
+		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier()}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})
 	if err != nil {
@@ -230,6 +233,12 @@ func (t *MeshTransport) ActiveSince(peer mesh.PeerName) time.Time {
 	defer t.mu.Unlock()
 	return t.since[peer]
 }
+
+// RouteChangedNotify returns a channel closed at the next change of any
+// mesh route (a peer became reachable or unreachable, or its next hop
+// changed). Datagrams in flight on a route that died are lost; kvstore
+// re-proposes pending requests then (their duplicates are skipped at apply).
+func (t *MeshTransport) RouteChangedNotify() <-chan struct{} { return t.routeChanged.Receive() }
 
 // Stats returns the traffic counters.
 func (t *MeshTransport) Stats() MeshTransportStats {
@@ -354,6 +363,7 @@ func (t *MeshTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()
 			if !ok {
 				return
 			}
+			t.routeChanged.Notify()
 			t.mu.Lock()
 			if ev.Reachable {
 				if _, ok := t.since[ev.Peer]; !ok {

@@ -64,7 +64,7 @@ func TestClusterRefusesWrongTokenOrSecret(t *testing.T) {
 			p.t = t
 			p.start()
 			// Meanwhile the cluster keeps taking writes.
-			end := time.Now().Add(8 * time.Second)
+			end := time.Now().Add(5 * time.Second)
 			writes := 0
 			for time.Now().Before(end) {
 				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -70,9 +70,11 @@ type ClusterOptions struct {
 	NoWait bool
 }
 
-// Member is one cluster member process.
+// Member is one cluster member: a process, or an in-process embed member
+// (InProc, Proc nil).
 type Member struct {
 	*Proc
+	InProc    bool
 	c         *Cluster
 	Idx       int
 	Name      string
@@ -92,6 +94,9 @@ type Cluster struct {
 }
 
 func (c *Cluster) kind() string {
+	if c.Bin == "" {
+		return "meshetcd in-process"
+	}
 	if c.Bin == bins.etcd {
 		return "etcd"
 	}
@@ -174,11 +179,19 @@ func StartCluster(t testing.TB, o ClusterOptions) *Cluster {
 	return c
 }
 
+// running reports whether the member is up (in-process members always are).
+func (m *Member) running() bool {
+	if m.InProc {
+		return true
+	}
+	return m.Proc != nil && !m.Exited()
+}
+
 // WaitReady waits for the ready line of every running member.
 func (c *Cluster) WaitReady() {
 	c.t.Helper()
 	for _, m := range c.Members {
-		if m.Proc != nil && !m.Exited() {
+		if !m.InProc && m.running() {
 			m.waitReady()
 		}
 	}
@@ -271,7 +284,7 @@ func (c *Cluster) statusClient(i int) *clientv3.Client {
 func (c *Cluster) Leader() int {
 	votes := map[uint64]int{}
 	for i, m := range c.Members {
-		if m.Proc == nil || m.Exited() {
+		if !m.running() {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -298,7 +311,7 @@ func (c *Cluster) WaitLeader(t testing.TB) int {
 	t.Helper()
 	deadline := time.Now().Add(readyTimeout)
 	for time.Now().Before(deadline) {
-		if l := c.Leader(); l >= 0 && !c.Members[l].Exited() {
+		if l := c.Leader(); l >= 0 && c.Members[l].running() {
 			return l
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -326,7 +339,7 @@ func (c *Cluster) WaitHealthy(t testing.TB) {
 func (c *Cluster) healthy() error {
 	var leader uint64
 	for i, m := range c.Members {
-		if m.Proc == nil || m.Exited() {
+		if !m.running() {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)

@@ -134,7 +134,7 @@ func TestClusterLeaseKeepAliveThroughFollower(t *testing.T) {
 			}
 		}()
 		lcli := c.Client(t, l)
-		hold := time.Now().Add(4 * ttl * time.Second)
+		hold := time.Now().Add(3 * ttl * time.Second)
 		for time.Now().Before(hold) {
 			r, err := lcli.Get(ctx(t), "leased")
 			if err != nil {

@@ -119,6 +119,7 @@ func TestFaultsPartitionLinearizable(t *testing.T) {
 			t.Errorf("new leader after %v, want < %v", took, electionBound)
 		}
 		w.WaitProgress(t, 200)
+		time.Sleep(2 * time.Second) // keep the partition a while (fault duration, not an assertion)
 		lab.HealAll()
 		c.WaitHealthy(t)
 		w.WaitProgress(t, 100)

@@ -221,7 +221,7 @@ func (w *workload) Check(t testing.TB) {
 	w.Stop()
 	w.c.WaitHealthy(t)
 	for i, m := range w.c.Members {
-		if m.Proc == nil || m.Exited() {
+		if !m.running() {
 			continue
 		}
 		cli := w.c.statusClient(i)
@@ -276,7 +276,7 @@ func (c *Cluster) checkHashes(t testing.TB) {
 	hashes := map[string]uint32{}
 	deadline := time.Now().Add(readyTimeout)
 	for i, m := range c.Members {
-		if m.Proc == nil || m.Exited() {
+		if !m.running() {
 			continue
 		}
 		for {

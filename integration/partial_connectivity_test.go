@@ -258,7 +258,7 @@ func cutWindow() time.Duration {
 	if soak() {
 		return 2 * time.Minute
 	}
-	return 10 * time.Second
+	return 6 * time.Second
 }
 
 // runPartial starts a cluster of n in namespaces, makes member 0 the

@@ -1,0 +1,158 @@
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/meshetcd/meshetcd/embed"
+)
+
+// In-process clusters (embed.StartCluster) on the in-memory network
+// mesh/memnet, with its fault injection: the partial-connectivity promises
+// and the linearizability check without root or network namespaces.
+
+// startInProcess starts n members in this process and wraps them in the
+// harness's Cluster (clients, leader lookup, status polling).
+func startInProcess(t testing.TB, n int, opts embed.ClusterOptions) (*embed.Cluster, *Cluster) {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	ec, err := embed.StartCluster(sctx, n, opts)
+	if err != nil {
+		t.Fatalf("embed.StartCluster(%d): %v", n, err)
+	}
+	t.Cleanup(func() {
+		if err := ec.Close(); err != nil {
+			t.Errorf("closing in-process cluster: %v", err)
+		}
+	})
+	c := &Cluster{t: t, dir: t.TempDir()}
+	for i, m := range ec.Members() {
+		c.Members = append(c.Members, &Member{c: c, Idx: i, Name: m.Name(), InProc: true,
+			ClientURL: m.ClientURLs()[0].String(), PeerURL: m.PeerURLs()[0].String()})
+	}
+	c.WaitLeader(t)
+	return ec, c
+}
+
+func runPartialInProcess(t *testing.T, n int, cut func(ec *embed.Cluster)) connFigures {
+	ec, c := startInProcess(t, n, embed.ClusterOptions{})
+	c.WaitHealthy(t)
+	makeLeader(t, c, 0)
+	c.WaitHealthy(t)
+	mon := startConnMonitor(t, c)
+	mon.waitWrites(t)
+	mon.reset()
+	cut(ec)
+	time.Sleep(cutWindow()) // the measurement window, not an assertion
+	mon.Stop()
+	f := mon.figures()
+	t.Logf("in-process (memnet), %d members, during the cut (%v): %v", n, cutWindow(), f)
+	ec.HealAll()
+	c.WaitHealthy(t)
+	return f
+}
+
+// A–B–C with A–C cut (a firewall: connections reset) and A the leader.
+func TestPartialInProcessTriangleCut(t *testing.T) {
+	assertPartial(t, runPartialInProcess(t, 3, func(ec *embed.Cluster) { ec.Cut(0, 2) }))
+}
+
+// The same with a silent link (memnet blackhole: data accepted, never
+// delivered): the mesh must detect it and route around, not black-hole.
+func TestPartialInProcessTriangleBlackhole(t *testing.T) {
+	assertPartial(t, runPartialInProcess(t, 3, func(ec *embed.Cluster) {
+		ec.Network().Blackhole(ec.HostName(0), ec.HostName(2))
+	}))
+}
+
+// Five members in a line with the leader at one end.
+func TestPartialInProcessLineOfFive(t *testing.T) {
+	assertPartial(t, runPartialInProcess(t, 5, func(ec *embed.Cluster) {
+		for a := 0; a < 5; a++ {
+			for b := a + 2; b < 5; b++ {
+				ec.Cut(a, b)
+			}
+		}
+	}))
+}
+
+// A new member that reaches only one member joins (embed Join through a
+// member whose links to the others are the only path) and serves.
+func TestPartialInProcessJoinThroughOneMember(t *testing.T) {
+	ec, c := startInProcess(t, 3, embed.ClusterOptions{})
+	c.WaitHealthy(t)
+	cfg, err := ec.NewMemberConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The new member's host (index 3) can reach only member 2.
+	ec.Network().Cut(ec.HostName(3), ec.HostName(0))
+	ec.Network().Cut(ec.HostName(3), ec.HostName(1))
+	cfg.Join = true
+	cfg.Peers = []string{ec.Members()[2].PeerAddr()}
+	sctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	m, err := ec.StartMember(sctx, cfg)
+	if err != nil {
+		t.Fatalf("join through one member: %v", err)
+	}
+	c.Members = append(c.Members, &Member{c: c, Idx: 3, Name: m.Name(), InProc: true,
+		ClientURL: m.ClientURLs()[0].String(), PeerURL: m.PeerURLs()[0].String()})
+	waitVoters(t, c, 4)
+	if _, err := c.Client(t, 3).Put(ctx(t), "joined", "1"); err != nil {
+		t.Fatalf("put via the joined member: %v", err)
+	}
+	c.WaitHealthy(t)
+}
+
+// Partitions on memnet under the linearizability workload: the leader cut
+// off from the majority, then a follower, then a link cut.
+func TestFaultsInProcessPartitionLinearizable(t *testing.T) {
+	ec, c := startInProcess(t, 3, embed.ClusterOptions{})
+	c.WaitHealthy(t)
+	w := startWorkload(t, c, 6, 8, 5*time.Second)
+	w.WaitProgress(t, 200)
+
+	l := c.WaitLeader(t)
+	var rest []int
+	for i := range c.Members {
+		if i != l {
+			rest = append(rest, i)
+		}
+	}
+	ec.Partition([]int{l}, rest)
+	nl, took := waitNewLeader(t, c, l)
+	t.Logf("leader %s partitioned away: new leader %s after %v", c.Members[l].Name, c.Members[nl].Name, took.Round(time.Millisecond))
+	if took > electionBound {
+		t.Errorf("new leader after %v, want < %v", took, electionBound)
+	}
+	w.WaitProgress(t, 200)
+	time.Sleep(2 * time.Second) // keep the partition a while (fault duration, not an assertion)
+	ec.HealAll()
+	c.WaitHealthy(t)
+
+	f := follower(c, c.WaitLeader(t))
+	var others []int
+	for i := range c.Members {
+		if i != f {
+			others = append(others, i)
+		}
+	}
+	ec.Partition([]int{f}, others)
+	w.WaitProgress(t, 200)
+	ec.HealAll()
+	c.WaitHealthy(t)
+
+	l = c.WaitLeader(t)
+	ec.Cut(l, follower(c, l))
+	w.WaitProgress(t, 200)
+	ec.HealAll()
+	c.WaitHealthy(t)
+	w.WaitProgress(t, 100)
+	w.Check(t)
+}

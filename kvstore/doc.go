@@ -47,6 +47,15 @@
 //     the leader finds us caught up (Match ≥ 90 % of its own, started
 //     voters keep a quorum).
 //
+// Raft never resends a proposal the network lost, and a follower's
+// forwarded proposal is lost when the mesh link it was queued on dies
+// silently. So a pending request is proposed again (at most 3 times, within
+// 3 s) when the leader or a mesh route changes; when both copies commit,
+// every member applies the first and skips the later one, deciding from a
+// request-id record (bucket meshetcd_requests) written in the same bbolt
+// commit as the entry's consistent index and pruned at fixed log indexes
+// (dedupe.go), so restarted and snapshot-restored members decide alike.
+//
 // Membership changes follow etcd: conf changes return once applied, strict
 // reconfiguration checks (unless DisableStrictReconfigCheck) count started
 // members from the membership and active ones from mesh reachability held

@@ -267,7 +267,8 @@ func (c *Config) Validate() error {
 		if u.Scheme != "http" {
 			return fmt.Errorf("--initial-advertise-peer-urls %q: only http:// peer URLs are supported: peer traffic runs over the mesh, which encrypts and authenticates with --mesh-password-file (or MESHETCD_MESH_PASSWORD) instead of TLS", u.String())
 		}
-		if u.Port() == "0" && (c.DiscoverySize > 0 || c.Join || c.InitialClusterState == ClusterStateExisting || strings.Contains(c.InitialCluster, ",")) {
+		// ("existing" with port 0 is checked at start: a restart ignores it.)
+		if u.Port() == "0" && (c.DiscoverySize > 0 || c.Join || strings.Contains(c.InitialCluster, ",")) {
 			return fmt.Errorf("--initial-advertise-peer-urls %q: the port must be fixed in a multi-member cluster (it is part of the member's identity in the mesh and in the member id)", u.String())
 		}
 	}

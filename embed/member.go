@@ -69,6 +69,13 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		lg.Warn("'data-dir' was empty; using default", zap.String("data-dir", dataDir))
 	}
 	hasWAL := wal.Exist(filepath.Join(dataDir, "member", "wal"))
+	if !hasWAL && cfg.InitialClusterState == ClusterStateExisting {
+		for _, u := range cfg.AdvertisePeerURLs {
+			if u.Port() == "0" {
+				return nil, fmt.Errorf("--initial-advertise-peer-urls %q: the port must be fixed to join an existing cluster (it is part of the member's identity in the mesh and in the member id)", u.String())
+			}
+		}
+	}
 	if err := resolvePeerPortZero(&cfg); err != nil {
 		return nil, err
 	}

@@ -61,9 +61,11 @@ func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram 
 	// timeout so it reroutes before raft suspects the leader: detection
 	// (DeadTimeout + one heartbeat) at about 3/4 of the election timeout,
 	// which gives the mesh's own defaults for etcd's default 1 s. Longer
-	// election timeouts (WANs) get proportionally more patient links.
-	if cfg.ElectionTimeout > DefaultElectionTimeout {
-		mc.DeadTimeout = cfg.ElectionTimeout * 6 / 10
+	// election timeouts (WANs) get proportionally more patient links;
+	// shorter ones faster detection, down to a floor below which a busy
+	// machine would tear down healthy links.
+	if cfg.ElectionTimeout != DefaultElectionTimeout {
+		mc.DeadTimeout = max(cfg.ElectionTimeout*6/10, minMeshDeadTimeout)
 		mc.HeartbeatInterval = mc.DeadTimeout / 4
 	}
 	mc.MaxDatagramSize = max(mc.MaxDatagramSize, datagram)
@@ -83,6 +85,10 @@ func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram 
 // meshDatagramSize is the datagram limit raft needs for this config.
 func meshDatagramSize(kc kvstore.Config) int { return kvstore.MeshMaxDatagramSize(kc) }
 
-// startTimeout bounds how long a member waits for the router to start
+// minMeshDeadTimeout is the shortest dead-link timeout derived from a short
+// election timeout.
+const minMeshDeadTimeout = 300 * time.Millisecond
+
+// routerStartTimeout bounds how long a member waits for the router to start
 // listening (not for peers).
 const routerStartTimeout = 10 * time.Second

@@ -142,7 +142,13 @@ func (c *Cluster) procFor(m *Member, args []string) *Proc {
 		args = append([]string{"netns", "exec", m.Host.NS, bin}, args...)
 		bin = "ip"
 	}
-	return &Proc{t: c.t, bin: bin, args: args, env: cleanEnv(), dir: c.dir, DataDir: filepath.Join(c.dir, m.Name+".data")}
+	var env []string // without the test's own MESHETCD_* settings (meshetcd reads MESHETCD_*)
+	for _, kv := range cleanEnv() {
+		if !strings.HasPrefix(kv, "MESHETCD_") {
+			env = append(env, kv)
+		}
+	}
+	return &Proc{t: c.t, bin: bin, args: args, env: env, dir: c.dir, DataDir: filepath.Join(c.dir, m.Name+".data")}
 }
 
 // StartCluster starts a statically bootstrapped cluster and waits until

@@ -265,10 +265,15 @@ func cutWindow() time.Duration {
 // leader, applies cut, measures for the window, heals and checks the
 // cluster recovers. It returns the figures.
 func runPartial(t *testing.T, bin string, n int, cut func(*NetLab)) connFigures {
+	return runPartialLeader(t, bin, n, 0, cut)
+}
+
+// runPartialLeader is runPartial with member leader as the leader.
+func runPartialLeader(t *testing.T, bin string, n, leader int, cut func(*NetLab)) connFigures {
 	lab := NewNetLab(t, n)
 	c := StartCluster(t, ClusterOptions{Bin: bin, Size: n, Lab: lab})
 	c.WaitHealthy(t)
-	makeLeader(t, c, 0)
+	makeLeader(t, c, leader)
 	c.WaitHealthy(t)
 	mon := startConnMonitor(t, c)
 	mon.waitWrites(t)
@@ -364,4 +369,25 @@ func TestPartialJoinThroughOneMember(t *testing.T) {
 		t.Fatalf("read via m0: %v %v", resp, err)
 	}
 	c.WaitHealthy(t)
+}
+
+// Five members in a line 0–3–4–1–2 with the leader (m1) in the middle:
+// the far end m0 is three hops from the leader. (Found by
+// TestPartialConnectivitySoak: m0 saw a 7.1 s write stall.)
+func TestPartialLineOfFiveLeaderInMiddle(t *testing.T) {
+	partialServers(t, func(t *testing.T, bin string, assert bool) {
+		keep := map[[2]int]bool{{0, 3}: true, {3, 4}: true, {1, 4}: true, {1, 2}: true}
+		f := runPartialLeader(t, bin, 5, 1, func(l *NetLab) {
+			for a := 0; a < 5; a++ {
+				for b := a + 1; b < 5; b++ {
+					if !keep[[2]int{a, b}] {
+						l.Cut(a, b)
+					}
+				}
+			}
+		})
+		if assert {
+			assertPartial(t, f)
+		}
+	})
 }

@@ -1,0 +1,209 @@
+package integration
+
+import (
+	"math/rand"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshetcd/meshetcd/embed"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Long randomized runs for `make soak` (MESHETCD_SOAK=1). Each runs for
+// MESHETCD_SOAK_DURATION (default 10m) and logs its seed.
+
+func soakDuration(t testing.TB) time.Duration {
+	if !soak() {
+		t.Skip("soak test: run with MESHETCD_SOAK=1 (make soak)")
+	}
+	d := 10 * time.Minute
+	if v, err := time.ParseDuration(os.Getenv("MESHETCD_SOAK_DURATION")); err == nil {
+		d = v
+	}
+	return d
+}
+
+func soakRand(t testing.TB) *rand.Rand {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	return rand.New(rand.NewSource(seed))
+}
+
+// randomConnected returns the links to cut on n nodes so that the
+// remaining graph is a random spanning tree plus a few random extra edges:
+// always connected, usually far from complete.
+func randomConnected(rng *rand.Rand, n int) [][2]int {
+	keep := map[[2]int]bool{}
+	perm := rng.Perm(n)
+	for i := 1; i < n; i++ {
+		a, b := perm[i], perm[rng.Intn(i)]
+		keep[[2]int{min(a, b), max(a, b)}] = true
+	}
+	for extra := rng.Intn(2); extra > 0; extra-- {
+		a, b := rng.Intn(n), rng.Intn(n)
+		if a != b {
+			keep[[2]int{min(a, b), max(a, b)}] = true
+		}
+	}
+	var cut [][2]int
+	for a := 0; a < n; a++ {
+		for b := a + 1; b < n; b++ {
+			if !keep[[2]int{a, b}] {
+				cut = append(cut, [2]int{a, b})
+			}
+		}
+	}
+	return cut
+}
+
+// Random connected topologies on 5 processes in namespaces, each held for
+// 30 s: the partial-connectivity promises hold in every round.
+func TestPartialConnectivitySoak(t *testing.T) {
+	dur := soakDuration(t)
+	requireNetns(t)
+	rng := soakRand(t)
+	lab := NewNetLab(t, 5)
+	c := StartCluster(t, ClusterOptions{Size: 5, Lab: lab})
+	c.WaitHealthy(t)
+	var worst connFigures
+	end := time.Now().Add(dur)
+	for round := 0; time.Now().Before(end); round++ {
+		if rng.Intn(2) == 0 {
+			makeLeader(t, c, rng.Intn(5))
+		}
+		mon := startConnMonitor(t, c)
+		mon.waitWrites(t)
+		mon.reset()
+		cut := randomConnected(rng, 5)
+		for _, k := range cut {
+			lab.Cut(k[0], k[1])
+		}
+		time.Sleep(30 * time.Second) // the measurement window
+		mon.Stop()
+		f := mon.figures()
+		t.Logf("round %d, leader %s, cut %v: %v", round, c.Members[c.WaitLeader(t)].Name, cut, f)
+		assertPartial(t, f)
+		worst.StallMax = max(worst.StallMax, f.StallMax)
+		worst.LeaderlessMax = max(worst.LeaderlessMax, f.LeaderlessMax)
+		worst.LeaderChanges = max(worst.LeaderChanges, f.LeaderChanges)
+		lab.HealAll()
+		c.WaitHealthy(t)
+		if t.Failed() {
+			break
+		}
+	}
+	t.Logf("worst over all rounds: stall %v, leaderless %v, leader changes %d", worst.StallMax, worst.LeaderlessMax, worst.LeaderChanges)
+}
+
+// Random memnet faults (cut, silent blackhole, minority and majority
+// partitions, delays) on 5 in-process members under the linearizability
+// workload.
+func TestInProcessFaultsSoak(t *testing.T) {
+	dur := soakDuration(t)
+	rng := soakRand(t)
+	ec, c := startInProcess(t, 5, embed.ClusterOptions{})
+	c.WaitHealthy(t)
+	w := startWorkload(t, c, 10, 16, 5*time.Second)
+	end := time.Now().Add(dur)
+	for round := 0; time.Now().Before(end); round++ {
+		l := c.WaitLeader(t)
+		nw := ec.Network()
+		switch rng.Intn(5) {
+		case 0:
+			cut := randomConnected(rng, 5)
+			t.Logf("round %d: cut %v (leader %s)", round, cut, c.Members[l].Name)
+			for _, k := range cut {
+				ec.Cut(k[0], k[1])
+			}
+		case 1:
+			a, b := rng.Intn(5), rng.Intn(5)
+			if a == b {
+				b = (a + 1) % 5
+			}
+			t.Logf("round %d: blackhole %d-%d (leader %s)", round, a, b, c.Members[l].Name)
+			nw.Blackhole(ec.HostName(a), ec.HostName(b))
+		case 2:
+			v := rng.Intn(5)
+			if rng.Intn(2) == 0 {
+				v = l
+			}
+			var rest []int
+			for i := 0; i < 5; i++ {
+				if i != v {
+					rest = append(rest, i)
+				}
+			}
+			t.Logf("round %d: isolate %d (leader %s)", round, v, c.Members[l].Name)
+			ec.Partition([]int{v}, rest)
+		case 3:
+			perm := rng.Perm(5)
+			t.Logf("round %d: partition %v | %v (leader %s)", round, perm[:2], perm[2:], c.Members[l].Name)
+			ec.Partition(perm[:2], perm[2:])
+		case 4:
+			a, b := rng.Intn(5), rng.Intn(5)
+			if a == b {
+				b = (a + 1) % 5
+			}
+			d := time.Duration(rng.Intn(200)) * time.Millisecond
+			t.Logf("round %d: delay %v on %d-%d (leader %s)", round, d, a, b, c.Members[l].Name)
+			nw.SetDelay(ec.HostName(a), ec.HostName(b), d)
+			nw.SetDelay(ec.HostName(b), ec.HostName(a), d)
+		}
+		w.WaitProgress(t, 100)
+		time.Sleep(time.Duration(rng.Intn(5000)) * time.Millisecond) // random fault duration
+		ec.HealAll()
+		c.WaitHealthy(t)
+		w.WaitProgress(t, 50)
+	}
+	w.Check(t)
+}
+
+// A follower behind a ≥ 50 MiB backend catches up by snapshot (the mesh's
+// chunked bulk path for meshetcd).
+func TestSnapshotLargeBackendSoak(t *testing.T) {
+	soakDuration(t)
+	forEachClusterServer(t, func(t *testing.T, bin string) {
+		c := StartCluster(t, ClusterOptions{Bin: bin, Args: []string{"--snapshot-count", "200", "--snapshot-catchup-entries", "50"}})
+		c.WaitHealthy(t)
+		l := c.WaitLeader(t)
+		f := follower(c, l)
+		cli := c.Client(t, l)
+		c.Kill(f)
+		const valSize = 64 << 10
+		n := 6000 // with the 5000 entries meshetcd keeps, ≥ 1000 × 64 KiB = 62.5 MiB beyond them
+		putMany(t, cli, "big/", n, 8, valSize)
+		st, err := cli.Status(ctx(t), c.Endpoints(l)[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("leader backend %d MiB", st.DbSize>>20)
+		if st.DbSize < 50<<20 {
+			t.Fatalf("backend only %d bytes", st.DbSize)
+		}
+		begin := time.Now()
+		c.Restart(f)
+		fc := c.statusClient(f)
+		for {
+			r, err := fc.Get(ctx(t), "big/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithSerializable())
+			if err == nil && r.Count == int64(n) {
+				break
+			}
+			if time.Since(begin) > 5*time.Minute {
+				t.Fatalf("follower not caught up after %v: %v %v", time.Since(begin), r, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Logf("%s: follower caught up on a %d MiB backend in %v", c.kind(), st.DbSize>>20, time.Since(begin).Round(time.Millisecond))
+		var lines []string
+		for _, e := range c.Members[f].Logs.entries() {
+			lines = append(lines, e.msg())
+		}
+		if !slices.ContainsFunc(lines, func(m string) bool { return strings.Contains(m, "restored snapshot") }) {
+			t.Errorf("no raft snapshot installed on the follower")
+		}
+		c.checkHashes(t)
+	})
+}

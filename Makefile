@@ -49,9 +49,14 @@ test-diff: build etcdctl etcd
 bench: build
 	@if [ -f bench/bench.mk ]; then $(MAKE) -f bench/bench.mk bench; else $(GO) test -run '^$$' -bench . -benchmem ./...; fi
 
-## soak: long randomized fault runs, not part of `make test`
+## soak: long randomized fault runs, not part of `make test`: random kill/pause/partition/link cuts
+## under a porcupine linearizability check (also against etcd when bin/etcd exists), random
+## connected topologies (root: network namespaces), a ≥50 MiB snapshot catch-up.
+## Each randomized test runs SOAK_DURATION (default 10m) and logs its seed and figures.
+SOAK_DURATION ?= 10m
 soak: build etcdctl
-	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 $(GO) test -count=1 -timeout 80m -run Soak ./integration/...
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 MESHETCD_SOAK_DURATION=$(SOAK_DURATION) \
+		$(GO) test -count=1 -timeout 120m -v -run Soak ./integration/...
 
 ## fuzz: run each fuzz target for a while (FUZZTIME=30s); the seed corpora already run in `make test`
 FUZZTIME ?= 30s

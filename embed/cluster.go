@@ -81,9 +81,10 @@ func StartCluster(ctx context.Context, n int, opts ClusterOptions) (c *Cluster, 
 		}
 		c.ownDir = true
 	}
+	cl := c // the named result is nil by the time a failing return's defer runs
 	defer func() {
 		if err != nil {
-			_ = c.Close()
+			_ = cl.Close()
 		}
 	}()
 
@@ -112,6 +113,10 @@ func StartCluster(ctx context.Context, n int, opts ClusterOptions) (c *Cluster, 
 
 	// Members of a new cluster wait for each other (quorum), so they
 	// start together.
+	// The first failure cancels the others, which would otherwise wait for
+	// a quorum that cannot form.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	ms := make([]*Member, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -119,7 +124,10 @@ func StartCluster(ctx context.Context, n int, opts ClusterOptions) (c *Cluster, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ms[i], errs[i] = StartMember(ctx, cfgs[i])
+			ms[i], errs[i] = StartMember(sctx, cfgs[i])
+			if errs[i] != nil {
+				cancel()
+			}
 		}()
 	}
 	wg.Wait()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,5 +145,30 @@ func TestStartClusterThreeMembers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("put via %s with link m1-m2 cut: %v", m.Name(), err)
 		}
+	}
+}
+
+// TestStartClusterFailsFast: one member that cannot start makes
+// StartCluster fail at once instead of leaving the others waiting for a
+// quorum until the context ends.
+func TestStartClusterFailsFast(t *testing.T) {
+	start := time.Now()
+	c, err := StartCluster(context.Background(), 3, ClusterOptions{
+		Logger: zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)),
+		Configure: func(i int, cfg *Config) {
+			if i == 1 {
+				cfg.MaxTxnOps = 0 // invalid
+			}
+		},
+	})
+	if err == nil {
+		_ = c.Close()
+		t.Fatal("StartCluster succeeded with an invalid member")
+	}
+	if !strings.Contains(err.Error(), "--max-txn-ops") {
+		t.Errorf("error does not say what was wrong: %v", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("StartCluster took %v to fail", d)
 	}
 }

@@ -220,7 +220,13 @@ func (s *Server) configure(ctx context.Context, cc *raftpb.ConfChange) ([]*Membe
 		}
 		return nil, err
 	}
-	for retries := 0; ; {
+	// Raft also drops a conf change silently while its own applied index
+	// still trails the previous conf change (it learns what we applied only
+	// at the next Advance), so a change right after another one is retried
+	// on a timer as well.
+	retry := time.NewTicker(max(5*s.cfg.HeartbeatInterval, 100*time.Millisecond))
+	defer retry.Stop()
+	for {
 		select {
 		case x := <-ch:
 			resp, ok := x.(*confChangeResponse)
@@ -233,6 +239,7 @@ func (s *Server) configure(ctx context.Context, cc *raftpb.ConfChange) ([]*Membe
 			return resp.members, resp.err
 		case <-leaderChanged:
 		case <-routeChanged:
+		case <-retry.C:
 		case <-cctx.Done():
 			s.w.Trigger(cc.GetId(), nil)
 			return nil, s.parseProposeCtxErr(cctx.Err(), start)
@@ -240,16 +247,14 @@ func (s *Server) configure(ctx context.Context, cc *raftpb.ConfChange) ([]*Membe
 			s.w.Trigger(cc.GetId(), nil)
 			return nil, servererrors.ErrStopped
 		}
-		// The proposal may have been lost (see processInternalRaftRequestOnce).
-		// A second copy that commits too is refused when applied (the
-		// member exists, is removed or is no learner any more) and nobody
-		// waits for its answer; an update applies the same change again.
+		// The proposal may have been lost (see processInternalRaftRequestOnce)
+		// or dropped. A second copy that commits too is refused when applied
+		// (the member exists, is removed or is no learner any more) and
+		// nobody waits for its answer; an update applies the same change
+		// again. While one is pending raft drops the others.
 		leaderChanged, routeChanged = s.proposalLossNotify()
-		if retries < maxProposalRetries && time.Since(start) < maxRetryAge {
-			retries++
-			if err := s.r.ProposeConfChange(cctx, cc); err != nil {
-				s.lg.Debug("re-proposing a configuration change failed", zap.Error(err))
-			}
+		if err := s.r.ProposeConfChange(cctx, cc); err != nil {
+			s.lg.Debug("re-proposing a configuration change failed", zap.Error(err))
 		}
 	}
 }

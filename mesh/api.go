@@ -8,7 +8,8 @@ import (
 // Signatures here change only together with their callers.
 
 // PeerName identifies a peer uniquely within one mesh. It is chosen by the
-// user of the router (meshetcd uses the raft member id in hex); 1..64 bytes,
+// user of the router (meshetcd uses host:port of the member's first sorted
+// advertised peer URL, see raftnode.PeerNameFromURLs); 1..64 bytes,
 // printable ASCII without spaces or '/'.
 type PeerName string
 

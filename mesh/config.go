@@ -54,7 +54,7 @@ func (systemClock) Now() time.Time { return time.Now() }
 // sizes are replaced by their defaults in New.
 type Config struct {
 	// Name identifies this peer in the mesh; it must be unique among live
-	// peers (meshetcd uses the raft member id in hex). Required.
+	// peers (meshetcd: host:port of the first sorted peer URL). Required.
 	Name PeerName
 	// NickName is a human-readable label shown in status (≤ 64 bytes).
 	NickName string

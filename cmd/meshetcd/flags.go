@@ -17,7 +17,7 @@ import (
 )
 
 // envPrefix is etcd's: a flag --some-flag is also read from ETCD_SOME_FLAG.
-// meshetcd's own flags (meshFlags) are read from MESHETCD_SOME_FLAG
+// meshetcd's own flags (isMeshFlag) are read from MESHETCD_SOME_FLAG
 // instead, so an etcd environment never sets them by accident.
 const (
 	envPrefix     = "ETCD"
@@ -27,9 +27,13 @@ const (
 	meshPasswordEnv = "MESHETCD_MESH_PASSWORD"
 )
 
-// meshFlags are meshetcd's own flags (etcd has no such flag).
-var meshFlags = map[string]bool{
-	"discovery-size": true, "peers": true, "join": true, "mesh-password-file": true,
+// isMeshFlag reports meshetcd's own flags (etcd has no such flag).
+func isMeshFlag(name string) bool {
+	switch name {
+	case "discovery-size", "peers", "join", "mesh-password-file":
+		return true
+	}
+	return false
 }
 
 // flagKind says what meshetcd does with one of etcd's flags.
@@ -445,7 +449,7 @@ func applyEnv(fs *pflag.FlagSet, e env, o *options) (map[string]string, error) {
 // MESHETCD_SOME_FLAG for meshetcd's own flags.
 func flagToEnv(name string) string {
 	prefix := envPrefix
-	if meshFlags[name] {
+	if isMeshFlag(name) {
 		prefix = meshEnvPrefix
 	}
 	return prefix + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))

@@ -58,15 +58,30 @@ func TestPacketConnIntactOrNotAtAll(t *testing.T) {
 		}
 	}
 	n.setFaults(0, 0, 0, 0)
-	// An undamaged marker flushes anything held back for reordering.
-	if _, err := a.WriteTo([]byte("end-marker"), MeshAddr{"b"}); err != nil {
-		t.Fatal(err)
-	}
+	// An undamaged marker flushes anything held back for reordering; the
+	// receiver may still be draining a full queue.
+	eventually(t, 10*time.Second, "the end marker to be queued", func() bool {
+		_, err := a.WriteTo([]byte("end-marker"), MeshAddr{"b"})
+		if err != nil && !errors.Is(err, mesh.ErrQueueFull) {
+			t.Fatal(err)
+		}
+		return err == nil
+	})
 	seen := make(map[uint32]bool)
+	marker := false
 	buf := make([]byte, b.MaxDatagramSize())
 	for {
-		b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		// Everything is in flight already; once the marker is in, a
+		// short quiet spell means the rest arrived or was lost.
+		wait := 10 * time.Second
+		if marker {
+			wait = 300 * time.Millisecond
+		}
+		b.SetReadDeadline(time.Now().Add(wait))
 		nr, from, err := b.ReadFrom(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) && marker {
+			break
+		}
 		if err != nil {
 			t.Fatalf("ReadFrom after %d datagrams: %v", len(seen), err)
 		}
@@ -74,9 +89,7 @@ func TestPacketConnIntactOrNotAtAll(t *testing.T) {
 			t.Fatalf("from %v", from)
 		}
 		if string(buf[:nr]) == "end-marker" {
-			if len(seen) > 0 && b.Stats().Received == uint64(len(seen)+1) {
-				break
-			}
+			marker = true
 			continue
 		}
 		seq := binary.BigEndian.Uint32(buf)
@@ -90,7 +103,9 @@ func TestPacketConnIntactOrNotAtAll(t *testing.T) {
 	}
 	st := b.Stats()
 	t.Logf("sent %d, send errors %d, received %d intact, %d malformed dropped", count, sendErrs, len(seen), st.Malformed)
-	if st.Malformed == 0 || len(seen) < count/2 {
+	// About 30% is damaged or lost on purpose; half of what the mesh
+	// accepted must come through.
+	if st.Malformed == 0 || len(seen) < (count-sendErrs)/2 {
 		t.Fatalf("fault injection did not bite or too much was lost: %+v, %d intact", st, len(seen))
 	}
 }

@@ -196,10 +196,19 @@ func TestClusterLeaseSurvivesLeaderKill(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		var kaMu sync.Mutex
+		var kaLast time.Time
+		var kaLastTTL int64
+		kaDone := make(chan struct{})
 		go func() {
-			for range ka {
+			defer close(kaDone)
+			for r := range ka {
+				kaMu.Lock()
+				kaLast, kaLastTTL = time.Now(), r.TTL
+				kaMu.Unlock()
 			}
 		}()
+		killed := time.Now()
 		c.Kill(l)
 		nl, took := waitNewLeader(t, c, l)
 		t.Logf("new leader %s after %v", c.Members[nl].Name, took.Round(time.Millisecond))
@@ -229,7 +238,16 @@ func TestClusterLeaseSurvivesLeaderKill(t *testing.T) {
 		t.Logf("%s: lease with TTL %ds expired %v after grant, across a leader kill", c.kind(), ttl, time.Since(granted).Round(time.Millisecond))
 		r, err := rcli.Get(ctx(t), "lk2")
 		if err != nil || len(r.Kvs) != 1 {
-			t.Fatalf("lease kept alive across the leader kill is gone: %v %v", r, err)
+			kaMu.Lock()
+			defer kaMu.Unlock()
+			closed := "still open"
+			select {
+			case <-kaDone:
+				closed = "closed"
+			default:
+			}
+			t.Fatalf("lease (TTL 4s) kept alive across the leader kill is gone (err %v); keepalive channel %s, last response %v after the kill with TTL %d",
+				err, closed, kaLast.Sub(killed).Round(time.Millisecond), kaLastTTL)
 		}
 	})
 }

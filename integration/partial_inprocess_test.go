@@ -40,9 +40,13 @@ func startInProcess(t testing.TB, n int, opts embed.ClusterOptions) (*embed.Clus
 }
 
 func runPartialInProcess(t *testing.T, n int, cut func(ec *embed.Cluster)) connFigures {
+	return runPartialInProcessLeader(t, n, 0, cut)
+}
+
+func runPartialInProcessLeader(t *testing.T, n, leader int, cut func(ec *embed.Cluster)) connFigures {
 	ec, c := startInProcess(t, n, embed.ClusterOptions{})
 	c.WaitHealthy(t)
-	makeLeader(t, c, 0)
+	makeLeader(t, c, leader)
 	c.WaitHealthy(t)
 	mon := startConnMonitor(t, c)
 	mon.waitWrites(t)
@@ -76,6 +80,21 @@ func TestPartialInProcessLineOfFive(t *testing.T) {
 		for a := 0; a < 5; a++ {
 			for b := a + 2; b < 5; b++ {
 				ec.Cut(a, b)
+			}
+		}
+	}))
+}
+
+// A line 0–3–4–1–2 with the leader (1) in the middle (see
+// TestPartialLineOfFiveLeaderInMiddle).
+func TestPartialInProcessLineLeaderInMiddle(t *testing.T) {
+	keep := map[[2]int]bool{{0, 3}: true, {3, 4}: true, {1, 4}: true, {1, 2}: true}
+	assertPartial(t, runPartialInProcessLeader(t, 5, 1, func(ec *embed.Cluster) {
+		for a := 0; a < 5; a++ {
+			for b := a + 1; b < 5; b++ {
+				if !keep[[2]int{a, b}] {
+					ec.Cut(a, b)
+				}
 			}
 		}
 	}))

@@ -18,5 +18,5 @@ only=1
 [ "${BOTH:-0}" = 1 ] && only=0
 MESHETCD_COMPARE_ETCD=1 MESHETCD_COMPARE_ETCD_ONLY=$only \
 MESHETCD_BIN="$PWD/bin/meshetcd" ETCDCTL_BIN="$PWD/bin/etcdctl" MESHETCD_DIFF_ETCD_BIN="$PWD/bin/etcd" \
-	go test -count=1 -timeout 20m -v -run 'TestPartial(TriangleCutLeaderLink|LineOfFiveLeaderAtEnd)$' ./integration/ 2>&1 |
+	go test -count=1 -timeout 20m -v -run 'TestPartial(TriangleCutLeaderLink|LineOfFiveLeaderAtEnd|LineOfFiveLeaderInMiddle)$' ./integration/ 2>&1 |
 	grep -E '^(=== RUN|--- |    partial_connectivity_test.go:.*during the cut|PASS|FAIL|ok)'

@@ -57,7 +57,7 @@ const (
 	fakeClusterID = 0xc1
 )
 
-func newFakeStore(t *testing.T) *fakeStore {
+func newFakeStore(t testing.TB) *fakeStore {
 	t.Helper()
 	lg := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	be := backend.NewDefaultBackend(lg, filepath.Join(t.TempDir(), "db"))

@@ -44,21 +44,32 @@ func isRPCSupportedForLearner(req any) bool {
 // requiresLeader reports whether the client asked (clientv3.WithRequireLeader)
 // that the request fail when the member has no leader.
 func requiresLeader(md metadata.MD) bool {
-	ks := md[rpctypes.MetadataRequireLeaderKey]
+	return isRequireLeader(md[rpctypes.MetadataRequireLeaderKey])
+}
+
+// isRequireLeader is requiresLeader on the metadata's values for
+// rpctypes.MetadataRequireLeaderKey.
+func isRequireLeader(ks []string) bool {
 	return len(ks) > 0 && ks[0] == rpctypes.MetadataHasLeader
 }
 
 // checkClientAPIVersion rejects a client version header that is not UTF-8
 // and counts the request per client version, like etcd.
 func checkClientAPIVersion(md metadata.MD, kind string, m grpcMetrics) error {
+	return countClientAPIVersion(md.Get(rpctypes.MetadataClientAPIVersionKey), kind, m)
+}
+
+// countClientAPIVersion is checkClientAPIVersion on the metadata's values
+// for rpctypes.MetadataClientAPIVersionKey.
+func countClientAPIVersion(vs []string, kind string, m grpcMetrics) error {
 	ver := "unknown"
-	if vs := md.Get(rpctypes.MetadataClientAPIVersionKey); len(vs) > 0 {
+	if len(vs) > 0 {
 		ver = vs[0]
 	}
 	if !utf8.ValidString(ver) {
 		return rpctypes.ErrGRPCInvalidClientAPIVersion
 	}
-	m.clientRequests.WithLabelValues(kind, ver).Inc()
+	m.countClientRequest(kind, ver)
 	return nil
 }
 
@@ -67,13 +78,14 @@ func newUnaryInterceptor(s kvstore.Info, m grpcMetrics) grpc.UnaryServerIntercep
 		if s.IsLearner() && !isRPCSupportedForLearner(req) {
 			return nil, rpctypes.ErrGRPCNotSupportedForLearner
 		}
-		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			if err := checkClientAPIVersion(md, "unary", m); err != nil {
-				return nil, err
-			}
-			if requiresLeader(md) && s.Leader() == types.ID(raft.None) {
-				return nil, rpctypes.ErrGRPCNoLeader
-			}
+		// Two single-key lookups instead of FromIncomingContext, which
+		// copies the whole metadata map on every request. gRPC always
+		// attaches incoming metadata, so "no metadata" does not occur here.
+		if err := countClientAPIVersion(metadata.ValueFromIncomingContext(ctx, rpctypes.MetadataClientAPIVersionKey), "unary", m); err != nil {
+			return nil, err
+		}
+		if isRequireLeader(metadata.ValueFromIncomingContext(ctx, rpctypes.MetadataRequireLeaderKey)) && s.Leader() == types.ID(raft.None) {
+			return nil, rpctypes.ErrGRPCNoLeader
 		}
 		return handler(ctx, req)
 	}

@@ -2,6 +2,7 @@ package grpcapi
 
 import (
 	"context"
+	"sync/atomic"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,31 @@ type grpcMetrics struct {
 	sentBytes      prometheus.Counter
 	receivedBytes  prometheus.Counter
 	clientRequests *prometheus.CounterVec
+	// lastUnary caches the clientRequests counter of the last client
+	// version seen on a unary request: nearly every request repeats it, and
+	// the cache skips hashing the labels and the vector's lookup.
+	lastUnary *atomic.Pointer[versionCounter]
+}
+
+type versionCounter struct {
+	ver string
+	c   prometheus.Counter
+}
+
+// countClientRequest counts one request of kind ("unary" or "stream") from
+// a client of version ver in etcd_server_client_requests_total.
+func (m grpcMetrics) countClientRequest(kind, ver string) {
+	if kind != "unary" || m.lastUnary == nil {
+		m.clientRequests.WithLabelValues(kind, ver).Inc()
+		return
+	}
+	if vc := m.lastUnary.Load(); vc != nil && vc.ver == ver {
+		vc.c.Inc()
+		return
+	}
+	c := m.clientRequests.WithLabelValues(kind, ver)
+	c.Inc()
+	m.lastUnary.Store(&versionCounter{ver: ver, c: c})
 }
 
 func newGRPCMetrics() grpcMetrics {
@@ -37,6 +63,7 @@ func newGRPCMetrics() grpcMetrics {
 			Namespace: "etcd", Subsystem: "server", Name: "client_requests_total",
 			Help: "The total number of client requests per client version.",
 		}, []string{"type", "client_api_version"})),
+		lastUnary: new(atomic.Pointer[versionCounter]),
 	}
 }
 

@@ -36,7 +36,7 @@ const testTimeout = 20 * time.Second
 
 // serveForTest serves api on a loopback listener with Serve and returns the
 // address. Cleanup cancels Serve and fails the test if it does not return.
-func serveForTest(t *testing.T, api kvstore.API, cfg Config) string {
+func serveForTest(t testing.TB, api kvstore.API, cfg Config) string {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -64,7 +64,7 @@ func serveForTest(t *testing.T, api kvstore.API, cfg Config) string {
 	return l.Addr().String()
 }
 
-func dialClient(t *testing.T, addr string) *clientv3.Client {
+func dialClient(t testing.TB, addr string) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{addr},

@@ -1,6 +1,8 @@
 package grpcapi
 
 import (
+	"bytes"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -110,11 +112,43 @@ func checkRequestOp(u *pb.RequestOp, maxTxnOps int) error {
 // execution path (put+put or put+delete, including through nested txns).
 // It runs after checkTxnRequest, which bounds its cost.
 func checkTxnIntervals(r *pb.TxnRequest) error {
-	if _, _, err := checkIntervals(r.GetSuccess()); err != nil {
+	if err := checkBranchIntervals(r.GetSuccess()); err != nil {
 		return err
 	}
-	_, _, err := checkIntervals(r.GetFailure())
-	return err
+	return checkBranchIntervals(r.GetFailure())
+}
+
+// checkBranchIntervals is checkIntervals for one top-level branch. A branch
+// of only puts and ranges (the usual txn) can only conflict through two puts
+// of one key, which is checked without building checkIntervals' interval
+// tree and map; anything with a delete or a nested txn takes the full check.
+func checkBranchIntervals(reqs []*pb.RequestOp) error {
+	for _, req := range reqs {
+		switch req.GetRequest().(type) {
+		case *pb.RequestOp_RequestPut, *pb.RequestOp_RequestRange:
+		default:
+			_, _, err := checkIntervals(reqs)
+			return err
+		}
+	}
+	// Quadratic only up to a handful of puts; checkTxnRequest has bounded
+	// the count by then.
+	if len(reqs) > 8 {
+		_, _, err := checkIntervals(reqs)
+		return err
+	}
+	for i, req := range reqs {
+		p := req.GetRequestPut()
+		if p == nil {
+			continue
+		}
+		for _, later := range reqs[i+1:] {
+			if q := later.GetRequestPut(); q != nil && bytes.Equal(p.Key, q.Key) {
+				return rpctypes.ErrGRPCDuplicateKey
+			}
+		}
+	}
+	return nil
 }
 
 // checkIntervals tests whether puts and deletes overlap for a list of ops.

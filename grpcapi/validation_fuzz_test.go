@@ -56,3 +56,31 @@ func FuzzValidatedTxn(f *testing.F) {
 		_, _, _ = txn.Txn(context.Background(), lg, r, false, s, &lease.FakeLessor{}, false)
 	})
 }
+
+// FuzzBranchIntervals checks that checkTxnIntervals' shortcut for branches
+// of only puts and ranges agrees with the full check (etcd's algorithm).
+func FuzzBranchIntervals(f *testing.F) {
+	for _, s := range []*pb.TxnRequest{
+		{Success: []*pb.RequestOp{put("a"), put("a")}},
+		{Success: []*pb.RequestOp{put("a"), get("a"), put("b")}},
+		{Success: []*pb.RequestOp{del("a", "c"), put("b")}},
+	} {
+		b, err := proto.Marshal(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := &pb.TxnRequest{}
+		if err := proto.Unmarshal(data, r); err != nil {
+			t.Skip()
+		}
+		for _, b := range [][]*pb.RequestOp{r.Success, r.Failure} {
+			_, _, want := checkIntervals(b)
+			if got := checkBranchIntervals(b); (got == nil) != (want == nil) || (got != nil && got.Error() != want.Error()) {
+				t.Fatalf("checkBranchIntervals = %v, checkIntervals = %v for %v", got, want, b)
+			}
+		}
+	})
+}

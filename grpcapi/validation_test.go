@@ -208,6 +208,33 @@ func TestCheckTxnIntervals(t *testing.T) {
 	}
 }
 
+// TestCheckBranchIntervalsFastPath: the put/range-only shortcut must
+// accept and reject exactly what the full interval check does.
+func TestCheckBranchIntervalsFastPath(t *testing.T) {
+	branches := [][]*pb.RequestOp{
+		nil,
+		{put("a")},
+		{get("a")},
+		{put("a"), put("b")},
+		{put("a"), put("a")},
+		{put("a"), get("a"), put("a")},
+		{get("a"), put("b"), get("b"), put("c")},
+		{put(""), put("")},
+		ops(8, func(i int) *pb.RequestOp { return put(keyN(i)) }),
+		ops(8, func(i int) *pb.RequestOp { return put(keyN(i % 7)) }),
+		ops(9, func(i int) *pb.RequestOp { return put(keyN(i)) }),
+		ops(9, func(i int) *pb.RequestOp { return put(keyN(i % 8)) }),
+		{put("a"), del("a", "")},
+		{put("a"), txnOp(&pb.TxnRequest{Success: []*pb.RequestOp{put("a")}})},
+	}
+	for i, b := range branches {
+		_, _, want := checkIntervals(b)
+		if got := checkBranchIntervals(b); !sameError(got, want) {
+			t.Errorf("branch %d: checkBranchIntervals = %v, checkIntervals = %v", i, got, want)
+		}
+	}
+}
+
 func TestCheckRequestSize(t *testing.T) {
 	const limit = 1024
 	small := &pb.PutRequest{Key: []byte("k"), Value: make([]byte, 100)}

@@ -4,7 +4,8 @@
 #
 #   make bench QUICK=1            ~2-3 min smoke run (3 rounds, ~2.5 s per workload run)
 #   make bench                    full run (5 rounds, ~8 s per run; ~12-15 min on 2 cores)
-#   make bench PROFILE=1          + CPU/heap profiles of each system under put-100
+#   make bench PROFILE=1          + CPU/heap profiles of each system under put-100 (or the one
+#                                 workload in WORKLOADS; PROFILE_WORKLOAD=txn-put to choose)
 #   make bench MEMBERS=3          3-member clusters (skipped if meshetcd cannot form one)
 #   make bench MEMBERS=1,3        one run per cluster size
 #   make -f bench/bench.mk bench-self QUICK=1   etcd against etcd: every ratio should be ~1
@@ -25,12 +26,14 @@ MEMBERS   ?= 1
 ROUNDS    ?=
 DURATION  ?=
 WORKLOADS ?=
+PROFILE_WORKLOAD ?=
 BENCH_FLAGS ?=
 
 SIDEBYSIDE_FLAGS := --etcd-bin $(ETCD_BIN) --benchmark-bin $(BENCHMARK_BIN) --go $(GO) \
 	$(if $(call truthy,$(QUICK)),--quick) $(if $(call truthy,$(PROFILE)),--profile) \
 	$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
-	$(if $(WORKLOADS),--workloads $(WORKLOADS)) $(BENCH_FLAGS)
+	$(if $(WORKLOADS),--workloads $(WORKLOADS)) \
+	$(if $(PROFILE_WORKLOAD),--profile-workload $(PROFILE_WORKLOAD)) $(BENCH_FLAGS)
 
 .PHONY: bench bench-self etcd benchmark-tool bench-driver
 

@@ -63,7 +63,7 @@ func main() {
 	flag.DurationVar(&c.runTimeout, "run-timeout", 0, "kill a benchmark run after this long (default max(30×duration, 60s))")
 	flag.DurationVar(&c.readyTimeout, "ready-timeout", 30*time.Second, "how long a fresh cluster may take to elect a leader and accept a write")
 	flag.BoolVar(&c.profile, "profile", false, "after the rounds, capture CPU and heap profiles of each system under one workload via /debug/pprof (--enable-pprof)")
-	flag.StringVar(&c.profileWorkload, "profile-workload", "put-100", "workload to run while profiling")
+	flag.StringVar(&c.profileWorkload, "profile-workload", "", "workload to run while profiling (default: the one in --workloads if it names only one, else put-100)")
 	flag.IntVar(&c.profileSeconds, "profile-seconds", 0, "CPU profile length (default 5 with --quick, else 15)")
 	flag.StringVar(&c.serverArgs, "server-args", "", "extra flags for every server of both systems (space-separated)")
 	flag.BoolVar(&c.keepData, "keep-data", false, "keep the servers' data dirs under <out>/data")
@@ -158,6 +158,14 @@ func run(c config) error {
 				return fmt.Errorf("unknown workload %q (have %s)", n, workloadNames())
 			}
 			s.ws = append(s.ws, w)
+		}
+	}
+	if c.profileWorkload == "" {
+		// Profile what was measured when that is one workload: a
+		// WORKLOADS=txn-put run should explain txn-put.
+		c.profileWorkload = "put-100"
+		if len(s.ws) == 1 {
+			c.profileWorkload = s.ws[0].name
 		}
 	}
 	s.totals = map[string]int{}

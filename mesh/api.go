@@ -38,8 +38,9 @@ var (
 	ErrWrongCluster  = errors.New("mesh: peer belongs to a different cluster (cluster label mismatch)")
 	ErrNameCollision = errors.New("mesh: another live peer uses this name")
 	ErrVersion       = errors.New("mesh: no common protocol version")
-	// ErrEncryptionMismatch: one side is encrypted, the other plaintext.
-	ErrEncryptionMismatch = errors.New("mesh: encryption mode mismatch (one side has no mesh secret)")
+	// ErrEncryptionMismatch: the peers use different modes among
+	// plaintext, ephemeral encryption (auto TLS) and a mesh secret.
+	ErrEncryptionMismatch = errors.New("mesh: encryption mode mismatch (peers differ in plaintext / auto TLS / mesh secret)")
 )
 
 // DatagramHandler receives one datagram. It runs on the channel's own

@@ -76,6 +76,13 @@ type Config struct {
 	Password string
 	// PSK is a pre-shared 32-byte key used as-is instead of Password.
 	PSK []byte
+	// EphemeralEncryption encrypts every connection with fresh X25519 keys
+	// and no pre-shared key (meshetcd's --peer-auto-tls). Like etcd's
+	// self-signed auto TLS it is confidential against passive eavesdroppers
+	// but NOT authenticated: anyone who can reach the port can join, and an
+	// active man in the middle can read and alter traffic. Use it instead
+	// of Password/PSK, never with them; all peers must use the same mode.
+	EphemeralEncryption bool
 	// InsecurePlaintext turns encryption off. It must be set explicitly when
 	// there is no Password/PSK; both ends must agree.
 	InsecurePlaintext bool
@@ -313,8 +320,12 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("mesh: set only one of Password and PSK")
 	case secrets == 1 && cfg.InsecurePlaintext:
 		return cfg, fmt.Errorf("mesh: InsecurePlaintext set together with a secret")
-	case secrets == 0 && !cfg.InsecurePlaintext:
-		return cfg, fmt.Errorf("mesh: no Password/PSK configured; set InsecurePlaintext to run unencrypted")
+	case secrets == 1 && cfg.EphemeralEncryption:
+		return cfg, fmt.Errorf("mesh: EphemeralEncryption set together with a secret")
+	case cfg.EphemeralEncryption && cfg.InsecurePlaintext:
+		return cfg, fmt.Errorf("mesh: EphemeralEncryption set together with InsecurePlaintext")
+	case secrets == 0 && !cfg.InsecurePlaintext && !cfg.EphemeralEncryption:
+		return cfg, fmt.Errorf("mesh: no Password/PSK configured; set EphemeralEncryption (encrypted, unauthenticated) or InsecurePlaintext to run without one")
 	}
 	if cfg.DeadTimeout < 2*cfg.HeartbeatInterval {
 		return cfg, fmt.Errorf("mesh: DeadTimeout %v must be at least 2 × HeartbeatInterval %v", cfg.DeadTimeout, cfg.HeartbeatInterval)

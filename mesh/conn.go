@@ -52,6 +52,7 @@ type conn struct {
 	outbound    bool
 	addr        string // the dialled address, or the remote address if inbound
 	send, recv  *cipherState
+	mode        uint8 // preamble mode: plaintext, PSK or ephemeral encryption
 	since       time.Time
 
 	queues      [numClasses]chan *frameBuf
@@ -88,6 +89,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 		outbound:    outbound,
 		addr:        addr,
 		send:        hs.send,
+		mode:        hs.mode,
 		recv:        hs.recv,
 		since:       now,
 		wake:        make(chan struct{}, 1),

@@ -22,6 +22,11 @@ type target struct {
 	lastErr   string
 	lastSeen  time.Time // discovery: when a record last advertised it
 	stale     bool      // only known from a tombstone
+	// refusedUntil: the address refused us for a reason retrying soon
+	// cannot fix (secret, label, encryption mode, version, name); no dial,
+	// seed reset or later error brings the next try before it.
+	refusedUntil time.Time
+	reason       string // refusalReason of the last failure
 }
 
 // connMaker keeps us connected: seeds forever with jittered exponential
@@ -32,6 +37,7 @@ type connMaker struct {
 	mu      sync.Mutex
 	targets map[string]*target
 	wake    chan struct{}
+	alone   bool // at the last step we had no connection
 }
 
 func newConnMaker(r *Router) *connMaker {
@@ -146,6 +152,12 @@ func (m *connMaker) step(now time.Time) time.Duration {
 		addrs = append(addrs, a)
 	}
 	slices.Sort(addrs)
+	// A peer that has just become alone retries its seeds at once (once
+	// per transition, not at every step: a seed that is down or refusing
+	// must not turn into a dial loop); while alone, seed backoff is capped
+	// at aloneBackoffMax (see backoff).
+	becameAlone := alone && !m.alone
+	m.alone = alone
 	for _, addr := range addrs {
 		t := m.targets[addr]
 		// Forget discovered addresses nobody has advertised for a while.
@@ -162,8 +174,7 @@ func (m *connMaker) step(now time.Time) time.Duration {
 		if !t.seed && !wantMore {
 			continue
 		}
-		if alone && t.seed && t.attempts > 0 && t.nextTry.Sub(now) > r.cfg.BackoffMin {
-			// Alone in the world: try the seeds again now.
+		if becameAlone && t.seed && t.attempts > 0 && now.After(t.refusedUntil) {
 			t.nextTry = now
 		}
 		if d := t.nextTry.Sub(now); d > 0 {
@@ -217,14 +228,57 @@ func (m *connMaker) dial(addr string) {
 		return // connected() already marked it
 	}
 	t.lastErr = err.Error()
+	t.reason = refusalReason(err)
 	if errors.Is(err, errSelfConnect) {
 		t.self = true
 		return
 	}
 	t.attempts++
-	t.nextTry = time.Now().Add(m.backoff(t, err))
+	now := time.Now()
+	t.nextTry = now.Add(m.backoff(t, err))
+	if isRefusal(err) {
+		t.refusedUntil = t.nextTry
+	}
+	t.nextTry = maxTime(t.nextTry, t.refusedUntil)
 	m.poke()
 }
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// isRefusal reports an error that retrying soon cannot fix: the remote is
+// a mesh peer that will not have us (or we it) as configured.
+func isRefusal(err error) bool {
+	return errors.Is(err, ErrAuth) || errors.Is(err, ErrWrongCluster) || errors.Is(err, ErrEncryptionMismatch) ||
+		errors.Is(err, ErrVersion) || errors.Is(err, ErrNameCollision)
+}
+
+// refusalReason is the short reason logged and reported for a refused
+// handshake, or "" for other failures.
+func refusalReason(err error) string {
+	switch {
+	case errors.Is(err, ErrAuth):
+		return "mesh secret mismatch"
+	case errors.Is(err, ErrWrongCluster):
+		return "cluster label mismatch"
+	case errors.Is(err, ErrEncryptionMismatch):
+		return "encryption mode mismatch"
+	case errors.Is(err, ErrVersion):
+		return "protocol version mismatch"
+	case errors.Is(err, ErrNameCollision):
+		return "peer name collision"
+	}
+	return ""
+}
+
+// aloneBackoffMax caps seed backoff while we have no connection at all,
+// so an isolated peer finds its way back quickly without dialling in a
+// loop: 4 × BackoffMin (2 s by default).
+func (m *connMaker) aloneBackoffMax() time.Duration { return 4 * m.r.cfg.BackoffMin }
 
 // backoff is exponential with full jitter, floored at BackoffMin, capped
 // at BackoffMax (StaleBackoffMax for addresses of collected peers), with a
@@ -234,6 +288,9 @@ func (m *connMaker) backoff(t *target, err error) time.Duration {
 	ceiling := cfg.BackoffMax
 	if t.stale && !t.seed {
 		ceiling = cfg.StaleBackoffMax
+	}
+	if t.seed && m.alone {
+		ceiling = min(ceiling, m.aloneBackoffMax())
 	}
 	exp := cfg.BackoffMin << min(t.attempts, 20)
 	if exp <= 0 || exp > ceiling {
@@ -256,7 +313,7 @@ func (m *connMaker) connected(addr string, peer PeerName) {
 	if t := m.targets[addr]; t != nil {
 		t.connected = true
 		t.peer = peer
-		t.lastErr = ""
+		t.lastErr, t.reason = "", ""
 	}
 }
 
@@ -271,7 +328,7 @@ func (m *connMaker) disconnected(addr string, peer PeerName, since time.Time) {
 			t.attempts = 0
 		}
 		t.attempts++
-		t.nextTry = now.Add(m.backoff(t, nil))
+		t.nextTry = maxTime(now.Add(m.backoff(t, nil)), t.refusedUntil)
 	}
 	m.mu.Unlock()
 	m.poke()
@@ -286,6 +343,9 @@ type TargetStatus struct {
 	Attempts  int       `json:"attempts"`
 	NextTry   time.Time `json:"next_try,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
+	// Reason is the short cause when the address refused us ("mesh secret
+	// mismatch", "cluster label mismatch", ...).
+	Reason string `json:"reason,omitempty"`
 }
 
 func (m *connMaker) status() []TargetStatus {
@@ -293,7 +353,7 @@ func (m *connMaker) status() []TargetStatus {
 	defer m.mu.Unlock()
 	out := make([]TargetStatus, 0, len(m.targets))
 	for _, t := range m.targets {
-		st := TargetStatus{Addr: t.addr, Seed: t.seed, Peer: t.peer, Attempts: t.attempts, LastError: t.lastErr}
+		st := TargetStatus{Addr: t.addr, Seed: t.seed, Peer: t.peer, Attempts: t.attempts, LastError: t.lastErr, Reason: t.reason}
 		switch {
 		case t.self:
 			st.State = "self"

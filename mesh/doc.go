@@ -15,11 +15,13 @@
 // Each side of a new TCP connection first writes a fixed 53-byte clear
 // preamble and reads the peer's:
 //
-//	"MESHETCD" | min version u16 | max version u16 | mode u8 (0 plaintext, 1 encrypted)
+//	"MESHETCD" | min version u16 | max version u16
+//	| mode u8 (0 plaintext, 1 encrypted with the mesh secret, 2 ephemeral keys only)
 //	| cluster label fingerprint [8] (SHA-256 prefix) | ephemeral X25519 public key [32]
 //
 // Wrong magic closes the connection (HTTP probes, TLS hellos, scanners);
-// no common version gives ErrVersion, a mode mismatch ErrEncryptionMismatch
+// no common version gives ErrVersion, a mode mismatch (plaintext, ephemeral,
+// mesh secret: any two different) ErrEncryptionMismatch naming both modes,
 // and a different label fingerprint ErrWrongCluster, before any key work.
 // Then every message is a frame: a big-endian u32 length, validated against
 // the current cap before anything is allocated (4 KiB until the hello is
@@ -53,6 +55,15 @@
 // counters that are never sent: a replayed, dropped, reordered or
 // reflected frame fails to authenticate and the connection is closed.
 // Plaintext needs InsecurePlaintext explicitly; both ends must agree.
+//
+// EphemeralEncryption (meshetcd's --peer-auto-tls) is the same exchange,
+// derivation, AEAD, counter nonces and key confirmation with an empty PSK:
+// every link is encrypted with fresh per-connection keys, which makes it
+// confidential against passive eavesdroppers, but NOT authenticated —
+// whoever reaches the port completes the handshake, and an active man in
+// the middle can read and alter traffic. That mirrors etcd's self-signed
+// auto TLS, which skips peer certificate verification. Status reports
+// each connection's mode ("psk", "ephemeral", "plaintext").
 //
 // # Connections and liveness
 //
@@ -118,7 +129,17 @@
 // # Connection maker
 //
 // Seeds are retried forever with full-jitter exponential backoff (500 ms
-// to 30 s; a peer left alone retries seeds at once). Other peers are found
+// to 30 s). A peer that has just lost its last connection retries its
+// seeds at once, and while alone caps seed backoff at 4 × BackoffMin (2 s)
+// so it finds its way back quickly without dialling in a loop. An address
+// that refused us (ErrAuth, ErrWrongCluster, ErrEncryptionMismatch,
+// ErrVersion; ErrNameCollision waits NameCollisionBackoff) is not dialled
+// again for AuthFailureBackoff (≥ 30 s), whatever happens meanwhile —
+// being alone, later transport errors, rediscovery. Refusals are logged at
+// error level with their reason ("mesh secret mismatch", "cluster label
+// mismatch", ...) once per remote (dialled address, or host for inbound)
+// and reason per AuthFailureBackoff; repeats go to debug and are counted
+// in the next line. Other peers are found
 // through the addresses advertised in their records; up to
 // FullMeshThreshold (16) known peers we connect to all, above it to Degree
 // (8). ConnLimit (64) counts handshakes in progress; MaxPendingHandshakes

@@ -17,7 +17,8 @@ const (
 	preambleMagic   = "MESHETCD"
 	protocolVersion = 1 // the only version this code speaks
 	modePlaintext   = 0
-	modeEncrypted   = 1
+	modeEncrypted   = 1 // X25519 + pre-shared key: confidential and authenticated
+	modeEphemeral   = 2 // X25519 only (--peer-auto-tls): confidential against passive eavesdroppers, not authenticated
 	preambleLen     = 8 + 2 + 2 + 1 + 8 + 32
 )
 
@@ -61,7 +62,7 @@ func decodePreamble(b []byte) (preamble, error) {
 	p.mode = b[12]
 	copy(p.label[:], b[13:21])
 	copy(p.pub[:], b[21:])
-	if p.mode != modePlaintext && p.mode != modeEncrypted {
+	if p.mode != modePlaintext && p.mode != modeEncrypted && p.mode != modeEphemeral {
 		return p, fmt.Errorf("%w: unknown mode %d", errNotMesh, p.mode)
 	}
 	if p.minVersion > p.maxVersion {
@@ -223,7 +224,21 @@ type localIdentity struct {
 	nickName string
 	label    string
 	addrs    []string
-	psk      []byte // nil: plaintext
+	psk      []byte // nil: plaintext, or ephemeral encryption if ephemeral
+	// ephemeral: encrypt with ephemeral keys only (no psk): confidential
+	// against passive eavesdroppers, not authenticated.
+	ephemeral bool
+}
+
+// mode is the preamble mode this identity speaks.
+func (l localIdentity) mode() uint8 {
+	switch {
+	case l.psk != nil:
+		return modeEncrypted
+	case l.ephemeral:
+		return modeEphemeral
+	}
+	return modePlaintext
 }
 
 // handshakeResult is an authenticated remote peer and the connection keys.
@@ -232,6 +247,7 @@ type handshakeResult struct {
 	send    *cipherState
 	recv    *cipherState
 	version uint16
+	mode    uint8
 }
 
 // handshake runs the preamble and hello exchange on nc. It never allocates
@@ -242,12 +258,12 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 	}
 	ours := preamble{minVersion: protocolVersion, maxVersion: protocolVersion, label: labelDigest(local.label)}
 	var eph ephemeralKey
-	if local.psk != nil {
+	ours.mode = local.mode()
+	if ours.mode != modePlaintext {
 		var err error
 		if eph, err = newEphemeralKey(rand.Reader); err != nil {
 			return nil, err
 		}
-		ours.mode = modeEncrypted
 		ours.pub = eph.pub
 	}
 	ourBytes := ours.encode()
@@ -268,14 +284,15 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 		return nil, fmt.Errorf("%w: we speak %d, remote %d..%d", ErrVersion, protocolVersion, theirs.minVersion, theirs.maxVersion)
 	}
 	if theirs.mode != ours.mode {
-		return nil, fmt.Errorf("%w: we are %s, remote is %s", errModeMismatch, modeName(ours.mode), modeName(theirs.mode))
+		return nil, fmt.Errorf("%w: we are %s, the remote is %s", errModeMismatch, modeName(ours.mode), modeName(theirs.mode))
 	}
 	if theirs.label != ours.label {
 		return nil, fmt.Errorf("%w: cluster label fingerprint %x, ours %x", ErrWrongCluster, theirs.label, ours.label)
 	}
 
-	res := &handshakeResult{version: protocolVersion}
-	if local.psk != nil {
+	res := &handshakeResult{version: protocolVersion, mode: ours.mode}
+	if ours.mode != modePlaintext {
+		// Ephemeral mode: the same derivation with an empty PSK.
 		send, recv, err := sessionKeys(eph, theirs.pub, local.psk, local.label)
 		if err != nil {
 			return nil, err
@@ -319,6 +336,10 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 	}
 	plain, err := res.recv.open(in, size)
 	if err != nil {
+		if ours.mode == modeEphemeral {
+			// No secret to differ: the keys were tampered with in flight.
+			return nil, fmt.Errorf("%w: hello failed to open under ephemeral keys (preamble tampered with in flight?)", ErrAuth)
+		}
 		return nil, fmt.Errorf("%w (the peer uses a different mesh secret)", ErrAuth)
 	}
 	env, err := parseEnvelope(in[:plain])
@@ -351,9 +372,31 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 	return res, nil
 }
 
+// modeName describes a preamble mode in errors and logs.
 func modeName(m uint8) string {
-	if m == modeEncrypted {
-		return "encrypted"
+	switch m {
+	case modeEncrypted:
+		return "encrypted with a mesh secret"
+	case modeEphemeral:
+		return "encrypted with ephemeral keys only (auto TLS)"
 	}
 	return "plaintext"
+}
+
+// Encryption kinds reported in Status.
+const (
+	EncryptionPSK       = "psk"       // X25519 + mesh secret: confidential and authenticated
+	EncryptionEphemeral = "ephemeral" // X25519 only: confidential against passive eavesdroppers, not authenticated
+	EncryptionPlaintext = "plaintext"
+)
+
+// encryptionKind is the Status name of a preamble mode.
+func encryptionKind(m uint8) string {
+	switch m {
+	case modeEncrypted:
+		return EncryptionPSK
+	case modeEphemeral:
+		return EncryptionEphemeral
+	}
+	return EncryptionPlaintext
 }

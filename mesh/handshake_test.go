@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,6 +61,11 @@ func runBoth(t *testing.T, a, b localIdentity) (*handshakeResult, error, *handsh
 	return ra, ea, o.res, o.err
 }
 
+func eph(id localIdentity) localIdentity {
+	id.ephemeral = true
+	return id
+}
+
 func ident(name string, uid uint64, psk []byte, label string) localIdentity {
 	return localIdentity{name: PeerName(name), uid: uid, nickName: "n", label: label, addrs: []string{name + ":1"}, psk: psk}
 }
@@ -77,6 +84,12 @@ func TestHandshakeMatrix(t *testing.T) {
 		{"wrong cluster", ident("a", 1, testPSK, "x"), ident("b", 2, testPSK, "y"), ErrWrongCluster},
 		{"name collision", ident("a", 1, testPSK, "x"), ident("a", 2, testPSK, "x"), ErrNameCollision},
 		{"self", ident("a", 1, testPSK, "x"), ident("a", 1, testPSK, "x"), errSelfConnect},
+		{"ephemeral both", eph(ident("a", 1, nil, "x")), eph(ident("b", 2, nil, "x")), nil},
+		{"ephemeral vs plaintext", eph(ident("a", 1, nil, "x")), ident("b", 2, nil, "x"), ErrEncryptionMismatch},
+		{"ephemeral vs psk", eph(ident("a", 1, nil, "x")), ident("b", 2, testPSK, "x"), ErrEncryptionMismatch},
+		{"psk vs ephemeral", ident("a", 1, testPSK, "x"), eph(ident("b", 2, nil, "x")), ErrEncryptionMismatch},
+		{"ephemeral wrong cluster", eph(ident("a", 1, nil, "x")), eph(ident("b", 2, nil, "y")), ErrWrongCluster},
+		{"ephemeral name collision", eph(ident("a", 1, nil, "x")), eph(ident("a", 2, nil, "x")), ErrNameCollision},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,7 +101,7 @@ func TestHandshakeMatrix(t *testing.T) {
 				if ra.remote.name != tc.b.name || rb.remote.name != tc.a.name || ra.remote.uid != tc.b.uid {
 					t.Fatalf("wrong remote identity: %+v / %+v", ra.remote, rb.remote)
 				}
-				if (tc.a.psk != nil) != (ra.send != nil) {
+				if (tc.a.mode() != modePlaintext) != (ra.send != nil) || ra.mode != tc.a.mode() || rb.mode != tc.b.mode() {
 					t.Fatalf("encryption state mismatch")
 				}
 				return
@@ -406,5 +419,92 @@ func TestLoopbackTCPConvergence(t *testing.T) {
 	}
 	for _, r := range routers[:n-1] {
 		eventually(t, waitLong, "stopped peer unreachable", func() bool { return !r.Reachable(last.Name()) })
+	}
+}
+
+// recordingConn keeps a copy of everything written.
+type recordingConn struct {
+	net.Conn
+	mu  sync.Mutex
+	out []byte
+}
+
+func (c *recordingConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	c.out = append(c.out, b...)
+	c.mu.Unlock()
+	return c.Conn.Write(b)
+}
+
+// Ephemeral mode encrypts the hello (and so everything after it) without
+// any shared secret, and says which mode it is in a mismatch.
+func TestHandshakeEphemeralEncryptsWithoutSecret(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		a     localIdentity
+		clear bool
+	}{
+		{"ephemeral", eph(ident("peer-alpha", 1, nil, "x")), false},
+		{"plaintext", ident("peer-alpha", 1, nil, "x"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca, cb := pipePair(t)
+			rec := &recordingConn{Conn: ca}
+			b := tc.a
+			b.name, b.uid = "peer-bravo", 2
+			done := make(chan error, 1)
+			go func() {
+				_, err := handshake(cb, b, 2*time.Second)
+				done <- err
+			}()
+			res, err := handshake(rec, tc.a, 2*time.Second)
+			if err != nil || <-done != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			rec.mu.Lock()
+			wire := slices.Clone(rec.out)
+			rec.mu.Unlock()
+			if got := bytes.Contains(wire, []byte("peer-alpha")); got != tc.clear {
+				t.Fatalf("name in clear on the wire = %v, want %v", got, tc.clear)
+			}
+			if tc.clear {
+				return
+			}
+			// Later frames are sealed with the session keys.
+			msg := []byte("secret payload for peer-bravo")
+			buf := make([]byte, len(msg), len(msg)+aeadTagLen)
+			copy(buf, msg)
+			n, err := res.send.seal(buf, len(msg))
+			if err != nil || bytes.Contains(buf[:n], msg) {
+				t.Fatalf("seal: %v, sealed frame contains the plaintext", err)
+			}
+		})
+	}
+	_, ea, _, eb := runBoth(t, eph(ident("a", 1, nil, "x")), ident("b", 2, testPSK, "x"))
+	for _, err := range []error{ea, eb} {
+		if !errors.Is(err, ErrEncryptionMismatch) || !strings.Contains(err.Error(), "ephemeral keys only (auto TLS)") || !strings.Contains(err.Error(), "mesh secret") {
+			t.Fatalf("mismatch error does not name both modes: %v", err)
+		}
+	}
+}
+
+// A mesh in ephemeral mode forms and reports the mode per connection.
+func TestEphemeralMeshStatus(t *testing.T) {
+	c := newCluster(t)
+	ephemeral := func(cfg *Config) { cfg.PSK = nil; cfg.EphemeralEncryption = true }
+	a := c.start("a", ephemeral)
+	c.start("b", ephemeral, "a")
+	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	st := a.Status()
+	if !st.Encrypted || st.Encryption != EncryptionEphemeral {
+		t.Fatalf("router status: encrypted %v, encryption %q", st.Encrypted, st.Encryption)
+	}
+	for _, cs := range st.Connections {
+		if cs.State == "established" && (!cs.Encrypted || cs.Encryption != EncryptionEphemeral) {
+			t.Fatalf("connection status: %+v", cs)
+		}
+	}
+	if _, err := New(func() Config { cfg := testConfig("z"); cfg.EphemeralEncryption = true; return cfg }()); err == nil {
+		t.Fatal("New accepted EphemeralEncryption together with a PSK")
 	}
 }

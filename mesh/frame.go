@@ -23,7 +23,8 @@ const (
 
 const (
 	frameHeaderLen = 4  // big-endian u32 length of the (sealed) body
-	aeadTagLen     = 16 // ChaCha20-Poly1305 tag
+	aeadTagLen     = 16 // AES-256-GCM tag
+	aeadNonceLen   = 12 // AES-256-GCM nonce: a per-direction counter, never sent
 	// envelopeFixedLen: type, flags, ttl, channel(2), seq(8), srcLen, dstLen.
 	envelopeFixedLen = 1 + 1 + 1 + 2 + 8 + 1 + 1
 	maxEnvelopeHdr   = envelopeFixedLen + 2*maxNameLen

@@ -192,7 +192,7 @@ func TestMeshRefusesWrongSecretAndToken(t *testing.T) {
 			}
 			// The refused member logs the mesh's reason.
 			logged := false
-			for _, e := range logs.FilterMessage("mesh handshake refused").All() {
+			for _, e := range logs.FilterMessageSnippet("mesh handshake refused").All() {
 				if err, ok := e.ContextMap()["error"].(string); ok && strings.Contains(err, tc.wantErr.Error()) {
 					logged = true
 				}

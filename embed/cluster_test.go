@@ -11,6 +11,8 @@ import (
 
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/meshetcd/meshetcd/mesh"
 )
 
 func clusterCtx(t *testing.T) context.Context {
@@ -170,5 +172,30 @@ func TestStartClusterFailsFast(t *testing.T) {
 	}
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("StartCluster took %v to fail", d)
+	}
+}
+
+// With PeerAutoTLS (and no secret) every mesh link of the cluster is
+// encrypted with ephemeral keys, and the status says so.
+func TestClusterPeerAutoTLSEncryptsMeshLinks(t *testing.T) {
+	c := startTestCluster(t, 3, ClusterOptions{Configure: func(_ int, cfg *Config) { cfg.PeerAutoTLS = true }})
+	for _, m := range c.Members() {
+		st := m.MeshStatus()
+		if !st.Encrypted || st.Encryption != mesh.EncryptionEphemeral {
+			t.Errorf("%s: encrypted %v, encryption %q", m.Name(), st.Encrypted, st.Encryption)
+		}
+		established := 0
+		for _, cs := range st.Connections {
+			if cs.State != "established" {
+				continue
+			}
+			established++
+			if !cs.Encrypted || cs.Encryption != mesh.EncryptionEphemeral {
+				t.Errorf("%s: connection to %s: encrypted %v, encryption %q", m.Name(), cs.Peer, cs.Encrypted, cs.Encryption)
+			}
+		}
+		if established == 0 {
+			t.Errorf("%s: no established mesh connection", m.Name())
+		}
 	}
 }

@@ -107,12 +107,19 @@ type Config struct {
 	Join bool
 	// MeshPassword is the shared mesh secret: every mesh link is
 	// authenticated and encrypted with it; a member with another secret is
-	// refused. Empty means plaintext links (like etcd's http:// peers).
+	// refused. Empty means plaintext links (like etcd's http:// peers),
+	// unless PeerAutoTLS is set.
 	// cmd/meshetcd reads it from --mesh-password-file or
 	// MESHETCD_MESH_PASSWORD, never from a visible command-line value.
 	MeshPassword string
-	// PeerAutoTLS is etcd's --peer-auto-tls. The mesh has no
-	// unauthenticated-encryption mode, so it is refused (use MeshPassword).
+	// PeerAutoTLS is etcd's --peer-auto-tls: without a MeshPassword, every
+	// mesh link is encrypted with fresh ephemeral keys (mesh
+	// EphemeralEncryption). Like etcd's self-signed auto TLS, which skips
+	// peer verification, this is confidential against passive
+	// eavesdroppers but NOT authenticated: anyone who can reach the peer
+	// port can join the mesh, and an active man in the middle can read and
+	// alter traffic. All members must use the same mode. A MeshPassword,
+	// if also set, takes precedence (noted in the log).
 	PeerAutoTLS bool
 	// StrictReconfigCheck is etcd's --strict-reconfig-check (default
 	// true): refuse membership changes that could lose quorum.
@@ -271,9 +278,6 @@ func (c *Config) Validate() error {
 		if u.Port() == "0" && (c.DiscoverySize > 0 || c.Join || strings.Contains(c.InitialCluster, ",")) {
 			return fmt.Errorf("--initial-advertise-peer-urls %q: the port must be fixed in a multi-member cluster (it is part of the member's identity in the mesh and in the member id)", u.String())
 		}
-	}
-	if c.PeerAutoTLS {
-		return errors.New("--peer-auto-tls is not supported: the mesh cannot encrypt links with throw-away keys alone (it has no unauthenticated-encryption mode); set a mesh secret with --mesh-password-file FILE or MESHETCD_MESH_PASSWORD, which authenticates and encrypts every mesh link")
 	}
 	if c.DiscoverySize < 0 {
 		return fmt.Errorf("--discovery-size must be >= 0 (got %d)", c.DiscoverySize)

@@ -239,14 +239,6 @@ func TestStartMemberErrors(t *testing.T) {
 			t.Error("an existing-cluster start with no reachable member succeeded")
 		}
 	})
-	t.Run("peer auto tls refused", func(t *testing.T) {
-		cfg, _ := testConfig(t)
-		cfg.PeerAutoTLS = true
-		_, err := StartMember(startCtx(t), cfg)
-		if err == nil || !strings.Contains(err.Error(), "--mesh-password-file") {
-			t.Errorf("err = %v", err)
-		}
-	})
 	t.Run("cancelled start", func(t *testing.T) {
 		cfg, _ := testConfig(t)
 		// An election timeout long enough that the member cannot be ready

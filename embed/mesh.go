@@ -52,9 +52,16 @@ func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram 
 	mc.Seeds = slices.Compact(mc.Seeds)
 	mc.Seeds = slices.DeleteFunc(mc.Seeds, func(s string) bool { return slices.Contains(mc.AdvertiseAddrs, s) })
 
-	if cfg.MeshPassword != "" {
+	switch {
+	case cfg.MeshPassword != "":
 		mc.Password = cfg.MeshPassword
-	} else {
+		if cfg.PeerAutoTLS {
+			lg.Info("--peer-auto-tls ignored: the mesh secret takes precedence (it authenticates and encrypts every mesh link)")
+		}
+	case cfg.PeerAutoTLS:
+		mc.EphemeralEncryption = true
+		lg.Warn("--peer-auto-tls: mesh links are encrypted with ephemeral keys but NOT authenticated (like etcd's self-signed peer TLS); anyone reaching the peer port can join. Set a mesh secret with --mesh-password-file or MESHETCD_MESH_PASSWORD to authenticate members")
+	default:
 		mc.InsecurePlaintext = true
 	}
 	// The mesh must notice a dead link well inside raft's election

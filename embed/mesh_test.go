@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/meshetcd/meshetcd/kvstore"
 )
@@ -64,5 +65,20 @@ func TestRouterConfigFromMemberConfig(t *testing.T) {
 	cfg.ElectionTimeout = 200 * time.Millisecond
 	if mc, _ = routerConfig(&cfg, zap.NewNop(), ic, 0); mc.DeadTimeout != minMeshDeadTimeout {
 		t.Errorf("short election timeout: dead %v", mc.DeadTimeout)
+	}
+
+	// --peer-auto-tls: ephemeral encryption without a secret; a secret
+	// takes precedence, and the log says so.
+	cfg.PeerAutoTLS = true
+	core, logs := observer.New(zap.InfoLevel)
+	if mc, _ = routerConfig(&cfg, zap.New(core), ic, 0); mc.Password != "s" || mc.EphemeralEncryption || mc.InsecurePlaintext {
+		t.Errorf("auto TLS with a secret: password %q ephemeral %v plaintext %v", mc.Password, mc.EphemeralEncryption, mc.InsecurePlaintext)
+	}
+	if logs.FilterMessageSnippet("secret takes precedence").Len() != 1 {
+		t.Error("auto TLS overridden by the secret without a log line")
+	}
+	cfg.MeshPassword = ""
+	if mc, _ = routerConfig(&cfg, zap.NewNop(), ic, 0); mc.Password != "" || !mc.EphemeralEncryption || mc.InsecurePlaintext {
+		t.Errorf("auto TLS: password %q ephemeral %v plaintext %v", mc.Password, mc.EphemeralEncryption, mc.InsecurePlaintext)
 	}
 }

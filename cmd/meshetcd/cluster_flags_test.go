@@ -81,8 +81,18 @@ func TestMeshSecretFlags(t *testing.T) {
 	// There is no flag carrying the secret itself.
 	mustFail(t, []string{"--mesh-password", "x"}, fakeEnv{}, "mesh-password")
 
-	// Peer TLS flags are refused and name the mesh alternative.
-	mustFail(t, []string{"--peer-auto-tls"}, fakeEnv{}, "--peer-auto-tls", "--mesh-password-file")
+	// --peer-auto-tls is honoured (ephemeral mesh encryption), from the
+	// flag or etcd's variable; peer certificate flags are refused and name
+	// the mesh alternative.
+	if o := mustParse(t, []string{"--peer-auto-tls"}, fakeEnv{}); !o.cfg.PeerAutoTLS {
+		t.Error("--peer-auto-tls not set in the config")
+	}
+	if o := mustParse(t, nil, fakeEnv{"ETCD_PEER_AUTO_TLS": "true"}); !o.cfg.PeerAutoTLS {
+		t.Error("ETCD_PEER_AUTO_TLS not honoured")
+	}
+	if o := mustParse(t, []string{"--peer-auto-tls"}, fakeEnv{"MESHETCD_MESH_PASSWORD": "s"}); !o.cfg.PeerAutoTLS || o.cfg.MeshPassword != "s" {
+		t.Error("--peer-auto-tls with a mesh secret: both must reach the config (the secret wins in embed)")
+	}
 	mustFail(t, []string{"--peer-cert-file", "/x.pem"}, fakeEnv{}, "--peer-cert-file", "--mesh-password-file", "MESHETCD_MESH_PASSWORD")
 	mustFail(t, []string{"--peer-client-cert-auth"}, fakeEnv{}, "--peer-client-cert-auth", "--mesh-password-file")
 	mustFail(t, []string{"--peer-trusted-ca-file", "/ca.pem"}, fakeEnv{}, "--mesh-password-file")

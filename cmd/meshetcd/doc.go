@@ -6,9 +6,12 @@
 // Flags meshetcd does not implement are never silently ignored: harmless
 // tuning knobs are accepted with a warning, and flags that would change
 // security (TLS, client certificate auth, auth tokens, ...) or data placement
-// are refused unless left at etcd's default. Peer TLS flags are refused
-// with a pointer to the mesh secret (--mesh-password-file or
-// MESHETCD_MESH_PASSWORD), which authenticates and encrypts mesh links.
+// are refused unless left at etcd's default. Peer certificate flags are
+// refused with a pointer to the mesh secret (--mesh-password-file or
+// MESHETCD_MESH_PASSWORD), which authenticates and encrypts mesh links;
+// --peer-auto-tls is honoured: without a secret it encrypts every mesh link
+// with ephemeral keys (confidential, not authenticated, like etcd's
+// self-signed peer TLS).
 //
 // Clusters form with etcd's static flags (--initial-cluster & co), by mesh
 // discovery (--discovery-size N --peers host:port) or by joining a running

@@ -263,7 +263,7 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.Var(clusterState, "initial-cluster-state", "Initial cluster state ('new' or 'existing'). Ignored on restarts.")
 	fs.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", cfg.InitialClusterToken, "Initial cluster token for the cluster during bootstrap.")
 	fs.BoolVar(&cfg.StrictReconfigCheck, "strict-reconfig-check", true, "Reject reconfiguration requests that would cause quorum loss.")
-	fs.BoolVar(&cfg.PeerAutoTLS, "peer-auto-tls", false, "etcd's peer auto TLS: refused, because the mesh has no encryption without a shared secret; use --mesh-password-file.")
+	fs.BoolVar(&cfg.PeerAutoTLS, "peer-auto-tls", false, "Encrypt every mesh link with ephemeral keys, like etcd's self-signed peer TLS: confidential against passive eavesdroppers, not authenticated. A mesh secret (--mesh-password-file) takes precedence.")
 
 	// meshetcd: forming a cluster over the mesh
 	fs.IntVar(&cfg.DiscoverySize, "discovery-size", 0, "Form a new cluster of this many members by mesh discovery (with --peers); a member that finds a running cluster joins it.")

@@ -2,6 +2,7 @@ package embed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -278,5 +279,48 @@ func TestStartClusterLoopback(t *testing.T) {
 	}
 	if _, err := c.Client().Put(clusterCtx(t), "k", "v"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A joining member that gets no answer gives up after JoinTimeout and
+// names the reason of its last attempt.
+func TestRefusedJoinerGivesUpWithReason(t *testing.T) {
+	c := startTestCluster(t, 1, ClusterOptions{MeshPassword: "right secret"})
+	seed := c.Members()[0].PeerAddr()
+	for _, tc := range []struct {
+		name, password, token string
+		peers                 []string
+		want                  string
+	}{
+		{"wrong secret", "wrong secret", DefaultInitialClusterToken, []string{seed}, "mesh secret mismatch with " + seed},
+		{"wrong token", "right secret", "other-cluster", []string{seed}, "cluster label mismatch with " + seed},
+		{"nobody reachable", "right secret", DefaultInitialClusterToken, []string{"10.9.9.9:2380"}, "no member reachable over the mesh"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := c.NewMemberConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.MeshPassword, cfg.InitialClusterToken = tc.password, tc.token
+			cfg.Join = true
+			cfg.Peers = tc.peers
+			cfg.JoinTimeout = 3 * time.Second
+			start := time.Now()
+			m, err := StartMember(clusterCtx(t), cfg)
+			if err == nil {
+				_ = m.Close()
+				t.Fatal("a member that cannot join started")
+			}
+			if !errors.Is(err, ErrJoinTimeout) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want ErrJoinTimeout naming %q", err, tc.want)
+			}
+			t.Logf("StartMember: %v", err)
+			if d := time.Since(start); d > 30*time.Second {
+				t.Fatalf("gave up only after %v with a 3 s join timeout", d)
+			}
+		})
+	}
+	if _, err := c.Client().Put(clusterCtx(t), "still", "ok"); err != nil {
+		t.Fatalf("cluster after the refused joiners: %v", err)
 	}
 }

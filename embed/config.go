@@ -105,6 +105,18 @@ type Config struct {
 	// (--join): it is added as a learner, catches up, and is promoted to
 	// a voter automatically.
 	Join bool
+	// JoinTimeout bounds how long a member joining a running cluster (Join,
+	// InitialClusterState "existing", or discovery finding a cluster; not
+	// a restart from a WAL) keeps asking for its membership when no member
+	// answers: nobody reachable, a mesh refusal (wrong secret or token), or
+	// a refused request. StartMember then fails with ErrJoinTimeout and
+	// the reason from the last attempt, e.g. "mesh secret mismatch with
+	// 10.0.0.1:2380", and cmd/meshetcd exits 1. etcd asks each peer URL
+	// once (10 s timeout each) and exits; the mesh needs some time to
+	// connect and retries with backoff, so the default is 60 s
+	// (DefaultJoinTimeout). 0 means the default. The ctx given to
+	// StartMember still bounds the whole start.
+	JoinTimeout time.Duration
 	// MeshPassword is the shared mesh secret: every mesh link is
 	// authenticated and encrypted with it; a member with another secret is
 	// refused. Empty means plaintext links (like etcd's http:// peers),
@@ -188,6 +200,7 @@ func NewConfig() Config {
 		InitialClusterState:         ClusterStateNew,
 		InitialClusterToken:         DefaultInitialClusterToken,
 		StrictReconfigCheck:         true,
+		JoinTimeout:                 DefaultJoinTimeout,
 		SnapshotCount:               DefaultSnapshotCount,
 		HeartbeatInterval:           DefaultHeartbeatInterval,
 		ElectionTimeout:             DefaultElectionTimeout,
@@ -278,6 +291,9 @@ func (c *Config) Validate() error {
 		if u.Port() == "0" && (c.DiscoverySize > 0 || c.Join || strings.Contains(c.InitialCluster, ",")) {
 			return fmt.Errorf("--initial-advertise-peer-urls %q: the port must be fixed in a multi-member cluster (it is part of the member's identity in the mesh and in the member id)", u.String())
 		}
+	}
+	if c.JoinTimeout < 0 {
+		return fmt.Errorf("--join-timeout must be >= 0 (got %v)", c.JoinTimeout)
 	}
 	if c.DiscoverySize < 0 {
 		return fmt.Errorf("--discovery-size must be >= 0 (got %d)", c.DiscoverySize)
@@ -514,3 +530,10 @@ func urlsString(us []url.URL) string {
 	}
 	return strings.Join(ss, ",")
 }
+
+// DefaultJoinTimeout is Config.JoinTimeout's default.
+const DefaultJoinTimeout = 60 * time.Second
+
+// ErrJoinTimeout: a joining member got no answer from the cluster within
+// JoinTimeout. The error wrapping it names the reason of the last attempt.
+var ErrJoinTimeout = errors.New("could not join the cluster")

@@ -43,7 +43,10 @@
 //     refused after a grace period (ErrDiscoveryTooMany). See decide.
 //   - Join (Join, Peers): kvstore asks the cluster over the mesh to add the
 //     member as a learner; it is promoted once caught up. etcd's
-//     "member add" + InitialClusterState "existing" works too.
+//     "member add" + InitialClusterState "existing" works too. A joiner
+//     that gets no answer gives up after JoinTimeout (60 s) with
+//     ErrJoinTimeout and the last reason ("mesh secret mismatch with
+//     10.0.0.1:2380", "no member reachable over the mesh", ...).
 //
 // A member whose data directory holds a WAL ignores all of these and
 // restarts from it.

@@ -203,8 +203,31 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	}
 	kc.Mesh = router
 
-	srv, err := kvstore.New(ctx, kc)
+	// A joining member asks the cluster for its membership over the mesh;
+	// bound that (JoinTimeout) so a refused or isolated joiner fails with
+	// the reason instead of retrying forever.
+	kctx := ctx
+	joinTimeout := cfg.JoinTimeout
+	if joinTimeout <= 0 {
+		joinTimeout = DefaultJoinTimeout
+	}
+	joining := !hasWAL && (kc.Join || kc.InitialClusterState == ClusterStateExisting)
+	if joining {
+		var jcancel context.CancelFunc
+		kctx, jcancel = context.WithTimeout(ctx, joinTimeout)
+		defer jcancel()
+	}
+	srv, err := kvstore.New(kctx, kc)
 	if err != nil {
+		if joining && kctx.Err() != nil && ctx.Err() == nil {
+			reason := joinProblem(router.Status())
+			if reason == "" {
+				reason = err.Error()
+			} else {
+				reason += " (" + err.Error() + ")"
+			}
+			return nil, fmt.Errorf("member %q: %w within %v: %s", cfg.Name, ErrJoinTimeout, joinTimeout, reason)
+		}
 		return nil, fmt.Errorf("cannot start member %q on data dir %q: %w", cfg.Name, dataDir, err)
 	}
 	routerOwned = false // the Member closes it from now on
@@ -494,4 +517,37 @@ func freeLoopbackPort() (string, error) {
 	defer l.Close()
 	_, port, err := net.SplitHostPort(l.Addr().String())
 	return port, err
+}
+
+// joinProblem explains from the mesh status why a joining member got no
+// answer: a refusal by an address it dialled ("mesh secret mismatch with
+// 10.0.0.1:2380"), else one on an inbound connection, else that no member
+// is reachable (with the last dial error). "" when members are reachable:
+// then the cluster itself did not answer, and kvstore's error says why.
+func joinProblem(st mesh.Status) string {
+	for _, t := range st.Targets {
+		if t.Reason != "" {
+			return fmt.Sprintf("%s with %s", t.Reason, t.Addr)
+		}
+	}
+	for i := len(st.HandshakeFailures) - 1; i >= 0; i-- {
+		if f := st.HandshakeFailures[i]; f.Reason != "" {
+			return fmt.Sprintf("%s with %s (%s)", f.Reason, f.Addr, f.Direction)
+		}
+	}
+	for _, p := range st.Peers {
+		if p.Name != st.Name && p.Reachable {
+			return ""
+		}
+	}
+	var errs []string
+	for _, t := range st.Targets {
+		if t.LastError != "" {
+			errs = append(errs, t.Addr+": "+t.LastError)
+		}
+	}
+	if len(errs) == 0 {
+		return "no member reachable over the mesh"
+	}
+	return "no member reachable over the mesh (last errors: " + strings.Join(errs, "; ") + ")"
 }

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/meshetcd/meshetcd/embed"
 )
 
 func TestStaticClusterFlags(t *testing.T) {
@@ -105,5 +111,69 @@ func TestHelpMentionsClusterFlags(t *testing.T) {
 		if !strings.Contains(o.help, s) {
 			t.Errorf("--help does not mention %s", s)
 		}
+	}
+}
+
+// freeTestPort is a free loopback port in 32000-32999.
+func freeTestPort(t *testing.T, skip string) string {
+	t.Helper()
+	for p := 32000 + time.Now().Nanosecond()%900; p < 33000; p++ {
+		port := strconv.Itoa(p)
+		if port == skip {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			_ = l.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port in 32000-32999")
+	return ""
+}
+
+// A joiner that nobody answers exits 1 after --join-timeout, naming why.
+func TestJoinTimeoutExitsOne(t *testing.T) {
+	if o := mustParse(t, []string{"--join-timeout", "5s"}, fakeEnv{}); o.cfg.JoinTimeout != 5*time.Second {
+		t.Errorf("--join-timeout 5s: %v", o.cfg.JoinTimeout)
+	}
+	if o := mustParse(t, nil, fakeEnv{"MESHETCD_JOIN_TIMEOUT": "7s"}); o.cfg.JoinTimeout != 7*time.Second {
+		t.Errorf("MESHETCD_JOIN_TIMEOUT=7s: %v", o.cfg.JoinTimeout)
+	}
+	if o := mustParse(t, nil, fakeEnv{}); o.cfg.JoinTimeout != embed.DefaultJoinTimeout {
+		t.Errorf("default join timeout: %v", o.cfg.JoinTimeout)
+	}
+	mustFail(t, []string{"--join-timeout", "-1s"}, fakeEnv{}, "--join-timeout")
+
+	peer := freeTestPort(t, "")
+	nobody := freeTestPort(t, peer)
+	var out, errb bytes.Buffer
+	logFile := filepath.Join(t.TempDir(), "log")
+	start := time.Now()
+	codec := make(chan int, 1)
+	go func() {
+		codec <- run([]string{"meshetcd", "--name", "j", "--data-dir", filepath.Join(t.TempDir(), "d"), "--log-outputs", logFile,
+			"--listen-client-urls", "http://127.0.0.1:0", "--advertise-client-urls", "http://127.0.0.1:0",
+			"--listen-peer-urls", "http://127.0.0.1:" + peer, "--initial-advertise-peer-urls", "http://127.0.0.1:" + peer,
+			"--join", "--peers", "127.0.0.1:" + nobody, "--join-timeout", "2s"}, &out, &errb, fakeEnv{})
+	}()
+	var code int
+	select {
+	case code = <-codec:
+	case <-time.After(60 * time.Second):
+		t.Fatal("meshetcd still running 60 s after a 2 s --join-timeout")
+	}
+	if code != exitError {
+		t.Fatalf("exit code %d, want %d; stderr:\n%s", code, exitError, errb.String())
+	}
+	logs, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(logs); !strings.Contains(s, "could not join the cluster") || !strings.Contains(s, "no member reachable") {
+		t.Fatalf("the log does not name the reason:\n%s", s)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("exited only after %v", d)
 	}
 }

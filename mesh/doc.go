@@ -51,7 +51,7 @@
 // computed once in New; with PSK, the 32 bytes are used as is. Each
 // connection makes a fresh X25519 key (forward secrecy); ikm = X25519 ‖
 // PSK, salt = SHA-256(label ‖ lower pub ‖ higher pub), and HKDF-SHA256
-// yields one ChaCha20-Poly1305 key per direction. Nonces are per-direction
+// yields one AES-256-GCM key per direction. Nonces are per-direction
 // counters that are never sent: a replayed, dropped, reordered or
 // reflected frame fails to authenticate and the connection is closed.
 // Plaintext needs InsecurePlaintext explicitly; both ends must agree.

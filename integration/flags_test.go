@@ -39,7 +39,9 @@ func TestBadUsageExits2(t *testing.T) {
 		{args: []string{"--client-cert-auth"}, want: "--client-cert-auth"},
 		{args: []string{"--cert-file=/tmp/server.crt", "--key-file=/tmp/server.key"}, want: "--cert-file"},
 		{args: []string{"--auto-tls"}, want: "--auto-tls"},
-		{args: []string{"--peer-auto-tls=true"}, want: "--peer-auto-tls"},
+		// --peer-auto-tls is honoured (ephemeral-key mesh encryption); peer
+		// certificates are not, and say so.
+		{args: []string{"--peer-cert-file=/tmp/peer.crt"}, want: "--peer-cert-file"},
 		{args: []string{"--auth-token", "jwt"}, want: "--auth-token"},
 		{env: []string{"ETCD_CLIENT_CERT_AUTH=true"}, want: "ETCD_CLIENT_CERT_AUTH"},
 		{env: []string{"ETCD_SNAPSHOT_COUNT=lots"}, want: "ETCD_SNAPSHOT_COUNT"},

@@ -190,6 +190,23 @@ func TestClusterLeaseSurvivesLeaderKill(t *testing.T) {
 		if _, err := cli.Put(ctx(t), "lk2", "x", clientv3.WithLease(g2.ID)); err != nil {
 			t.Fatal(err)
 		}
+		// Note when lk2 is deleted (for the failure message).
+		var delMu sync.Mutex
+		var deletedAt time.Time
+		wctx, wcancel := context.WithCancel(context.Background())
+		defer wcancel()
+		wch := c.Client(t, nonLeader(c, l)...).Watch(wctx, "lk2", clientv3.WithFilterPut())
+		go func() {
+			for r := range wch {
+				if len(r.Events) > 0 {
+					delMu.Lock()
+					if deletedAt.IsZero() {
+						deletedAt = time.Now()
+					}
+					delMu.Unlock()
+				}
+			}
+		}()
 		kctx, kcancel := context.WithCancel(context.Background())
 		defer kcancel()
 		ka, err := cli.KeepAlive(kctx, g2.ID)
@@ -246,10 +263,28 @@ func TestClusterLeaseSurvivesLeaderKill(t *testing.T) {
 				closed = "closed"
 			default:
 			}
-			t.Fatalf("lease (TTL 4s) kept alive across the leader kill is gone (err %v); keepalive channel %s, last response %v after the kill with TTL %d",
-				err, closed, kaLast.Sub(killed).Round(time.Millisecond), kaLastTTL)
+			delMu.Lock()
+			del := deletedAt.Sub(killed).Round(time.Millisecond)
+			delMu.Unlock()
+			last := "none"
+			if !kaLast.IsZero() {
+				last = fmt.Sprintf("%v after the kill with TTL %d", kaLast.Sub(killed).Round(time.Millisecond), kaLastTTL)
+			}
+			t.Fatalf("lease (TTL 4s) kept alive across the leader kill is gone (err %v): its key was deleted %v after the kill; keepalive channel %s, last keepalive response: %s",
+				err, del, closed, last)
 		}
 	})
+}
+
+// nonLeader returns the indexes of the members other than l.
+func nonLeader(c *Cluster, l int) []int {
+	var idx []int
+	for i := range c.Members {
+		if i != l {
+			idx = append(idx, i)
+		}
+	}
+	return idx
 }
 
 // 20 goroutines contend for one concurrency.Mutex through clients spread

@@ -15,7 +15,7 @@ import (
 // Protocol constants of the clear preamble.
 const (
 	preambleMagic   = "MESHETCD"
-	protocolVersion = 1 // the only version this code speaks
+	protocolVersion = 2 // the only version this code speaks; 2 = AES-256-GCM links
 	modePlaintext   = 0
 	modeEncrypted   = 1 // X25519 + pre-shared key: confidential and authenticated
 	modeEphemeral   = 2 // X25519 only (--peer-auto-tls): confidential against passive eavesdroppers, not authenticated

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	bolt "go.etcd.io/bbolt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -392,6 +393,9 @@ func openBackend(cfg Config, hooks backend.Hooks) (be backend.Backend, err error
 	bcfg.Hooks = hooks
 	bcfg.Timeout = backendOpenTimeout
 	bcfg.UnsafeNoFsync = cfg.UnsafeNoFsync
+	// etcd's default (--backend-bbolt-freelist-type=map): the array
+	// freelist's allocation cost grows with the database's free pages.
+	bcfg.BackendFreelistType = bolt.FreelistMapType
 	defer func() {
 		if p := recover(); p != nil {
 			be, err = nil, fmt.Errorf("kvstore: open backend %s: %v", bcfg.Path, p)
@@ -453,6 +457,8 @@ func (s *Server) newUberApplier() apply.UberApplier {
 		Backend:              s.Backend(),
 		QuotaBackendBytesCfg: s.cfg.QuotaBackendBytes,
 		WarningApplyDuration: 100 * time.Millisecond,
+		// etcd's default (feature gate TxnModeWriteWithSharedBuffer, Beta, on).
+		TxnModeWriteWithSharedBuffer: true,
 	})
 }
 

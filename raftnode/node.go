@@ -86,8 +86,9 @@ type Node struct {
 	inflightSnapshots atomic.Int64
 
 	// Owned by the apply goroutine only.
-	appliedTerm   uint64
-	snapshotIndex uint64
+	appliedTerm         uint64
+	snapshotIndex       uint64 // last snapshot saved to disk
+	memorySnapshotIndex uint64 // last snapshot in raftStorage (etcd 3.7)
 
 	lifeMu   sync.Mutex
 	started  bool
@@ -120,6 +121,7 @@ func newNode(cfg Config, id, clusterID uint64, rn raft.Node, ms *raft.MemoryStor
 		stopc:         make(chan struct{}),
 		donec:         make(chan struct{}),
 	}
+	n.memorySnapshotIndex = snapIndex
 	n.appliedIndex.Store(snapIndex)
 	n.committedIndex.Store(snapIndex)
 	return n
@@ -504,6 +506,7 @@ func (n *Node) applySnapshot(ap toApply) error {
 	n.confMu.Unlock()
 	n.appliedTerm = term
 	n.snapshotIndex = idx
+	n.memorySnapshotIndex = idx
 	n.appliedIndex.Store(idx)
 	return nil
 }
@@ -537,18 +540,32 @@ func (n *Node) applyCommitted(ents []*raftpb.Entry) error {
 	return nil
 }
 
-// maybeSnapshot takes a raft snapshot every SnapshotCount applied entries
-// and compacts the in-memory log, keeping SnapshotCatchUpEntries.
+// memorySnapshotCount is etcd 3.7's: every this many applied entries the
+// in-memory raft log gets a snapshot and is compacted, so it holds about
+// SnapshotCatchUpEntries entries instead of up to
+// SnapshotCount+SnapshotCatchUpEntries.
+const memorySnapshotCount = 100
+
+// maybeSnapshot is etcd 3.7's snapshotIfNeededAndCompactRaftLog: every
+// SnapshotCount applied entries a raft snapshot goes to disk (and the WAL is
+// released); every memorySnapshotCount applied entries one goes into the
+// in-memory storage only. Either way the in-memory log is then compacted,
+// keeping SnapshotCatchUpEntries.
 func (n *Node) maybeSnapshot() error {
 	applied := n.appliedIndex.Load()
-	if applied-n.snapshotIndex <= n.cfg.SnapshotCount {
+	toDisk := applied-n.snapshotIndex > n.cfg.SnapshotCount
+	toMemory := applied > n.memorySnapshotIndex+memorySnapshotCount
+	if !toDisk && !toMemory {
 		return nil
 	}
-	// The state machine must be durable up to applied first, so its
-	// consistent index is never behind the snapshot index.
-	data, err := n.applier.SnapshotData()
-	if err != nil {
-		return fmt.Errorf("prepare snapshot at %d: %w", applied, err)
+	var data []byte
+	if toDisk {
+		// The state machine must be durable up to applied first, so its
+		// consistent index is never behind the snapshot index.
+		var err error
+		if data, err = n.applier.SnapshotData(); err != nil {
+			return fmt.Errorf("prepare snapshot at %d: %w", applied, err)
+		}
 	}
 	n.confMu.Lock()
 	cs := proto.Clone(n.confState).(*raftpb.ConfState)
@@ -560,14 +577,17 @@ func (n *Node) maybeSnapshot() error {
 		}
 		return fmt.Errorf("create raft snapshot at %d: %w", applied, err)
 	}
-	if err := n.storage.SaveSnap(s); err != nil {
-		return fmt.Errorf("save raft snapshot at %d: %w", applied, err)
+	n.memorySnapshotIndex = applied
+	if toDisk {
+		if err := n.storage.SaveSnap(s); err != nil {
+			return fmt.Errorf("save raft snapshot at %d: %w", applied, err)
+		}
+		n.snapshotIndex = applied
+		if err := n.storage.Release(s); err != nil {
+			return fmt.Errorf("release WAL before snapshot %d: %w", applied, err)
+		}
+		n.lg.Info("saved snapshot", zap.Uint64("snapshot-index", applied))
 	}
-	n.snapshotIndex = applied
-	if err := n.storage.Release(s); err != nil {
-		return fmt.Errorf("release WAL before snapshot %d: %w", applied, err)
-	}
-	n.lg.Info("saved snapshot", zap.Uint64("snapshot-index", applied))
 
 	if n.inflightSnapshots.Load() != 0 {
 		n.lg.Info("skip raft log compaction: a snapshot is being sent")

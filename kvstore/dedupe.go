@@ -13,10 +13,9 @@ import (
 // proposal the transport lost, and over the mesh a follower's forwarded
 // proposal is lost whenever the link it was queued on dies silently (or a
 // leader loses office before replicating it). The proposer therefore
-// proposes the same request again when the leader or its route changes
-// (propose.go). Whether the first copy was lost cannot be known, so both
-// copies may commit; every member then applies the first and skips the
-// later one. The decision must be identical on every member, including one
+// proposes the same request again while it waits (propose.go). Whether
+// the first copy was lost cannot be known, so several copies may commit;
+// every member then applies the first and skips the later ones. The decision must be identical on every member, including one
 // restarted from its own backend or from a leader snapshot, so the record
 // "request id → index it was applied at" lives in the backend, written in
 // the same bbolt commit as the consistent index of that entry (by the
@@ -39,8 +38,8 @@ func (b meshBucket) IsSafeRangeBucket() bool { return false }
 
 const (
 	// dedupeWindow is how many log entries a request id is remembered.
-	// A retry is proposed within maxRetryAge of the original, far fewer
-	// entries than this at any realistic write rate.
+	// A retry is proposed only while fewer than maxRetryEntries (a
+	// quarter of this) were committed since the original (propose.go).
 	dedupeWindow = 1 << 17
 	// dedupePruneEvery: ids older than the window are pruned when the
 	// applied index is a multiple of this (the same indexes everywhere).

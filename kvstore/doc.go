@@ -49,12 +49,15 @@
 //
 // Raft never resends a proposal the network lost, and a follower's
 // forwarded proposal is lost when the mesh link it was queued on dies
-// silently. So a pending request is proposed again (at most 3 times, within
-// 3 s) when the leader or a mesh route changes; when both copies commit,
-// every member applies the first and skips the later one, deciding from a
-// request-id record (bucket meshetcd_requests) written in the same bbolt
-// commit as the entry's consistent index and pruned at fixed log indexes
-// (dedupe.go), so restarted and snapshot-restored members decide alike.
+// silently, when a relaying member drops it while its own routes change
+// (no event reaches the proposer then), or when the member it reached had
+// no leader at that moment. So a pending request is proposed again on a
+// backoff timer (5 heartbeats, doubling up to the election timeout) for as
+// long as it waits, and one heartbeat after a leader or mesh route change;
+// when several copies commit, every member applies the first and skips the
+// later ones, deciding from a request-id record (bucket meshetcd_requests)
+// written in the same bbolt commit as the entry's consistent index and
+// pruned at fixed log indexes (dedupe.go), so restarted and snapshot-restored members decide alike.
 //
 // Membership changes follow etcd: conf changes return once applied, strict
 // reconfiguration checks (unless DisableStrictReconfigCheck) count started

@@ -78,7 +78,17 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 	}
 	s.metrics.proposalsPend.Inc()
 	defer s.metrics.proposalsPend.Dec()
-	retries := 0
+	// Raft never resends a proposal the network lost (a follower's MsgProp
+	// dropped by the mesh, queued on a link that died, refused by a member
+	// that had no leader at that moment, or taken by a leader that lost
+	// office before replicating it), and no later event is guaranteed to
+	// tell us. So while the request waits, it is proposed again: soon after
+	// a leader or route change (once things settled a little) and on a
+	// backoff timer regardless. If several copies commit, every member
+	// applies the first and skips the others (dedupe.go).
+	rt := newRetryTimer(s.cfg.HeartbeatInterval, s.cfg.ElectionTimeout)
+	defer rt.stop()
+	firstCommit := s.r.CommittedIndex()
 	for {
 		select {
 		case x := <-ch:
@@ -88,7 +98,14 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 			}
 			return x.(*apply.Result), nil
 		case <-leaderChanged:
+			leaderChanged, routeChanged = s.proposalLossNotify()
+			rt.soon()
+			continue
 		case <-routeChanged:
+			leaderChanged, routeChanged = s.proposalLossNotify()
+			rt.soon()
+			continue
+		case <-rt.C():
 		case <-cctx.Done():
 			s.metrics.proposalsFailed.Inc()
 			s.w.Trigger(id, nil)
@@ -97,26 +114,68 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 			s.w.Trigger(id, nil)
 			return nil, servererrors.ErrStopped
 		}
-		// The leader or a mesh route changed: our proposal may have been
-		// lost on the way (raft never resends one). Propose it again; if
-		// both copies commit, the later one is skipped at apply (dedupe.go).
-		leaderChanged, routeChanged = s.proposalLossNotify()
-		if retries < maxProposalRetries && time.Since(start) < maxRetryAge {
-			retries++
-			if err := s.r.Propose(cctx, data); err != nil {
-				s.lg.Debug("re-proposing a pending request failed", zap.Uint64("request-id", id), zap.Error(err))
-			}
+		rt.fired()
+		// Every copy must commit within the dedupe window of the first,
+		// whatever the write rate: stop retrying well before that.
+		if s.r.CommittedIndex()-firstCommit > maxRetryEntries {
+			continue
+		}
+		s.lg.Debug("re-proposing a pending request", zap.Uint64("request-id", id), zap.Duration("pending", time.Since(start)))
+		if err := s.r.Propose(cctx, data); err != nil {
+			s.lg.Debug("re-proposing a pending request failed", zap.Uint64("request-id", id), zap.Error(err))
 		}
 	}
 }
 
-const (
-	// maxProposalRetries bounds re-proposals of one request.
-	maxProposalRetries = 3
-	// maxRetryAge: a request is re-proposed only this soon after it was
-	// first proposed, which keeps every copy well inside dedupeWindow.
-	maxRetryAge = 3 * time.Second
-)
+// maxRetryEntries: a request is re-proposed only while fewer entries than
+// this were committed since it was first proposed, which keeps every copy
+// well inside dedupeWindow.
+const maxRetryEntries = dedupeWindow / 4
+
+// retryTimer schedules re-proposals of a pending request: the first after
+// retryFirst (5 heartbeats: a commit normally takes a few milliseconds),
+// then backing off to the election timeout; a leader or route change
+// brings the next one forward to one heartbeat from now (coalescing bursts
+// of events and leaving the new route or leader a moment to settle).
+type retryTimer struct {
+	t           *time.Timer
+	hb, next, c time.Duration
+	due         time.Time
+}
+
+func newRetryTimer(heartbeat, election time.Duration) *retryTimer {
+	first := 5 * heartbeat
+	if first > election {
+		first = election
+	}
+	return &retryTimer{t: time.NewTimer(first), hb: heartbeat, next: first, c: election, due: time.Now().Add(first)}
+}
+
+func (r *retryTimer) C() <-chan time.Time { return r.t.C }
+
+// soon moves the next retry to one heartbeat from now unless it is due
+// sooner already.
+func (r *retryTimer) soon() {
+	at := time.Now().Add(r.hb)
+	if at.After(r.due) {
+		return
+	}
+	r.t.Stop()
+	r.t.Reset(r.hb)
+	r.due = at
+}
+
+// fired arms the timer for the retry after the one being made now.
+func (r *retryTimer) fired() {
+	r.next *= 2
+	if r.next > r.c {
+		r.next = r.c
+	}
+	r.t.Reset(r.next)
+	r.due = time.Now().Add(r.next)
+}
+
+func (r *retryTimer) stop() { r.t.Stop() }
 
 // proposalLossNotify returns channels closed at the next leader change and,
 // over the mesh, the next route change: the events after which a pending

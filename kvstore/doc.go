@@ -33,8 +33,10 @@
 // transport (raftnode.MeshTransport, channels 32 and 33) and a peer-request
 // endpoint (kvstore/peerrpc, channel 34) on it and closes them in Stop. The
 // peer requests are what etcd sends over HTTP on the peer port: a
-// follower forwards LeaseRenew and LeaseTimeToLive to the leader (retrying
-// across leader changes until the request timeout), PromoteMember is
+// follower forwards LeaseRenew and LeaseTimeToLive to the leader (each try
+// given up after an election timeout or at a leader change, since a dead
+// leader never answers over the mesh; retried until the request timeout,
+// like etcd's waitLeader → forward → retry loop), PromoteMember is
 // forwarded to the leader, a removed member that missed its removal is
 // told so and stops (Err() == ErrRemoved), and a new member bootstraps:
 //

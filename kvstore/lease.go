@@ -64,7 +64,8 @@ func (s *Server) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb
 // LeaseRenew renews a lease on the leader, whose lessor alone tracks
 // expiry. A follower forwards the keepalive to the leader over the mesh,
 // retrying across leader changes until the request timeout (etcd's
-// leasehttp); without a mesh it returns lease.ErrNotPrimary.
+// leasehttp; one try waits at most an election timeout, see
+// forwardAttempt); without a mesh it returns lease.ErrNotPrimary.
 func (s *Server) LeaseRenew(ctx context.Context, id lease.LeaseID) (int64, error) {
 	if s.isLeader() {
 		var ttl int64

@@ -280,11 +280,40 @@ func (s *Server) sleepCtx(ctx context.Context, d time.Duration) {
 
 // --- lease forwarding (etcd's leasehttp) ---
 
+// forwardAttempt is one try of a forwarded request to the member we take
+// for the leader. A dead or unreachable leader never answers over the mesh
+// (there is no connection to reset, unlike etcd's HTTP), so one try must
+// not use up the caller's whole request timeout: it is abandoned after an
+// election timeout (a live leader answers within milliseconds), or as soon
+// as a new leader emerges (changed, taken before the leader was looked
+// up), and the caller's loop waits for the leader and tries again.
+func (s *Server) forwardAttempt(ctx context.Context, changed <-chan struct{}, lead types.ID, method uint8, req []byte) ([]byte, error) {
+	actx, cancel := context.WithTimeout(ctx, s.cfg.ElectionTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-changed:
+			cancel()
+		case <-s.stopping:
+			cancel()
+		case <-done:
+		}
+	}()
+	resp, err := s.callMember(actx, lead, method, req)
+	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		s.lg.Debug("forwarded request to the leader abandoned", zap.String("leader", lead.String()), zap.Uint8("method", method), zap.Error(err))
+	}
+	return resp, err
+}
+
 func (s *Server) forwardLeaseRenew(ctx context.Context, id lease.LeaseID) (int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.requestTimeout())
 	defer cancel()
 	req := binary.BigEndian.AppendUint64(nil, uint64(id))
 	for cctx.Err() == nil {
+		changed := s.r.LeaderChangedNotify()
 		lead, err := s.waitLeader(cctx)
 		if err != nil {
 			return -1, err
@@ -292,7 +321,7 @@ func (s *Server) forwardLeaseRenew(ctx context.Context, id lease.LeaseID) (int64
 		if err := s.withStores(func() error { return s.checkLeaseRenew(ctx, id) }); err != nil {
 			return 0, err
 		}
-		resp, err := s.callMember(cctx, lead, methodLeaseRenew, req)
+		resp, err := s.forwardAttempt(cctx, changed, lead, methodLeaseRenew, req)
 		if err == nil {
 			if len(resp) != 8 {
 				return -1, fmt.Errorf("kvstore: malformed lease renew answer from %s", lead)
@@ -343,11 +372,12 @@ func (s *Server) forwardLeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLi
 		return nil, fmt.Errorf("kvstore: encode lease time-to-live request: %w", err)
 	}
 	for cctx.Err() == nil {
+		changed := s.r.LeaderChangedNotify()
 		lead, err := s.waitLeader(cctx)
 		if err != nil {
 			return nil, err
 		}
-		b, err := s.callMember(cctx, lead, methodLeaseTimeToLive, req)
+		b, err := s.forwardAttempt(cctx, changed, lead, methodLeaseTimeToLive, req)
 		if err == nil {
 			resp := &pb.LeaseTimeToLiveResponse{}
 			if err := proto.Unmarshal(b, resp); err != nil {

@@ -860,3 +860,42 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	}
 	mustPut(t, lead, "after-removal", "ok")
 }
+
+// A keepalive forwarded by a follower must not wait on a leader that went
+// silent (no answer ever comes over the mesh, unlike etcd's refused HTTP
+// connection): the forward gives up on it at the leader change or after an
+// election timeout and reaches the new leader, well before the request
+// timeout (7 s), so a kept-alive lease survives the leader's loss.
+func TestMeshLeaseRenewForwardedAcrossSilentLeader(t *testing.T) {
+	c := newMeshCluster(t, 3, nil)
+	ctx := testCtx(t)
+	lead := c.leader()
+	rest := c.others(lead)
+	f := c.members[rest[0]]
+	l, err := f.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 30})
+	if err != nil {
+		t.Fatalf("LeaseGrant: %v", err)
+	}
+	if _, err := f.LeaseRenew(ctx, lease.LeaseID(l.ID)); err != nil {
+		t.Fatalf("LeaseRenew through follower: %v", err)
+	}
+	// The leader goes silent: data to it is accepted and never delivered.
+	for _, i := range rest {
+		c.nw.Blackhole(hostName(lead), hostName(i))
+	}
+	start := time.Now()
+	ttl, err := f.LeaseRenew(ctx, lease.LeaseID(l.ID))
+	took := time.Since(start)
+	if err != nil || ttl != 30 {
+		t.Fatalf("LeaseRenew through follower after the leader went silent = %d, %v (after %v); want 30", ttl, err, took)
+	}
+	if took > 5*time.Second {
+		t.Errorf("LeaseRenew through follower took %v after the leader went silent, want < 5s", took)
+	}
+	start = time.Now()
+	r, err := c.members[rest[1]].LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: l.ID})
+	if err != nil || r.GrantedTTL != 30 {
+		t.Fatalf("LeaseTimeToLive through follower = %v, %v (after %v)", r, err, time.Since(start))
+	}
+	t.Logf("renew after the leader went silent: %v", took.Round(time.Millisecond))
+}

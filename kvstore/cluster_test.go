@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,9 @@ type memNetwork struct {
 	stopc   chan struct{}
 	wg      sync.WaitGroup
 	stopped bool
+	// dropProps: this many forwarded proposals (MsgProp) are lost
+	// silently, like a datagram a relaying mesh member drops.
+	dropProps atomic.Int32
 }
 
 func newMemNetwork(t *testing.T) *memNetwork {
@@ -72,6 +76,19 @@ func (n *memNetwork) register(node *raftnode.Node) {
 	}(node.ID())
 }
 
+// takeDrop reports whether to lose this MsgProp (see dropProps).
+func (n *memNetwork) takeDrop() bool {
+	for {
+		v := n.dropProps.Load()
+		if v <= 0 {
+			return false
+		}
+		if n.dropProps.CompareAndSwap(v, v-1) {
+			return true
+		}
+	}
+}
+
 func (n *memNetwork) unregister(id uint64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -102,6 +119,9 @@ func (t *memTransport) reporter() raftnode.Reporter {
 
 func (t *memTransport) Send(msgs []*raftpb.Message) {
 	for _, m := range msgs {
+		if m.GetType() == raftpb.MsgProp && t.net.takeDrop() {
+			continue
+		}
 		t.net.mu.Lock()
 		q, ok := t.net.queues[m.GetTo()]
 		_, alive := t.net.nodes[m.GetTo()]
@@ -413,4 +433,38 @@ func TestClusterMembershipChanges(t *testing.T) {
 	if _, err := lead.MemberList(ctx, &pb.MemberListRequest{Linearizable: true}); err != nil {
 		t.Fatalf("MemberList: %v", err)
 	}
+}
+
+// A follower's forwarded proposal lost without any sign (no unreachable
+// report, no leader or route change: a relaying mesh member dropped it) is
+// proposed again on the retry timer, not after the request timeout.
+func TestClusterLostForwardedProposalIsRetried(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	f := c.members[c.follower()]
+	ctx := testCtx(t)
+	if _, err := f.Put(ctx, &pb.PutRequest{Key: []byte("warm"), Value: []byte("v")}); err != nil {
+		t.Fatalf("Put on follower: %v", err)
+	}
+	// The proposal and its first retry are lost.
+	c.net.dropProps.Store(2)
+	start := time.Now()
+	_, err := f.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("Put on follower with its proposal lost: %v (after %v)", err, took)
+	}
+	if n := c.net.dropProps.Load(); n != 0 {
+		t.Fatalf("%d proposal drops left: the test lost nothing", n)
+	}
+	// The retries come after 5 heartbeats and then an election timeout
+	// (150 ms here); the bound leaves room for -race on a busy machine and
+	// stays far below the request timeout (5.2 s) the Put took before.
+	if want := 2 * time.Second; took > want {
+		t.Errorf("Put with two lost proposals took %v, want < %v", took, want)
+	}
+	r, err := f.Range(ctx, &pb.RangeRequest{Key: []byte("k")})
+	if err != nil || len(r.Kvs) != 1 || r.Kvs[0].Version != 1 {
+		t.Fatalf("Range k = %v, %v; want one version", r, err)
+	}
+	t.Logf("Put with two lost proposals took %v", took.Round(time.Millisecond))
 }

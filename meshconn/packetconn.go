@@ -67,7 +67,7 @@ type PacketConn struct {
 	ch    channel
 	log   *zap.Logger
 
-	inbound chan inPacket
+	inbound packetQueue
 	closed  chan struct{}
 	once    sync.Once
 	rd      *deadline
@@ -112,13 +112,13 @@ func newPacketConn(local mesh.PeerName, open openFunc, cfg PacketConfig) (*Packe
 		cfg.Logger = zap.NewNop()
 	}
 	c := &PacketConn{
-		local:   local,
-		addr:    MeshAddr{Peer: local},
-		log:     cfg.Logger.With(zap.String("component", "meshconn")),
-		inbound: make(chan inPacket, cfg.QueueLen),
-		closed:  make(chan struct{}),
-		rd:      newDeadline(),
+		local:  local,
+		addr:   MeshAddr{Peer: local},
+		log:    cfg.Logger.With(zap.String("component", "meshconn")),
+		closed: make(chan struct{}),
+		rd:     newDeadline(),
 	}
+	c.inbound.init(cfg.QueueLen)
 	ch, err := open(c.deliver)
 	if err != nil {
 		return nil, fmt.Errorf("meshconn: open datagram channel: %w", err)
@@ -148,10 +148,9 @@ func (c *PacketConn) deliver(src mesh.PeerName, payload []byte) {
 	}
 	bp := c.getBuf(len(data))
 	copy(*bp, data)
-	select {
-	case c.inbound <- inPacket{src: src, buf: bp}:
+	if c.inbound.push(inPacket{src: src, buf: bp}) {
 		c.received.Add(1)
-	default:
+	} else {
 		c.putBuf(bp)
 		c.dropped.Add(1)
 	}
@@ -162,28 +161,57 @@ func (c *PacketConn) deliver(src mesh.PeerName, payload []byte) {
 // (matching os.ErrDeadlineExceeded) when the read deadline passes, and an
 // error matching net.ErrClosed once the PacketConn is closed.
 func (c *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	// Closed and expired take precedence over queued data, as on a socket.
-	select {
-	case <-c.closed:
-		return 0, nil, c.opErr("read", nil, ErrClosed)
-	case <-c.rd.wait():
-		return 0, nil, c.opErr("read", nil, os.ErrDeadlineExceeded)
-	default:
+	p, err := c.next()
+	if err != nil {
+		return 0, nil, err
 	}
-	select {
-	case p := <-c.inbound:
-		from := MeshAddr{Peer: p.src}
-		n := copy(b, *p.buf)
-		short := n < len(*p.buf)
-		c.putBuf(p.buf)
-		if short {
-			return n, from, c.opErr("read", from, ErrShortBuffer)
+	from := MeshAddr{Peer: p.src}
+	n := copy(b, *p.buf)
+	short := n < len(*p.buf)
+	c.putBuf(p.buf)
+	if short {
+		return n, from, c.opErr("read", from, ErrShortBuffer)
+	}
+	return n, from, nil
+}
+
+// ReadPacket is ReadFrom that never truncates: it waits for the next
+// datagram, appends it to b[:0] (growing b only when the datagram does not
+// fit) and returns the result. A reader can thus start with a small or nil
+// buffer instead of one of MaxDatagramSize, and keep the returned slice
+// for the next call (or drop it after a rare large datagram). Errors are
+// those of ReadFrom, never ErrShortBuffer.
+func (c *PacketConn) ReadPacket(b []byte) ([]byte, net.Addr, error) {
+	p, err := c.next()
+	if err != nil {
+		return b[:0], nil, err
+	}
+	b = append(b[:0], *p.buf...)
+	c.putBuf(p.buf)
+	return b, MeshAddr{Peer: p.src}, nil
+}
+
+// next waits for the next queued datagram, the deadline or Close.
+func (c *PacketConn) next() (inPacket, error) {
+	for {
+		// Closed and expired take precedence over queued data, as on a socket.
+		select {
+		case <-c.closed:
+			return inPacket{}, c.opErr("read", nil, ErrClosed)
+		case <-c.rd.wait():
+			return inPacket{}, c.opErr("read", nil, os.ErrDeadlineExceeded)
+		default:
 		}
-		return n, from, nil
-	case <-c.closed:
-		return 0, nil, c.opErr("read", nil, ErrClosed)
-	case <-c.rd.wait():
-		return 0, nil, c.opErr("read", nil, os.ErrDeadlineExceeded)
+		if p, ok := c.inbound.pop(); ok {
+			return p, nil
+		}
+		select {
+		case <-c.inbound.ready:
+		case <-c.closed:
+			return inPacket{}, c.opErr("read", nil, ErrClosed)
+		case <-c.rd.wait():
+			return inPacket{}, c.opErr("read", nil, os.ErrDeadlineExceeded)
+		}
 	}
 }
 
@@ -276,4 +304,77 @@ func (c *PacketConn) Stats() PacketStats {
 
 func (c *PacketConn) opErr(op string, addr net.Addr, err error) error {
 	return &net.OpError{Op: op, Net: Network, Source: c.addr, Addr: addr, Err: err}
+}
+
+// packetQueue is the bounded FIFO of datagrams waiting for ReadFrom. Its
+// ring grows with the backlog, doubling up to the bound, rather than
+// preallocating QueueLen entries for a peer that may never send.
+type packetQueue struct {
+	mu    sync.Mutex
+	buf   []inPacket // ring; len(buf) is its capacity
+	head  int        // index of the oldest datagram
+	n     int        // datagrams queued
+	limit int
+	// ready holds a token while the queue may be non-empty: push adds one
+	// when the queue becomes non-empty, and pop passes one on when it
+	// leaves datagrams behind, so concurrent readers all get woken.
+	ready chan struct{}
+}
+
+// packetQueueMin is the ring's first allocation.
+const packetQueueMin = 16
+
+func (q *packetQueue) init(limit int) {
+	q.limit = max(limit, 1)
+	q.ready = make(chan struct{}, 1)
+}
+
+func (q *packetQueue) signal() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// push queues p, or reports false when limit datagrams are already queued.
+func (q *packetQueue) push(p inPacket) bool {
+	q.mu.Lock()
+	if q.n >= q.limit {
+		q.mu.Unlock()
+		return false
+	}
+	if q.n == len(q.buf) {
+		nb := make([]inPacket, min(max(2*len(q.buf), packetQueueMin), q.limit))
+		for i := 0; i < q.n; i++ {
+			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = p
+	q.n++
+	wake := q.n == 1
+	q.mu.Unlock()
+	if wake {
+		q.signal()
+	}
+	return true
+}
+
+// pop takes the oldest datagram; false when the queue is empty.
+func (q *packetQueue) pop() (inPacket, bool) {
+	q.mu.Lock()
+	if q.n == 0 {
+		q.mu.Unlock()
+		return inPacket{}, false
+	}
+	p := q.buf[q.head]
+	q.buf[q.head] = inPacket{} // drop references for the GC
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	more := q.n > 0
+	q.mu.Unlock()
+	if more {
+		q.signal()
+	}
+	return p, true
 }

@@ -311,3 +311,105 @@ func TestPacketConnLoopback(t *testing.T) {
 		t.Fatalf("LocalAddr %v", a.LocalAddr())
 	}
 }
+
+func TestPacketConnReadPacketNeverTruncates(t *testing.T) {
+	_, a, b := newFakePair(t, PacketConfig{})
+	small, large := []byte("0123"), bytes.Repeat([]byte("x"), 3000)
+	for _, m := range [][]byte{small, large, small} {
+		if _, err := a.WriteTo(m, MeshAddr{"b"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 0, 8)
+	for i, want := range [][]byte{small, large, small} {
+		d, from, err := b.ReadPacket(buf)
+		if err != nil || !bytes.Equal(d, want) || from.String() != "mesh://a" {
+			t.Fatalf("read %d: %d bytes from %v, %v; want %d bytes", i, len(d), from, err, len(want))
+		}
+		buf = d
+	}
+	b.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	if _, _, err := b.ReadPacket(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("empty queue: %v; want a timeout", err)
+	}
+	b.SetReadDeadline(time.Time{})
+	b.Close()
+	if _, _, err := b.ReadPacket(nil); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("after Close: %v; want ErrClosed", err)
+	}
+}
+
+// The inbound ring grows and wraps around while keeping FIFO order and
+// the QueueLen bound.
+func TestPacketQueueRingOrder(t *testing.T) {
+	var q packetQueue
+	q.init(40)
+	next, want := 0, 0
+	for round := 0; round < 50; round++ {
+		for i := 0; i < round%45; i++ {
+			queued := q.n
+			ok := q.push(inPacket{src: mesh.PeerName(rune('a' + next%26)), buf: &[]byte{byte(next)}})
+			if ok != (queued < 40) {
+				t.Fatalf("push %d with %d queued: %v", next, queued, ok)
+			}
+			if ok {
+				next++
+			}
+		}
+		for i := 0; i < 17; i++ {
+			p, ok := q.pop()
+			if !ok {
+				break
+			}
+			if int((*p.buf)[0]) != want%256 {
+				t.Fatalf("popped %d; want %d", (*p.buf)[0], want%256)
+			}
+			want++
+		}
+		if len(q.buf) > 40 {
+			t.Fatalf("ring of %d above the bound", len(q.buf))
+		}
+	}
+}
+
+// Readers blocked in ReadFrom together all get the datagrams that arrive.
+func TestPacketConnConcurrentReaders(t *testing.T) {
+	_, a, b := newFakePair(t, PacketConfig{})
+	const readers, count = 4, 400
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := 0
+	b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			for {
+				if _, _, err := b.ReadFrom(buf); err != nil {
+					return
+				}
+				mu.Lock()
+				got++
+				done := got == count
+				mu.Unlock()
+				if done {
+					b.Close()
+				}
+			}
+		}()
+	}
+	for seq := uint32(0); seq < count; seq++ {
+		if _, err := a.WriteTo(testDatagram(seq, 50), MeshAddr{"b"}); err != nil {
+			t.Fatal(err)
+		}
+		if seq%50 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wg.Wait()
+	if got != count || b.Stats().Dropped != 0 {
+		t.Fatalf("read %d of %d (stats %+v)", got, count, b.Stats())
+	}
+}

@@ -310,20 +310,25 @@ func (t *MeshTransport) send1(resolve PeerResolver, m *raftpb.Message) error {
 func (t *MeshTransport) readLoop() {
 	defer t.wg.Done()
 	n, _ := t.bound2()
-	buf := make([]byte, t.pc.MaxDatagramSize())
+	// The buffer grows to the largest datagram read so far; one above
+	// 64 KiB (a big append) is not kept, so a MaxDatagramSize buffer
+	// (2.6 MiB) is not pinned for the life of the member.
+	var buf []byte
 	for {
-		k, from, err := t.pc.ReadFrom(buf)
+		d, from, err := t.pc.ReadPacket(buf)
+		if cap(d) <= 64<<10 {
+			buf = d
+		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || t.ctx.Err() != nil {
 				return
 			}
-			// ErrShortBuffer cannot happen with this buffer; anything else
-			// is a one-off: count it and go on.
+			// A one-off (ReadPacket never truncates): count it and go on.
 			t.malformed.Add(1)
 			continue
 		}
 		m := &raftpb.Message{}
-		if err := proto.Unmarshal(buf[:k], m); err != nil {
+		if err := proto.Unmarshal(d, m); err != nil {
 			t.malformed.Add(1)
 			t.lg.Debug("dropped undecodable raft datagram", zap.Stringer("from", from), zap.Error(err))
 			continue

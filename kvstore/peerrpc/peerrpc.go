@@ -314,10 +314,13 @@ func (e *Endpoint) onRequest(src mesh.PeerName, payload []byte) {
 	e.mu.Unlock()
 	go func() {
 		defer e.wg.Done()
-		defer func() { <-e.sem }()
 		ctx, cancel := context.WithTimeout(e.ctx, min(timeout, e.cfg.MaxHandlerTime))
 		defer cancel()
 		resp, err := h(ctx, src, req)
+		// Free the slot before answering: a caller that sends its next
+		// request as soon as this answer arrives must not find the slot
+		// still taken by its own finished request (a spurious ErrBusy).
+		<-e.sem
 		if err != nil {
 			e.respond(src, id, statusError, []byte(err.Error()))
 			return

@@ -109,7 +109,13 @@ func TestCallAndErrors(t *testing.T) {
 		_, err := a.Call(ctx, "b", 3, nil)
 		slow <- err
 	}()
-	<-started
+	select {
+	case <-started:
+	case err := <-slow:
+		t.Fatalf("slow call returned before its handler started: %v", err)
+	case <-ctx.Done():
+		t.Fatal("slow handler never started")
+	}
 	if _, err := a.Call(ctx, "b", 1, nil); !errors.Is(err, ErrBusy) {
 		t.Fatalf("call while the only handler slot is taken: err = %v, want ErrBusy", err)
 	}
@@ -161,5 +167,21 @@ func TestGarbageAndClose(t *testing.T) {
 	}
 	if _, err := a.Call(context.Background(), "a", 1, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Call after Close: err = %v, want ErrClosed", err)
+	}
+}
+
+// A caller that sends its next request as soon as the previous answer
+// arrives never finds the handler slot taken by its own finished request.
+func TestSequentialCallsNeverBusy(t *testing.T) {
+	nw := &fakeNet{handlers: map[mesh.PeerName]mesh.DatagramHandler{}}
+	a := newEndpoint(t, nw, "a", 1)
+	b := newEndpoint(t, nw, "b", 1)
+	b.Handle(1, func(context.Context, mesh.PeerName, []byte) ([]byte, error) { return []byte("ok"), nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 3000; i++ {
+		if _, err := a.Call(ctx, "b", 1, nil); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
 	}
 }

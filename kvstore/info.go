@@ -29,7 +29,15 @@ func (s *Server) Term() uint64 { return s.appliedTerm.Load() }
 
 func (s *Server) CommittedIndex() uint64 { return s.r.CommittedIndex() }
 func (s *Server) AppliedIndex() uint64   { return s.appliedIndex.Load() }
-func (s *Server) IsLearner() bool        { return s.cluster.IsLocalMemberLearner() }
+
+// IsLearner reports whether this member is a learner. Unlike etcd's
+// RaftCluster.IsLocalMemberLearner it does not panic when the member is not
+// (or no longer, or not yet) in the committed membership: grpcapi asks on
+// every request, including the ones a removed or joining member receives.
+func (s *Server) IsLearner() bool {
+	m := s.cluster.Member(s.MemberID())
+	return m != nil && m.IsLearner
+}
 
 // Members is the committed membership, sorted by id.
 func (s *Server) Members() []*Member { return s.cluster.Members() }

@@ -845,6 +845,12 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	if !errors.Is(f.Err(), ErrRemoved) {
 		t.Fatalf("removed member's Err = %v, want ErrRemoved", f.Err())
 	}
+	// grpcapi asks IsLearner on every request; a member no longer in its
+	// own membership must answer, not panic (etcd's IsLocalMemberLearner
+	// panics there).
+	if f.IsLearner() {
+		t.Fatal("removed member reports itself as a learner")
+	}
 	c.routers[o[1]].Stop()
 	c.members[o[1]], c.routers[o[1]] = nil, nil
 

@@ -71,42 +71,69 @@ func loadDedupe(be backend.Backend) map[uint64]uint64 {
 	return seen
 }
 
+// proposedAtField is a field of our own appended to a proposal's
+// InternalRaftRequest bytes: the proposer's committed index when the
+// request was first proposed (every copy carries the same value). etcd's
+// apply ignores unknown fields. The number is far from etcd's and outside
+// protobuf's reserved 19000-19999.
+const proposedAtField protowire.Number = 536870900
+
+// appendProposedAt stamps a marshalled request with its first-proposal
+// commit index.
+func appendProposedAt(data []byte, committed uint64) []byte {
+	data = protowire.AppendTag(data, proposedAtField, protowire.VarintType)
+	return protowire.AppendVarint(data, committed)
+}
+
 // requestID is the id apply.Apply answers the waiter of: the request's ID
 // (field 1) or else its header's ID (field 100, field 1 inside). 0 when
 // data is not an InternalRaftRequest with an id.
 func requestID(data []byte) uint64 {
+	id, _ := requestInfo(data)
+	return id
+}
+
+// requestInfo is requestID plus the proposedAtField stamp (0 when absent,
+// as in entries written before the stamp existed).
+func requestInfo(data []byte) (reqID, proposedAt uint64) {
 	var id, headerID uint64
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
-			return 0
+			return 0, 0
 		}
 		data = data[n:]
 		switch {
 		case num == 1 && typ == protowire.VarintType:
 			v, m := protowire.ConsumeVarint(data)
 			if m < 0 {
-				return 0
+				return 0, 0
 			}
 			id, n = v, m
+		case num == proposedAtField && typ == protowire.VarintType:
+			v, m := protowire.ConsumeVarint(data)
+			if m < 0 {
+				return 0, 0
+			}
+			proposedAt, n = v, m
 		case num == 100 && typ == protowire.BytesType:
 			b, m := protowire.ConsumeBytes(data)
 			if m < 0 {
-				return 0
+				return 0, 0
 			}
 			headerID, n = headerRequestID(b), m
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, data)
 			if n < 0 {
-				return 0
+				return 0, 0
 			}
 		}
 		data = data[n:]
 	}
 	if id != 0 {
-		return id
+		return id, proposedAt
 	}
-	return headerID
+	return headerID, proposedAt
 }
 
 func headerRequestID(b []byte) uint64 {
@@ -135,10 +162,23 @@ func headerRequestID(b []byte) uint64 {
 // isDuplicate reports whether the request in an entry at index was already
 // applied at an earlier index; otherwise it marks it to be recorded with
 // the entry's first backend write.
+//
+// A copy committed more than dedupeWindow entries after the commit index its
+// proposer stamped is skipped as well: the original (committed after that
+// stamp) might already have been pruned from the records, so applying the
+// copy could apply the request twice. Such a copy can only be a retry that
+// travelled very long (a paused proposer, a queue on a dying link); its
+// client has long timed out. The decision depends only on the entry, so
+// every member makes it alike.
 func (s *Server) isDuplicate(data []byte, index uint64) bool {
-	id := requestID(data)
+	id, proposedAt := requestInfo(data)
 	if id == 0 {
 		return false
+	}
+	if proposedAt != 0 && index > proposedAt+dedupeWindow {
+		s.lg.Warn("skipped a request copy committed too long after it was proposed",
+			zap.Uint64("request-id", id), zap.Uint64("proposed-at-commit", proposedAt), zap.Uint64("index", index))
+		return true
 	}
 	if at, ok := s.dd.seen[id]; ok && at < index {
 		s.lg.Info("skipped a retried request that was already applied",

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -61,5 +62,49 @@ func TestRetriedRequestAppliedOnce(t *testing.T) {
 	proposeAndSettle(s)
 	if r := mustGet(t, s, "k"); r.Kvs[0].ModRevision != rev || r.Kvs[0].Version != 1 {
 		t.Fatalf("copy after restart applied: %+v", r.Kvs[0])
+	}
+}
+
+// The proposal stamp is read back by requestInfo, and etcd's own unmarshal
+// (what apply.Apply does) still sees the request unchanged.
+func TestProposedAtStamp(t *testing.T) {
+	plain, _ := proto.Marshal(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: 77}, Put: &pb.PutRequest{Key: []byte("k"), Value: []byte("v")}})
+	stamped := appendProposedAt(append([]byte(nil), plain...), 4242)
+	if id, at := requestInfo(stamped); id != 77 || at != 4242 {
+		t.Fatalf("requestInfo = %d, %d; want 77, 4242", id, at)
+	}
+	if id, at := requestInfo(plain); id != 77 || at != 0 {
+		t.Fatalf("unstamped requestInfo = %d, %d; want 77, 0", id, at)
+	}
+	var r pb.InternalRaftRequest
+	if err := proto.Unmarshal(stamped, &r); err != nil || r.Header.ID != 77 || string(r.Put.Key) != "k" || string(r.Put.Value) != "v" {
+		t.Fatalf("etcd's unmarshal of a stamped request: %v, %+v", err, &r)
+	}
+}
+
+// A copy committed more than dedupeWindow entries after its stamp is
+// refused whatever the records say (the original's record may be pruned);
+// one at the edge of the window is applied (and recorded) normally.
+func TestStaleCopyRefused(t *testing.T) {
+	s := &Server{lg: zap.NewNop(), dd: dedupe{seen: map[uint64]uint64{}}}
+	plain, _ := proto.Marshal(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: 9}, Put: &pb.PutRequest{Key: []byte("k")}})
+	const stamp = 1000
+	data := appendProposedAt(plain, stamp)
+	if !s.isDuplicate(data, stamp+dedupeWindow+1) {
+		t.Fatal("a copy committed past the window was not refused")
+	}
+	if s.dd.pendingID != 0 {
+		t.Fatal("a refused copy was marked to be recorded")
+	}
+	if s.isDuplicate(data, stamp+dedupeWindow) {
+		t.Fatal("a copy at the edge of the window was refused")
+	}
+	if s.dd.pendingID != 9 {
+		t.Fatalf("pending id = %d, want 9", s.dd.pendingID)
+	}
+	// Unstamped entries (written before the stamp existed) are never stale.
+	s.dd.pendingID = 0
+	if s.isDuplicate(plain, stamp+10*dedupeWindow) {
+		t.Fatal("an unstamped entry was refused")
 	}
 }

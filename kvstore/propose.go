@@ -58,6 +58,11 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 	if len(data) > int(s.cfg.MaxRequestBytes) {
 		return nil, servererrors.ErrRequestTooLarge
 	}
+	// Every copy of this request carries the commit index of now; apply
+	// refuses copies committed more than dedupeWindow entries later (see
+	// isDuplicate), so no copy can outlive the record of the original.
+	firstCommit := s.r.CommittedIndex()
+	data = appendProposedAt(data, firstCommit)
 	id := r.ID
 	if id == 0 {
 		id = r.Header.ID
@@ -88,7 +93,6 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 	// applies the first and skips the others (dedupe.go).
 	rt := newRetryTimer(s.cfg.HeartbeatInterval, s.cfg.ElectionTimeout)
 	defer rt.stop()
-	firstCommit := s.r.CommittedIndex()
 	for {
 		select {
 		case x := <-ch:
@@ -115,8 +119,8 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 			return nil, servererrors.ErrStopped
 		}
 		rt.fired()
-		// Every copy must commit within the dedupe window of the first,
-		// whatever the write rate: stop retrying well before that.
+		// A copy committed beyond firstCommit+dedupeWindow is refused at
+		// apply; stop retrying while a new copy still has room to commit.
 		if s.r.CommittedIndex()-firstCommit > maxRetryEntries {
 			continue
 		}
@@ -128,9 +132,10 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 }
 
 // maxRetryEntries: a request is re-proposed only while fewer entries than
-// this were committed since it was first proposed, which keeps every copy
-// well inside dedupeWindow.
-const maxRetryEntries = dedupeWindow / 4
+// this were committed since it was first proposed, leaving a quarter of
+// dedupeWindow for the last copy to commit before apply would refuse it
+// (a budget of ~3 s at 30k writes/s, far more at ordinary rates).
+const maxRetryEntries = dedupeWindow * 3 / 4
 
 // retryTimer schedules re-proposals of a pending request: the first after
 // retryFirst (5 heartbeats: a commit normally takes a few milliseconds),

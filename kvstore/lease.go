@@ -120,31 +120,58 @@ func (s *Server) withStores(f func() error) error {
 }
 
 func (s *Server) checkLeaseRenew(ctx context.Context, id lease.LeaseID) error {
-	rev := s.authStore.Revision()
-	if !s.authStore.IsAuthEnabled() {
-		return nil
-	}
-	ai, err := s.AuthInfoFromCtx(ctx)
+	rev, err := s.checkLeaseKeys(ctx, s.leasesByID(id), func(ai *auth.AuthInfo, key []byte) error {
+		return s.authStore.IsPutPermitted(ai, key)
+	})
 	if err != nil {
 		return err
-	}
-	if ai == nil {
-		return auth.ErrUserEmpty
-	}
-	if s.authStore.IsAdminPermitted(ai) == nil {
-		return nil
-	}
-	if l := s.lessor.Lookup(id); l != nil {
-		for _, key := range l.Keys() {
-			if err := s.authStore.IsPutPermitted(ai, []byte(key)); err != nil {
-				return err
-			}
-		}
 	}
 	if rev != s.authStore.Revision() {
 		return auth.ErrAuthOldRevision
 	}
 	return nil
+}
+
+// checkLeaseKeys is etcd's lease permission rule: with auth enabled, a
+// caller who is not admin needs permit on every key attached to the
+// leases. It returns the auth revision the check started at, which the
+// caller compares again once its read is done.
+func (s *Server) checkLeaseKeys(ctx context.Context, leases []*lease.Lease, permit func(ai *auth.AuthInfo, key []byte) error) (uint64, error) {
+	rev := s.authStore.Revision()
+	if !s.authStore.IsAuthEnabled() {
+		return rev, nil
+	}
+	ai, err := s.AuthInfoFromCtx(ctx)
+	if err != nil {
+		return rev, err
+	}
+	if ai == nil {
+		return rev, auth.ErrUserEmpty
+	}
+	if s.authStore.IsAdminPermitted(ai) == nil {
+		return rev, nil
+	}
+	for _, l := range leases {
+		for _, key := range l.Keys() {
+			if err := permit(ai, []byte(key)); err != nil {
+				return rev, err
+			}
+		}
+	}
+	return rev, nil
+}
+
+// leasesByID is the lease with id as a list, empty when it is unknown.
+func (s *Server) leasesByID(id lease.LeaseID) []*lease.Lease {
+	if l := s.lessor.Lookup(id); l != nil {
+		return []*lease.Lease{l}
+	}
+	return nil
+}
+
+// rangePermitted is the per-key check for reading a lease's keys.
+func (s *Server) rangePermitted(ai *auth.AuthInfo, key []byte) error {
+	return s.authStore.IsRangePermitted(ai, key, []byte{})
 }
 
 // LeaseTimeToLive answers from the leader's lessor; a follower forwards
@@ -221,28 +248,7 @@ func (s *Server) leaseTimeToLiveOnLeader(r *pb.LeaseTimeToLiveRequest) (*pb.Leas
 }
 
 func (s *Server) checkLeaseTimeToLive(ctx context.Context, id lease.LeaseID) (uint64, error) {
-	rev := s.authStore.Revision()
-	if !s.authStore.IsAuthEnabled() {
-		return rev, nil
-	}
-	ai, err := s.AuthInfoFromCtx(ctx)
-	if err != nil {
-		return rev, err
-	}
-	if ai == nil {
-		return rev, auth.ErrUserEmpty
-	}
-	if s.authStore.IsAdminPermitted(ai) == nil {
-		return rev, nil
-	}
-	if l := s.lessor.Lookup(id); l != nil {
-		for _, key := range l.Keys() {
-			if err := s.authStore.IsRangePermitted(ai, []byte(key), []byte{}); err != nil {
-				return 0, err
-			}
-		}
-	}
-	return rev, nil
+	return s.checkLeaseKeys(ctx, s.leasesByID(id), s.rangePermitted)
 }
 
 // LeaseLeases lists the leases this member knows.
@@ -264,26 +270,9 @@ func (s *Server) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb
 }
 
 func (s *Server) checkLeaseLeases(ctx context.Context, leases []*lease.Lease) error {
-	rev := s.authStore.Revision()
-	if !s.authStore.IsAuthEnabled() {
-		return nil
-	}
-	ai, err := s.AuthInfoFromCtx(ctx)
+	rev, err := s.checkLeaseKeys(ctx, leases, s.rangePermitted)
 	if err != nil {
 		return err
-	}
-	if ai == nil {
-		return auth.ErrUserEmpty
-	}
-	if s.authStore.IsAdminPermitted(ai) == nil {
-		return nil
-	}
-	for _, l := range leases {
-		for _, key := range l.Keys() {
-			if err := s.authStore.IsRangePermitted(ai, []byte(key), []byte{}); err != nil {
-				return err
-			}
-		}
 	}
 	if rev != s.authStore.Revision() {
 		return auth.ErrAuthOldRevision

@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/api/v3/version"
 	"go.etcd.io/etcd/server/v3/auth"
 	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
+	"go.etcd.io/etcd/server/v3/lease"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 )
 
@@ -211,6 +212,33 @@ func TestAuth(t *testing.T) {
 	}
 	if _, err := s.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 10}); !errors.Is(err, auth.ErrUserEmpty) {
 		t.Fatalf("anonymous LeaseGrant: err = %v, want ErrUserEmpty", err)
+	}
+	// Leases: a non-admin needs permission on every key attached to the
+	// lease (put for renew, range for time-to-live and the lease list).
+	lg, err := s.LeaseGrant(rootCtx, &pb.LeaseGrantRequest{TTL: 30})
+	if err != nil {
+		t.Fatalf("LeaseGrant as root: %v", err)
+	}
+	if _, err := s.Put(rootCtx, &pb.PutRequest{Key: []byte("secret"), Value: []byte("leased"), Lease: lg.ID}); err != nil {
+		t.Fatalf("Put with lease as root: %v", err)
+	}
+	if _, err := s.LeaseRenew(aliceCtx, lease.LeaseID(lg.ID)); !errors.Is(err, auth.ErrPermissionDenied) {
+		t.Fatalf("LeaseRenew without permission: err = %v, want ErrPermissionDenied", err)
+	}
+	if _, err := s.LeaseTimeToLive(aliceCtx, &pb.LeaseTimeToLiveRequest{ID: lg.ID, Keys: true}); !errors.Is(err, auth.ErrPermissionDenied) {
+		t.Fatalf("LeaseTimeToLive without permission: err = %v, want ErrPermissionDenied", err)
+	}
+	if _, err := s.LeaseLeases(aliceCtx, &pb.LeaseLeasesRequest{}); !errors.Is(err, auth.ErrPermissionDenied) {
+		t.Fatalf("LeaseLeases without permission: err = %v, want ErrPermissionDenied", err)
+	}
+	if _, err := s.LeaseRenew(rootCtx, lease.LeaseID(lg.ID)); err != nil {
+		t.Fatalf("LeaseRenew as root: %v", err)
+	}
+	if r, err := s.LeaseTimeToLive(rootCtx, &pb.LeaseTimeToLiveRequest{ID: lg.ID, Keys: true}); err != nil || len(r.Keys) != 1 {
+		t.Fatalf("LeaseTimeToLive as root = %v, %v", r, err)
+	}
+	if r, err := s.LeaseLeases(rootCtx, &pb.LeaseLeasesRequest{}); err != nil || len(r.Leases) != 1 {
+		t.Fatalf("LeaseLeases as root = %v, %v", r, err)
 	}
 	users, err := s.UserList(rootCtx, &pb.AuthUserListRequest{})
 	if err != nil || len(users.Users) != 2 {

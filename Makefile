@@ -4,7 +4,7 @@ BIN     := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
 
 # Packages with goroutines and shared state run under the race detector.
-RACE_PKGS := ./mesh/... ./meshconn/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
+RACE_PKGS := ./internal/... ./mesh/... ./meshconn/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
 
 .PHONY: all build run etcdctl test test-unit test-integration test-diff bench soak fuzz clean
 

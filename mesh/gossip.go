@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"fmt"
+	"github.com/meshetcd/meshetcd/internal/ring"
 	"sync"
 	"sync/atomic"
 
@@ -69,7 +70,7 @@ type channel struct {
 	class    int
 	datagram DatagramHandler
 	gossiper Gossiper
-	inbound  inboundQueue
+	inbound  ring.Queue[inboundItem]
 	// mergeMu serialises Merge and Encode on this channel's pending data,
 	// which may be shared between connections.
 	mergeMu sync.Mutex
@@ -86,7 +87,7 @@ func (r *Router) registerChannel(ch *channel) error {
 	if _, dup := r.channels[ch.id]; dup {
 		return fmt.Errorf("mesh: channel %d already registered", ch.id)
 	}
-	ch.inbound.init(r.cfg.InboundQueueLen)
+	ch.inbound.Init(r.cfg.InboundQueueLen)
 	channels := make(map[ChannelID]*channel, len(r.channels)+1)
 	for k, v := range r.channels {
 		channels[k] = v
@@ -112,7 +113,7 @@ func (r *Router) deliver(id ChannelID, kind deliveryKind, src PeerName, f *frame
 		r.pool.put(f)
 		return
 	}
-	if !ch.inbound.push(inboundItem{kind: kind, src: src, f: f, payload: payload}) {
+	if !ch.inbound.Push(inboundItem{kind: kind, src: src, f: f, payload: payload}) {
 		ch.dropped.Add(1)
 		r.pool.put(f)
 	}
@@ -121,12 +122,12 @@ func (r *Router) deliver(id ChannelID, kind deliveryKind, src PeerName, f *frame
 func (r *Router) deliveryLoop(ch *channel) {
 	defer r.wg.Done()
 	for {
-		it, ok := ch.inbound.pop()
+		it, ok := ch.inbound.Pop()
 		if !ok {
 			select {
 			case <-r.ctx.Done():
 				return
-			case <-ch.inbound.ready:
+			case <-ch.inbound.Ready():
 			}
 			continue
 		}
@@ -137,75 +138,6 @@ func (r *Router) deliveryLoop(ch *channel) {
 		r.handleInbound(ch, it)
 		r.pool.put(it.f)
 	}
-}
-
-// inboundQueue is a channel's bounded FIFO of received messages. Its ring
-// grows with the backlog, doubling up to the bound, instead of a
-// preallocated Go channel of InboundQueueLen items (about 230 KB per
-// channel, five channels per member, even with no peer ever sending).
-type inboundQueue struct {
-	mu    sync.Mutex
-	buf   []inboundItem // ring; len(buf) is its capacity
-	head  int           // index of the oldest item
-	n     int           // items queued
-	limit int
-	// ready gets a token when an item is pushed into an empty queue; the
-	// single consumer drains the queue before it waits on it again.
-	ready chan struct{}
-}
-
-// inboundQueueMin is the ring's first allocation.
-const inboundQueueMin = 16
-
-func (q *inboundQueue) init(limit int) {
-	q.limit = max(limit, 1)
-	q.ready = make(chan struct{}, 1)
-}
-
-// push queues it, or reports false when limit items are already queued.
-func (q *inboundQueue) push(it inboundItem) bool {
-	q.mu.Lock()
-	if q.n >= q.limit {
-		q.mu.Unlock()
-		return false
-	}
-	if q.n == len(q.buf) {
-		q.grow()
-	}
-	q.buf[(q.head+q.n)%len(q.buf)] = it
-	q.n++
-	wake := q.n == 1
-	q.mu.Unlock()
-	if wake {
-		select {
-		case q.ready <- struct{}{}:
-		default:
-		}
-	}
-	return true
-}
-
-// grow doubles the ring (up to limit), keeping the items in order.
-func (q *inboundQueue) grow() {
-	nb := make([]inboundItem, min(max(2*len(q.buf), inboundQueueMin), q.limit))
-	for i := 0; i < q.n; i++ {
-		nb[i] = q.buf[(q.head+i)%len(q.buf)]
-	}
-	q.buf, q.head = nb, 0
-}
-
-// pop takes the oldest item; false when the queue is empty.
-func (q *inboundQueue) pop() (inboundItem, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.n == 0 {
-		return inboundItem{}, false
-	}
-	it := q.buf[q.head]
-	q.buf[q.head] = inboundItem{} // drop references for the GC
-	q.head = (q.head + 1) % len(q.buf)
-	q.n--
-	return it, true
 }
 
 func (r *Router) handleInbound(ch *channel, it inboundItem) {

@@ -3,6 +3,7 @@ package meshconn
 import (
 	"errors"
 	"fmt"
+	"github.com/meshetcd/meshetcd/internal/ring"
 	"net"
 	"os"
 	"sync"
@@ -67,7 +68,7 @@ type PacketConn struct {
 	ch    channel
 	log   *zap.Logger
 
-	inbound packetQueue
+	inbound ring.Queue[inPacket]
 	closed  chan struct{}
 	once    sync.Once
 	rd      *deadline
@@ -118,7 +119,7 @@ func newPacketConn(local mesh.PeerName, open openFunc, cfg PacketConfig) (*Packe
 		closed: make(chan struct{}),
 		rd:     newDeadline(),
 	}
-	c.inbound.init(cfg.QueueLen)
+	c.inbound.Init(cfg.QueueLen)
 	ch, err := open(c.deliver)
 	if err != nil {
 		return nil, fmt.Errorf("meshconn: open datagram channel: %w", err)
@@ -148,7 +149,7 @@ func (c *PacketConn) deliver(src mesh.PeerName, payload []byte) {
 	}
 	bp := c.getBuf(len(data))
 	copy(*bp, data)
-	if c.inbound.push(inPacket{src: src, buf: bp}) {
+	if c.inbound.Push(inPacket{src: src, buf: bp}) {
 		c.received.Add(1)
 	} else {
 		c.putBuf(bp)
@@ -202,11 +203,11 @@ func (c *PacketConn) next() (inPacket, error) {
 			return inPacket{}, c.opErr("read", nil, os.ErrDeadlineExceeded)
 		default:
 		}
-		if p, ok := c.inbound.pop(); ok {
+		if p, ok := c.inbound.Pop(); ok {
 			return p, nil
 		}
 		select {
-		case <-c.inbound.ready:
+		case <-c.inbound.Ready():
 		case <-c.closed:
 			return inPacket{}, c.opErr("read", nil, ErrClosed)
 		case <-c.rd.wait():
@@ -304,77 +305,4 @@ func (c *PacketConn) Stats() PacketStats {
 
 func (c *PacketConn) opErr(op string, addr net.Addr, err error) error {
 	return &net.OpError{Op: op, Net: Network, Source: c.addr, Addr: addr, Err: err}
-}
-
-// packetQueue is the bounded FIFO of datagrams waiting for ReadFrom. Its
-// ring grows with the backlog, doubling up to the bound, rather than
-// preallocating QueueLen entries for a peer that may never send.
-type packetQueue struct {
-	mu    sync.Mutex
-	buf   []inPacket // ring; len(buf) is its capacity
-	head  int        // index of the oldest datagram
-	n     int        // datagrams queued
-	limit int
-	// ready holds a token while the queue may be non-empty: push adds one
-	// when the queue becomes non-empty, and pop passes one on when it
-	// leaves datagrams behind, so concurrent readers all get woken.
-	ready chan struct{}
-}
-
-// packetQueueMin is the ring's first allocation.
-const packetQueueMin = 16
-
-func (q *packetQueue) init(limit int) {
-	q.limit = max(limit, 1)
-	q.ready = make(chan struct{}, 1)
-}
-
-func (q *packetQueue) signal() {
-	select {
-	case q.ready <- struct{}{}:
-	default:
-	}
-}
-
-// push queues p, or reports false when limit datagrams are already queued.
-func (q *packetQueue) push(p inPacket) bool {
-	q.mu.Lock()
-	if q.n >= q.limit {
-		q.mu.Unlock()
-		return false
-	}
-	if q.n == len(q.buf) {
-		nb := make([]inPacket, min(max(2*len(q.buf), packetQueueMin), q.limit))
-		for i := 0; i < q.n; i++ {
-			nb[i] = q.buf[(q.head+i)%len(q.buf)]
-		}
-		q.buf, q.head = nb, 0
-	}
-	q.buf[(q.head+q.n)%len(q.buf)] = p
-	q.n++
-	wake := q.n == 1
-	q.mu.Unlock()
-	if wake {
-		q.signal()
-	}
-	return true
-}
-
-// pop takes the oldest datagram; false when the queue is empty.
-func (q *packetQueue) pop() (inPacket, bool) {
-	q.mu.Lock()
-	if q.n == 0 {
-		q.mu.Unlock()
-		return inPacket{}, false
-	}
-	p := q.buf[q.head]
-	q.buf[q.head] = inPacket{} // drop references for the GC
-	q.head = (q.head + 1) % len(q.buf)
-	q.n--
-	more := q.n > 0
-	q.mu.Unlock()
-	if more {
-		q.signal()
-	}
-	return p, true
 }

@@ -340,39 +340,6 @@ func TestPacketConnReadPacketNeverTruncates(t *testing.T) {
 	}
 }
 
-// The inbound ring grows and wraps around while keeping FIFO order and
-// the QueueLen bound.
-func TestPacketQueueRingOrder(t *testing.T) {
-	var q packetQueue
-	q.init(40)
-	next, want := 0, 0
-	for round := 0; round < 50; round++ {
-		for i := 0; i < round%45; i++ {
-			queued := q.n
-			ok := q.push(inPacket{src: mesh.PeerName(rune('a' + next%26)), buf: &[]byte{byte(next)}})
-			if ok != (queued < 40) {
-				t.Fatalf("push %d with %d queued: %v", next, queued, ok)
-			}
-			if ok {
-				next++
-			}
-		}
-		for i := 0; i < 17; i++ {
-			p, ok := q.pop()
-			if !ok {
-				break
-			}
-			if int((*p.buf)[0]) != want%256 {
-				t.Fatalf("popped %d; want %d", (*p.buf)[0], want%256)
-			}
-			want++
-		}
-		if len(q.buf) > 40 {
-			t.Fatalf("ring of %d above the bound", len(q.buf))
-		}
-	}
-}
-
 // Readers blocked in ReadFrom together all get the datagrams that arrive.
 func TestPacketConnConcurrentReaders(t *testing.T) {
 	_, a, b := newFakePair(t, PacketConfig{})

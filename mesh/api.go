@@ -19,12 +19,13 @@ type PeerName string
 type ChannelID uint16
 
 // Priority is a per-connection send class. Control traffic (heartbeats,
-// handshake, topology) always goes first; Raft traffic next; bulk transfers
-// and periodic gossip last, rate-limited so they cannot delay the others.
+// handshake, topology) always goes first; interactive, latency-sensitive
+// traffic (meshetcd's Raft messages) next; bulk transfers and periodic gossip
+// last, rate-limited so they cannot delay the others.
 type Priority uint8
 
 const (
-	PriorityRaft Priority = iota + 1
+	PriorityInteractive Priority = iota + 1
 	PriorityBulk
 )
 

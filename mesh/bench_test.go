@@ -139,7 +139,7 @@ func BenchmarkRelayForward(b *testing.B) {
 			r.routes.Store(&routeTable{self: "relay", next: map[PeerName]PeerName{"dst": "next"}, hops: map[PeerName]int{"dst": 2}})
 
 			plain := appendEnvelope(nil, msgUnicast, 16, 20, 0, "src", "dst", make([]byte, size))
-			plain[1] = classRaft
+			plain[1] = classInteractive
 			wire := make([]byte, len(plain)+aeadTagLen)
 			w := bufio.NewWriterSize(io.Discard, 64<<10)
 			scratch := make([]*frameBuf, 0, 8)

@@ -51,15 +51,15 @@ func TestBlockedHandlerDoesNotStallConnection(t *testing.T) {
 	b := c.start("b", nil, "a")
 	block := make(chan struct{})
 	defer close(block)
-	if _, err := b.NewDatagramChannel(20, "stuck", PriorityRaft, func(PeerName, []byte) { <-block }); err != nil {
+	if _, err := b.NewDatagramChannel(20, "stuck", PriorityInteractive, func(PeerName, []byte) { <-block }); err != nil {
 		t.Fatal(err)
 	}
 	ib := &inbox{}
-	if _, err := b.NewDatagramChannel(21, "fine", PriorityRaft, ib.handler); err != nil {
+	if _, err := b.NewDatagramChannel(21, "fine", PriorityInteractive, ib.handler); err != nil {
 		t.Fatal(err)
 	}
-	stuck, _ := a.NewDatagramChannel(20, "stuck", PriorityRaft, func(PeerName, []byte) {})
-	fine, _ := a.NewDatagramChannel(21, "fine", PriorityRaft, func(PeerName, []byte) {})
+	stuck, _ := a.NewDatagramChannel(20, "stuck", PriorityInteractive, func(PeerName, []byte) {})
+	fine, _ := a.NewDatagramChannel(21, "fine", PriorityInteractive, func(PeerName, []byte) {})
 	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	for i := 0; i < 3*b.cfg.InboundQueueLen/2; i++ {
 		_ = stuck.Send("b", []byte("x"))

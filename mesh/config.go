@@ -133,12 +133,12 @@ type Config struct {
 	MaxDatagramSize int
 	// DefaultTTL is the hop limit of each envelope (16).
 	DefaultTTL uint8
-	// Per-connection send queue lengths by class: control 1024, raft 4096,
+	// Per-connection send queue lengths by class: control 1024, interactive 4096,
 	// bulk 1024 frames; QueueBytes bounds their total payload (64 MiB).
-	ControlQueueLen, RaftQueueLen, BulkQueueLen int
-	QueueBytes                                  int
+	ControlQueueLen, InteractiveQueueLen, BulkQueueLen int
+	QueueBytes                                         int
 	// BulkRate limits bulk-class bytes per second per connection (64 MiB/s)
-	// so bulk traffic cannot crowd out Raft.
+	// so bulk traffic cannot crowd out interactive traffic.
 	BulkRate int
 	// InboundQueueLen bounds each channel's delivery queue (4096).
 	InboundQueueLen int
@@ -187,7 +187,7 @@ func DefaultConfig() Config {
 		MaxDatagramSize:      1 << 20,
 		DefaultTTL:           16,
 		ControlQueueLen:      1024,
-		RaftQueueLen:         4096,
+		InteractiveQueueLen:  4096,
 		BulkQueueLen:         1024,
 		QueueBytes:           64 << 20,
 		BulkRate:             64 << 20,
@@ -263,7 +263,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.DefaultTTL = def.DefaultTTL
 	}
 	setInt(&cfg.ControlQueueLen, def.ControlQueueLen)
-	setInt(&cfg.RaftQueueLen, def.RaftQueueLen)
+	setInt(&cfg.InteractiveQueueLen, def.InteractiveQueueLen)
 	setInt(&cfg.BulkQueueLen, def.BulkQueueLen)
 	setInt(&cfg.QueueBytes, def.QueueBytes)
 	setInt(&cfg.BulkRate, def.BulkRate)

@@ -77,7 +77,7 @@
 // name: ErrNameCollision, logged as an error and shown in Status.
 //
 // Every send is asynchronous: frames go into bounded per-connection
-// queues by class (control > raft > bulk; bulk token-bucket limited to
+// queues by class (control > interactive > bulk; bulk token-bucket limited to
 // BulkRate) and Send returns ErrQueueFull instead of blocking. One writer
 // goroutine per connection flushes batches under WriteTimeout (5 s); one
 // reader goroutine decodes and hands frames to per-channel bounded queues

@@ -326,10 +326,10 @@ func TestGarbageOnMeshPortClosesOnlyThatConnection(t *testing.T) {
 	// The router still works: a real peer connects and exchanges data.
 	b := startTCPRouter(t, "b", nil, addr)
 	ib := &inbox{}
-	if _, err := b.NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
+	if _, err := b.NewDatagramChannel(20, "t", PriorityInteractive, ib.handler); err != nil {
 		t.Fatal(err)
 	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	ch, err := a.NewDatagramChannel(20, "t", PriorityInteractive, func(PeerName, []byte) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,10 +363,10 @@ func TestLoopbackTCPRelayAndRestart(t *testing.T) {
 	a := startTCPRouter(t, "a", limit1, b.ListenAddr())
 	c := startTCPRouter(t, "c", limit1, b.ListenAddr())
 	ic := &inbox{}
-	if _, err := c.NewDatagramChannel(20, "t", PriorityRaft, ic.handler); err != nil {
+	if _, err := c.NewDatagramChannel(20, "t", PriorityInteractive, ic.handler); err != nil {
 		t.Fatal(err)
 	}
-	cha, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	cha, err := a.NewDatagramChannel(20, "t", PriorityInteractive, func(PeerName, []byte) {})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,13 +18,13 @@ func TestStalledPeerDoesNotBlockOthers(t *testing.T) {
 	c.start("c", nil, "a")
 	c.net.Cut("b", "c") // only a links them
 	ib, ic := &inbox{}, &inbox{}
-	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
+	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityInteractive, ib.handler); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.routers["c"].NewDatagramChannel(20, "t", PriorityRaft, ic.handler); err != nil {
+	if _, err := c.routers["c"].NewDatagramChannel(20, "t", PriorityInteractive, ic.handler); err != nil {
 		t.Fatal(err)
 	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	ch, err := a.NewDatagramChannel(20, "t", PriorityInteractive, func(PeerName, []byte) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,10 +73,10 @@ func TestBlackholedLinkIsRoutedAround(t *testing.T) {
 	c.start("b", fast, "a")
 	c.start("relay", fast, "a", "b")
 	ib := &inbox{}
-	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
+	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityInteractive, ib.handler); err != nil {
 		t.Fatal(err)
 	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	ch, err := a.NewDatagramChannel(20, "t", PriorityInteractive, func(PeerName, []byte) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,10 +105,10 @@ func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 	c.start("b", nil, "a")
 	c.start("relay", nil, "a", "b")
 	ib := &inbox{}
-	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
+	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityInteractive, ib.handler); err != nil {
 		t.Fatal(err)
 	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	ch, err := a.NewDatagramChannel(20, "t", PriorityInteractive, func(PeerName, []byte) {})
 	if err != nil {
 		t.Fatal(err)
 	}

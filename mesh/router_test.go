@@ -202,7 +202,7 @@ func TestSlowRouteSubscriberGetsLatestStateWithoutBlocking(t *testing.T) {
 func TestSendErrors(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil)
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	ch, err := a.NewDatagramChannel(20, "t", PriorityInteractive, func(PeerName, []byte) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,14 +212,14 @@ func TestSendErrors(t *testing.T) {
 	if err := ch.Send("nobody", make([]byte, ch.MaxPayload()+1)); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized send: %v", err)
 	}
-	if _, err := a.NewDatagramChannel(20, "dup", PriorityRaft, func(PeerName, []byte) {}); err == nil {
+	if _, err := a.NewDatagramChannel(20, "dup", PriorityInteractive, func(PeerName, []byte) {}); err == nil {
 		t.Fatal("duplicate channel id accepted")
 	}
-	if _, err := a.NewDatagramChannel(3, "reserved", PriorityRaft, func(PeerName, []byte) {}); err == nil {
+	if _, err := a.NewDatagramChannel(3, "reserved", PriorityInteractive, func(PeerName, []byte) {}); err == nil {
 		t.Fatal("reserved channel id accepted")
 	}
 	self := &inbox{}
-	loop, err := a.NewDatagramChannel(21, "loop", PriorityRaft, self.handler)
+	loop, err := a.NewDatagramChannel(21, "loop", PriorityInteractive, self.handler)
 	if err != nil {
 		t.Fatal(err)
 	}

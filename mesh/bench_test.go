@@ -135,7 +135,7 @@ func BenchmarkRelayForward(b *testing.B) {
 			}
 			out.wake = make(chan struct{}, 1)
 			table := map[PeerName]*conn{"next": out}
-			r.connTable.Store(&table)
+			r.conns.published.Store(&table)
 			r.routes.Store(&routeTable{self: "relay", next: map[PeerName]PeerName{"dst": "next"}, hops: map[PeerName]int{"dst": 2}})
 
 			plain := appendEnvelope(nil, msgUnicast, 16, 20, 0, "src", "dst", make([]byte, size))

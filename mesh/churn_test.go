@@ -20,7 +20,7 @@ func TestForwardDecrementsTTLAndDropsAtOne(t *testing.T) {
 		out.queues[i] = make(chan *frameBuf, 4)
 	}
 	table := map[PeerName]*conn{"next": out}
-	r.connTable.Store(&table)
+	r.conns.published.Store(&table)
 	r.routes.Store(&routeTable{self: "relay", next: map[PeerName]PeerName{"dst": "next"}, hops: map[PeerName]int{"dst": 2}})
 	send := func(ttl uint8) {
 		plain := appendEnvelope(nil, msgUnicast, ttl, 20, 0, "src", "dst", []byte("x"))

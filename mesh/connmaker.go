@@ -96,14 +96,16 @@ func (m *connMaker) run() {
 // returns how long to sleep.
 func (m *connMaker) step(now time.Time) time.Duration {
 	r := m.r
-	r.mu.Lock()
-	connected := make(map[PeerName]bool, len(r.conns))
-	for n := range r.conns {
+	inUse := r.conns.current()
+	connected := make(map[PeerName]bool, len(inUse))
+	for n := range inUse {
 		connected[n] = true
 	}
-	budget := min(r.cfg.ConnLimit-len(r.conns)-len(r.pendingConn), r.cfg.MaxPendingHandshakes-len(r.pendingConn))
+	handshakes := r.conns.handshakes()
+	budget := min(r.cfg.ConnLimit-len(inUse)-handshakes, r.cfg.MaxPendingHandshakes-handshakes)
+	r.mu.Lock()
 	known := len(r.topo.records) - 1
-	wantMore := known <= r.cfg.FullMeshThreshold || len(r.conns) < r.cfg.Degree
+	wantMore := known <= r.cfg.FullMeshThreshold || len(inUse) < r.cfg.Degree
 	own := map[string]bool{}
 	for _, a := range r.advertise {
 		own[a] = true
@@ -122,7 +124,7 @@ func (m *connMaker) step(now time.Time) time.Duration {
 	for name, ts := range r.topo.tombstones {
 		advs = append(advs, adv{name, ts.Addrs, true})
 	}
-	alone := len(r.conns) == 0
+	alone := len(inUse) == 0
 	r.mu.Unlock()
 
 	m.mu.Lock()

@@ -37,24 +37,23 @@ type Router struct {
 	rngMu sync.Mutex
 	rng   *mrand.Rand
 
-	mu          sync.Mutex // guards everything below up to the atomics
-	started     bool
-	stopped     bool
-	topo        *topology
-	conns       map[PeerName]*conn  // the connection in use per neighbour
-	standby     map[PeerName]*conn  // tie-break losers the remote has yet to close
-	pendingConn map[net.Conn]string // handshakes in progress → address
-	channels    map[ChannelID]*channel
-	subs        map[*routeSub]struct{}
-	failures    []HandshakeFailure // recent, newest last
-	failureLog  map[string]*failureLogState
-	replaced    map[PeerName]map[uint64]bool
-	listener    net.Listener
-	advertise   []string
-	collision   *collision
+	mu         sync.Mutex // guards everything below up to the atomics
+	started    bool
+	stopped    bool
+	topo       *topology
+	channels   map[ChannelID]*channel
+	subs       map[*routeSub]struct{}
+	failures   []HandshakeFailure // recent, newest last
+	failureLog map[string]*failureLogState
+	listener   net.Listener
+	advertise  []string
+	collision  *collision
 
+	// conns is the connection table, with its own lock. Changes to the
+	// in-use set are made with mu held, so our record and routes follow them
+	// in order.
+	conns        *connTable
 	routes       atomic.Pointer[routeTable]
-	connTable    atomic.Pointer[map[PeerName]*conn]
 	channelTable atomic.Pointer[map[ChannelID]*channel]
 	bcastSeq     atomic.Uint64
 	dedupMu      sync.Mutex
@@ -103,12 +102,9 @@ func New(cfg Config) (*Router, error) {
 		uid:         uid,
 		maxFrame:    maxEnvelopeHdr + cfg.MaxDatagramSize,
 		rng:         mrand.New(mrand.NewPCG(seed, seed^0x5851f42d4c957f2d)),
-		conns:       map[PeerName]*conn{},
-		standby:     map[PeerName]*conn{},
-		pendingConn: map[net.Conn]string{},
+		conns:       newConnTable(cfg.Name, cfg.ConnLimit, cfg.MaxPendingHandshakes),
 		channels:    map[ChannelID]*channel{},
 		subs:        map[*routeSub]struct{}{},
-		replaced:    map[PeerName]map[uint64]bool{},
 		failureLog:  map[string]*failureLogState{},
 		dedup:       map[PeerName]*dedupWindow{},
 		recalcReq:   make(chan struct{}, 1),
@@ -128,8 +124,6 @@ func New(cfg Config) (*Router, error) {
 	r.topo = newTopology(self, cfg.MaxPeers, cfg.MaxPeers)
 	r.bcastSeq.Store(uint64(now.UnixNano()))
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	emptyConns := map[PeerName]*conn{}
-	r.connTable.Store(&emptyConns)
 	emptyChannels := map[ChannelID]*channel{}
 	r.channelTable.Store(&emptyChannels)
 	r.routes.Store(computeRoutes(r.name, r.topo.records, nil))
@@ -215,17 +209,7 @@ func (r *Router) Stop() error {
 		return nil
 	}
 	r.stopped = true
-	conns := make([]*conn, 0, len(r.conns)+len(r.standby))
-	for _, c := range r.conns {
-		conns = append(conns, c)
-	}
-	for _, c := range r.standby {
-		conns = append(conns, c)
-	}
-	pending := make([]net.Conn, 0, len(r.pendingConn))
-	for nc := range r.pendingConn {
-		pending = append(pending, nc)
-	}
+	conns, pending := r.conns.close()
 	l := r.listener
 	r.mu.Unlock()
 
@@ -278,7 +262,7 @@ func (r *Router) randIntN(n int) int {
 	return r.rng.IntN(n)
 }
 
-func (r *Router) connFor(p PeerName) *conn { return (*r.connTable.Load())[p] }
+func (r *Router) connFor(p PeerName) *conn { return r.conns.lookup(p) }
 
 // newFrame builds a frame in a pooled buffer.
 func (r *Router) newFrame(typ, ttl uint8, ch ChannelID, seq uint64, dst PeerName, class int, payload []byte) *frameBuf {
@@ -336,7 +320,7 @@ func (r *Router) forward(f *frameBuf, env envelope) {
 	hop, ok := r.routes.Load().next[PeerName(env.dst)]
 	var c *conn
 	if ok {
-		c = (*r.connTable.Load())[hop]
+		c = r.conns.lookup(hop)
 	}
 	if c == nil {
 		r.counters.dropNoRoute.Add(1)
@@ -448,7 +432,7 @@ func (r *Router) firstSighting(src PeerName, seq uint64) bool {
 // neighbourSubset picks min(all, max(3, 2·log2(peers))) random neighbours,
 // excluding one (the peer we heard the news from).
 func (r *Router) neighbourSubset(exclude PeerName) []*conn {
-	table := *r.connTable.Load()
+	table := r.conns.current()
 	cands := make([]*conn, 0, len(table))
 	for name, c := range table {
 		if name != exclude {
@@ -533,13 +517,7 @@ func remoteHost(a net.Addr) string {
 
 // reserveHandshake counts a handshake against the limits, or refuses it.
 func (r *Router) reserveHandshake(nc net.Conn, addr string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopped || len(r.pendingConn) >= r.cfg.MaxPendingHandshakes || len(r.conns)+len(r.pendingConn) >= r.cfg.ConnLimit {
-		return false
-	}
-	r.pendingConn[nc] = addr
-	return true
+	return r.conns.reserve(nc, addr)
 }
 
 // runHandshake authenticates nc and installs the connection. nc must have
@@ -553,9 +531,7 @@ func (r *Router) runHandshake(nc net.Conn, outbound bool, addr string) (PeerName
 	if err == nil {
 		err = r.addConn(nc, hs, outbound, addr)
 	} else {
-		r.mu.Lock()
-		delete(r.pendingConn, nc)
-		r.mu.Unlock()
+		r.conns.release(nc)
 	}
 	if err != nil {
 		_ = nc.Close()
@@ -639,59 +615,28 @@ func remoteHostString(addr string) string {
 	return host
 }
 
-// addConn installs a freshly authenticated connection, resolving duplicates
-// and restarts.
+// addConn installs a freshly authenticated connection: the connection
+// table decides between duplicates and restarts, the router acts on it.
 func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr string) error {
 	c := newConn(r, nc, hs, outbound, addr)
 	r.mu.Lock()
-	delete(r.pendingConn, nc)
-	if r.stopped {
+	out, err := r.conns.add(c)
+	if err != nil {
 		r.mu.Unlock()
-		return ErrClosed
+		return err
 	}
-	var loser *conn
-	duplicate := false
-	if old, ok := r.conns[c.remote]; ok {
-		switch {
-		case old.remoteUID != c.remoteUID:
-			if r.replaced[c.remote][c.remoteUID] {
-				// An incarnation we already replaced is back: two live peers
-				// share the name.
-				r.mu.Unlock()
-				return fmt.Errorf("%w: %q has two live incarnations (%016x, %016x)", ErrNameCollision, c.remote, c.remoteUID, old.remoteUID)
-			}
-			if r.replaced[c.remote] == nil {
-				r.replaced[c.remote] = map[uint64]bool{}
-			}
-			r.replaced[c.remote][old.remoteUID] = true
-			loser = old
-		case keepNew(r.name, old, c):
-			loser, duplicate = old, true
-		default:
-			// c loses the tie-break and is never used for sending.
-			standby := r.retireDuplicateLocked(c, old)
-			r.mu.Unlock()
-			c.start()
-			if !standby {
-				c.closeGracefully("duplicate connection")
-			}
-			return nil
-		}
+	if out.inUse {
+		r.updateSelfLocked()
+		r.recalcLocked()
 	}
-	if len(r.conns) >= r.cfg.ConnLimit && loser == nil {
-		r.mu.Unlock()
-		return fmt.Errorf("mesh: connection limit %d reached", r.cfg.ConnLimit)
-	}
-	r.conns[c.remote] = c
-	closeLoser := loser != nil && !(duplicate && r.retireDuplicateLocked(loser, c))
-	r.publishConnsLocked()
-	r.updateSelfLocked()
-	r.recalcLocked()
 	r.mu.Unlock()
 
 	c.start()
-	if closeLoser {
-		loser.closeGracefully("superseded by a newer connection")
+	for _, rt := range out.retire {
+		rt.c.closeGracefully(rt.reason)
+	}
+	if !out.inUse {
+		return nil
 	}
 	r.log.Info("mesh connection established", zap.String("peer", string(c.remote)), zap.Uint64("peer_uid", c.remoteUID),
 		zap.Bool("outbound", outbound), zap.String("addr", addr), zap.Bool("encrypted", c.send != nil), zap.String("encryption", encryptionKind(c.mode)))
@@ -708,80 +653,25 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 	return nil
 }
 
-// retireDuplicateLocked handles the losing connection of a tie-break: it
-// is kept as an unused standby until both ends are surely on the winner,
-// so there is never a moment without a usable link. If we dialled the
-// loser, we close it once the winner has carried a frame from the remote
-// (proof that the remote installed the winner too); if the remote dialled
-// it, the remote closes it. A standby is promoted if the winner dies, and
-// closed by collectGarbage after HandshakeTimeout + DeadTimeout at the
-// latest. It reports whether the loser became a standby.
-func (r *Router) retireDuplicateLocked(loser, winner *conn) bool {
-	if loser.outbound && winner.framesIn.Load() > 0 {
-		return false
-	}
-	if prev := r.standby[loser.remote]; prev != nil && prev != loser {
-		prev.closeGracefully("duplicate connection")
-	}
-	r.standby[loser.remote] = loser
-	return true
-}
-
-// firstFrame is called when c receives its first frame: if c is in use and
-// we dialled a standby duplicate, the remote now uses c, so the standby
-// can go.
+// firstFrame is called when c receives its first frame: a standby
+// duplicate we dialled can go once the remote uses c.
 func (r *Router) firstFrame(c *conn) {
-	r.mu.Lock()
-	sb := r.standby[c.remote]
-	if r.conns[c.remote] != c || sb == nil || !sb.outbound {
-		r.mu.Unlock()
-		return
+	if sb := r.conns.firstFrame(c); sb != nil {
+		sb.closeGracefully("duplicate connection")
 	}
-	delete(r.standby, c.remote)
-	r.mu.Unlock()
-	sb.closeGracefully("duplicate connection")
-}
-
-// keepNew is the duplicate tie-break both ends agree on: keep the
-// connection dialled by the peer with the lower name; between two from the
-// same dialler, keep the older one.
-func keepNew(self PeerName, old, cur *conn) bool {
-	dialler := func(c *conn) PeerName {
-		if c.outbound {
-			return self
-		}
-		return c.remote
-	}
-	lower := min(self, cur.remote)
-	return dialler(old) != lower && dialler(cur) == lower
 }
 
 // connClosed is called once per connection when it dies.
 func (r *Router) connClosed(c *conn, err error) {
 	r.mu.Lock()
-	if r.standby[c.remote] == c {
-		delete(r.standby, c.remote)
-	}
-	current := r.conns[c.remote] == c
-	if current {
-		delete(r.conns, c.remote)
-		if sb := r.standby[c.remote]; sb != nil && sb.remoteUID == c.remoteUID && !sb.closing.Load() {
-			// The tie-break winner died but the standby is alive: use it.
-			delete(r.standby, c.remote)
-			r.conns[c.remote] = sb
-			current = false
-		}
-		r.publishConnsLocked()
+	out := r.conns.remove(c)
+	if out.changed {
 		r.updateSelfLocked()
 		r.recalcLocked()
 	}
 	stopped := r.stopped
-	addrInUse := false
-	for _, other := range r.conns {
-		addrInUse = addrInUse || other.addr == c.addr
-	}
 	r.mu.Unlock()
-	if current && !stopped {
+	if out.lost && !stopped {
 		r.log.Info("mesh connection lost", zap.String("peer", string(c.remote)), zap.Error(err))
 		r.counters.connsLost.Add(1)
 		r.counters.lastLossMu.Lock()
@@ -791,7 +681,7 @@ func (r *Router) connClosed(c *conn, err error) {
 		}
 		r.counters.lastLossMu.Unlock()
 	}
-	if !stopped && !addrInUse {
+	if !stopped && !out.addrInUse {
 		r.maker.disconnected(c.addr, c.remote, c.since)
 	}
 	// Messages still queued get one more chance over another route.
@@ -823,19 +713,12 @@ func (r *Router) reroute(f *frameBuf) {
 	r.pool.put(f)
 }
 
-func (r *Router) publishConnsLocked() {
-	table := make(map[PeerName]*conn, len(r.conns))
-	for k, v := range r.conns {
-		table[k] = v
-	}
-	r.connTable.Store(&table)
-}
-
 // updateSelfLocked rewrites our record from our connections and schedules
 // gossip of it if it changed.
 func (r *Router) updateSelfLocked() {
-	conns := make([]connRecord, 0, len(r.conns))
-	for name, c := range r.conns {
+	inUse := r.conns.current()
+	conns := make([]connRecord, 0, len(inUse))
+	for name, c := range inUse {
 		conns = append(conns, connRecord{Peer: name, Established: true, Outbound: c.outbound})
 	}
 	if r.topo.setSelfConns(conns) {
@@ -859,8 +742,9 @@ func (r *Router) requestRecalc() {
 
 // recalcLocked recomputes routes now and publishes them with their events.
 func (r *Router) recalcLocked() {
-	direct := make(map[PeerName]uint64, len(r.conns))
-	for name, c := range r.conns {
+	inUse := r.conns.current()
+	direct := make(map[PeerName]uint64, len(inUse))
+	for name, c := range inUse {
 		direct[name] = c.remoteUID
 	}
 	cur := computeRoutes(r.name, r.topo.records, direct)
@@ -920,7 +804,7 @@ func (r *Router) jitter(d time.Duration) time.Duration {
 // antiEntropy sends each gossip channel's complete state (the topology's
 // digest) to one random neighbour.
 func (r *Router) antiEntropy() {
-	table := *r.connTable.Load()
+	table := r.conns.current()
 	if len(table) == 0 {
 		return
 	}
@@ -948,17 +832,17 @@ func (r *Router) antiEntropy() {
 }
 
 func (r *Router) collectGarbage() {
+	now := r.cfg.Clock.Now()
+	for _, sb := range r.conns.expiredStandbys(now, r.cfg.HandshakeTimeout+r.cfg.DeadTimeout) {
+		sb.closeGracefully("duplicate connection")
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, sb := range r.standby {
-		if time.Since(sb.since) > r.cfg.HandshakeTimeout+r.cfg.DeadTimeout {
-			sb.closeGracefully("duplicate connection")
-		}
-	}
 	rt := r.routes.Load()
-	removed := r.topo.gc(r.cfg.Clock.Now(),
+	inUse := r.conns.current()
+	removed := r.topo.gc(now,
 		func(p PeerName) bool { _, ok := rt.hops[p]; return ok },
-		func(p PeerName) bool { _, ok := r.conns[p]; return ok },
+		func(p PeerName) bool { _, ok := inUse[p]; return ok },
 		r.cfg.GCGrace, r.cfg.TombstoneTTL)
 	if len(removed) > 0 {
 		r.log.Info("mesh peers garbage collected", zap.Int("count", len(removed)))

@@ -15,13 +15,7 @@ func TestForwardDecrementsTTLAndDropsAtOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = r.Stop() }()
-	out := &conn{r: r, remote: "next", wake: make(chan struct{}, 1)}
-	for i := range out.queues {
-		out.queues[i] = make(chan *frameBuf, 4)
-	}
-	table := map[PeerName]*conn{"next": out}
-	r.conns.published.Store(&table)
-	r.routes.Store(&routeTable{self: "relay", next: map[PeerName]PeerName{"dst": "next"}, hops: map[PeerName]int{"dst": 2}})
+	out := relayThrough(r, &conn{remote: "next"}, 4)
 	send := func(ttl uint8) {
 		plain := appendEnvelope(nil, msgUnicast, ttl, 20, 0, "src", "dst", []byte("x"))
 		f := r.pool.get(len(plain))

@@ -202,10 +202,7 @@ func TestSlowRouteSubscriberGetsLatestStateWithoutBlocking(t *testing.T) {
 func TestSendErrors(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil)
-	ch, err := a.NewDatagramChannel(20, "t", PriorityInteractive, func(PeerName, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testChannel(t, a, nil)
 	if err := ch.Send("nobody", []byte("x")); !errors.Is(err, ErrNoRoute) {
 		t.Fatalf("send to unknown peer: %v", err)
 	}

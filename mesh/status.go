@@ -132,8 +132,8 @@ func (r *Router) Status() Status {
 		st.Tombstones = append(st.Tombstones, name)
 	}
 	slices.Sort(st.Tombstones)
-	st.HandshakeFailures = slices.Clone(r.failures)
 	r.mu.Unlock()
+	st.HandshakeFailures = r.failures.snapshot()
 	now := time.Now()
 	entries, handshakes := r.conns.snapshot()
 	for _, e := range entries {

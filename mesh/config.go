@@ -32,8 +32,13 @@ func (t TCPTransport) keepAlive() time.Duration {
 
 // Listen opens a TCP listener.
 func (t TCPTransport) Listen(address string) (net.Listener, error) {
+	return t.ListenContext(context.Background(), address)
+}
+
+// ListenContext opens a TCP listener; ctx bounds resolving the address.
+func (t TCPTransport) ListenContext(ctx context.Context, address string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: t.keepAlive()}
-	return lc.Listen(context.Background(), "tcp", address)
+	return lc.Listen(ctx, "tcp", address)
 }
 
 // Dial opens a TCP connection.

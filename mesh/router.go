@@ -150,7 +150,7 @@ func (r *Router) ListenAddr() string {
 }
 
 // Start listens (if ListenAddr is set) and starts connecting to seeds.
-// ctx bounds only the start itself; Stop ends the router.
+// ctx bounds only the start itself (see listen); Stop ends the router.
 func (r *Router) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -164,7 +164,7 @@ func (r *Router) Start(ctx context.Context) error {
 		return fmt.Errorf("mesh: router already started")
 	}
 	if r.cfg.ListenAddr != "" {
-		l, err := r.cfg.Transport.Listen(r.cfg.ListenAddr)
+		l, err := listen(ctx, r.cfg.Transport, r.cfg.ListenAddr)
 		if err != nil {
 			return fmt.Errorf("mesh: listen on %s: %w", r.cfg.ListenAddr, err)
 		}
@@ -195,6 +195,32 @@ func (r *Router) Start(ctx context.Context) error {
 	r.log.Info("mesh router started", zap.Uint64("uid", r.uid), zap.Strings("advertise", r.advertise),
 		zap.Bool("encrypted", r.psk != nil || r.cfg.EphemeralEncryption), zap.String("encryption", r.encryption()), zap.String("cluster", r.cfg.ClusterLabel))
 	return nil
+}
+
+// contextListener is a Transport whose Listen can be bounded by a
+// context (TCPTransport: resolving a host name can take long).
+type contextListener interface {
+	ListenContext(ctx context.Context, address string) (net.Listener, error)
+}
+
+// listen opens t's listener within ctx: through ListenContext when t has
+// it, and a listener that comes back after ctx ended is closed.
+func listen(ctx context.Context, t Transport, address string) (net.Listener, error) {
+	var l net.Listener
+	var err error
+	if cl, ok := t.(contextListener); ok {
+		l, err = cl.ListenContext(ctx, address)
+	} else {
+		l, err = t.Listen(address)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		_ = l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // Stop says goodbye to every neighbour, closes every connection and the

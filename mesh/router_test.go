@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/mesh/memnet"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -227,5 +230,61 @@ func TestSendErrors(t *testing.T) {
 	c.stop("a")
 	if err := ch.Send("b", []byte("x")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("send after Stop: %v", err)
+	}
+}
+
+// blockingListenTransport's listen hangs until its context ends.
+type blockingListenTransport struct{ Transport }
+
+func (blockingListenTransport) ListenContext(ctx context.Context, _ string) (net.Listener, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// lateListenTransport listens, but only after delay, and without a context.
+type lateListenTransport struct {
+	Transport
+	delay time.Duration
+}
+
+func (t lateListenTransport) Listen(address string) (net.Listener, error) {
+	time.Sleep(t.delay)
+	return t.Transport.Listen(address)
+}
+
+// Start's context bounds the start: a listen that does not finish in time
+// fails the start, and a listener that comes back too late is closed.
+func TestStartHonoursItsContext(t *testing.T) {
+	checkNoLeaks(t)
+	nw := memnet.New()
+	for name, tr := range map[string]Transport{
+		"blocking": blockingListenTransport{nw.Host("blocking")},
+		"late":     lateListenTransport{nw.Host("late"), 300 * time.Millisecond},
+	} {
+		cfg := testConfig(name)
+		cfg.Transport = tr
+		cfg.ListenAddr = name + ":7946"
+		r, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		start := time.Now()
+		err = r.Start(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: Start = %v, want the context's deadline", name, err)
+		}
+		if name == "blocking" && time.Since(start) > 5*time.Second {
+			t.Fatalf("%s: Start took %v past its deadline", name, time.Since(start))
+		}
+		if err := r.Stop(); err != nil {
+			t.Fatalf("%s: Stop after a failed Start: %v", name, err)
+		}
+		l, err := nw.Host(name).Listen(cfg.ListenAddr)
+		if err != nil {
+			t.Fatalf("%s: the failed start left its listener open: %v", name, err)
+		}
+		_ = l.Close()
 	}
 }

@@ -34,7 +34,7 @@ func (r *Router) acceptLoop(l net.Listener) {
 			continue
 		}
 		host := remoteHost(nc.RemoteAddr().String())
-		if !r.throttle.allow(host, time.Now()) {
+		if !r.throttle.allow(host, r.cfg.Clock.Now()) {
 			r.counters.acceptThrottled.Add(1)
 			_ = nc.Close()
 			continue

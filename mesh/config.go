@@ -162,7 +162,10 @@ type Config struct {
 	Logger *zap.Logger
 	// Transport dials and listens; nil means TCPTransport{}.
 	Transport Transport
-	// Clock is the time source for versions and status; nil means the system clock.
+	// Clock is the time source for record versions, status, connection
+	// ages, accept throttling, dial backoff and garbage collection (socket
+	// deadlines and heartbeat liveness use the runtime clock); nil means the
+	// system clock.
 	Clock Clock
 	// RandSeed seeds backoff jitter and neighbour choice; 0 means random.
 	RandSeed uint64

@@ -91,7 +91,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 		send:        hs.send,
 		mode:        hs.mode,
 		recv:        hs.recv,
-		since:       now,
+		since:       r.cfg.Clock.Now(),
 		wake:        make(chan struct{}, 1),
 		pending:     map[ChannelID]GossipData{},
 		done:        make(chan struct{}),

@@ -81,7 +81,7 @@ func (m *connMaker) run() {
 		case <-timer.C:
 		case <-m.wake:
 		}
-		next := m.step(time.Now())
+		next := m.step(r.cfg.Clock.Now())
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
@@ -209,7 +209,7 @@ func (m *connMaker) dial(addr string) {
 			m.mu.Lock()
 			if t := m.targets[addr]; t != nil {
 				t.dialling = false
-				t.nextTry = time.Now().Add(100 * time.Millisecond)
+				t.nextTry = r.cfg.Clock.Now().Add(100 * time.Millisecond)
 			}
 			m.mu.Unlock()
 			return
@@ -236,7 +236,7 @@ func (m *connMaker) dial(addr string) {
 		return
 	}
 	t.attempts++
-	now := time.Now()
+	now := r.cfg.Clock.Now()
 	t.nextTry = now.Add(m.backoff(t, err))
 	if isRefusal(err) {
 		t.refusedUntil = t.nextTry
@@ -323,7 +323,7 @@ func (m *connMaker) connected(addr string, peer PeerName) {
 // connection that lived long enough resets the backoff.
 func (m *connMaker) disconnected(addr string, peer PeerName, since time.Time) {
 	m.mu.Lock()
-	now := time.Now()
+	now := m.r.cfg.Clock.Now()
 	if t := m.targets[addr]; t != nil {
 		t.connected = false
 		if now.Sub(since) >= m.r.cfg.BackoffResetAfter {

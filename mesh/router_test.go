@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,5 +287,25 @@ func TestStartHonoursItsContext(t *testing.T) {
 			t.Fatalf("%s: the failed start left its listener open: %v", name, err)
 		}
 		_ = l.Close()
+	}
+}
+
+// offsetClock is the system clock moved by a settable offset.
+type offsetClock struct{ offset atomic.Int64 }
+
+func (c *offsetClock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+// Status tells connection ages by Config.Clock, like everything else the
+// router records.
+func TestStatusUsesTheConfiguredClock(t *testing.T) {
+	c := newCluster(t)
+	clock := &offsetClock{}
+	a := c.start("a", func(cfg *Config) { cfg.Clock = clock })
+	c.start("b", nil, "a")
+	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	clock.offset.Store(int64(time.Hour))
+	st := a.Status()
+	if len(st.Connections) == 0 || !strings.HasPrefix(st.Connections[0].Since, "1h0m") {
+		t.Fatalf("connection age after moving a's clock an hour ahead: %+v", st.Connections)
 	}
 }

@@ -134,7 +134,7 @@ func (r *Router) Status() Status {
 	slices.Sort(st.Tombstones)
 	r.mu.Unlock()
 	st.HandshakeFailures = r.failures.snapshot()
-	now := time.Now()
+	now := r.cfg.Clock.Now()
 	entries, handshakes := r.conns.snapshot()
 	for _, e := range entries {
 		c, state := e.c, e.state // standby: lost a duplicate tie-break

@@ -62,7 +62,7 @@ type RouteEvent struct {
 // The Router methods meshconn and raftnode rely on:
 //
 //	func New(cfg Config) (*Router, error)
-//	func (r *Router) Start(ctx context.Context) error   // listen + connect to seeds
+//	func (r *Router) Start(ctx context.Context) error   // listen (within ctx) + connect to seeds
 //	func (r *Router) Stop() error                       // closes everything, waits for goroutines
 //	func (r *Router) Name() PeerName
 //	func (r *Router) AddSeeds(addrs ...string)

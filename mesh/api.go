@@ -19,12 +19,13 @@ type PeerName string
 type ChannelID uint16
 
 // Priority is a per-connection send class. Control traffic (heartbeats,
-// handshake, topology) always goes first; Raft traffic next; bulk transfers
-// and periodic gossip last, rate-limited so they cannot delay the others.
+// handshake, topology) always goes first; interactive, latency-sensitive
+// traffic (meshetcd's Raft messages) next; bulk transfers and periodic gossip
+// last, rate-limited so they cannot delay the others.
 type Priority uint8
 
 const (
-	PriorityRaft Priority = iota + 1
+	PriorityInteractive Priority = iota + 1
 	PriorityBulk
 )
 
@@ -61,7 +62,7 @@ type RouteEvent struct {
 // The Router methods meshconn and raftnode rely on:
 //
 //	func New(cfg Config) (*Router, error)
-//	func (r *Router) Start(ctx context.Context) error   // listen + connect to seeds
+//	func (r *Router) Start(ctx context.Context) error   // listen (within ctx) + connect to seeds
 //	func (r *Router) Stop() error                       // closes everything, waits for goroutines
 //	func (r *Router) Name() PeerName
 //	func (r *Router) AddSeeds(addrs ...string)

@@ -129,17 +129,10 @@ func BenchmarkRelayForward(b *testing.B) {
 			upSend, inRecv := benchCiphers(b)
 			outSend, _ := benchCiphers(b)
 			in := &conn{r: r, remote: "src", recv: inRecv}
-			out := &conn{r: r, remote: "next", send: outSend}
-			for i := range out.queues {
-				out.queues[i] = make(chan *frameBuf, 16)
-			}
-			out.wake = make(chan struct{}, 1)
-			table := map[PeerName]*conn{"next": out}
-			r.connTable.Store(&table)
-			r.routes.Store(&routeTable{self: "relay", next: map[PeerName]PeerName{"dst": "next"}, hops: map[PeerName]int{"dst": 2}})
+			out := relayThrough(r, &conn{remote: "next", send: outSend}, 16)
 
 			plain := appendEnvelope(nil, msgUnicast, 16, 20, 0, "src", "dst", make([]byte, size))
-			plain[1] = classRaft
+			plain[1] = classInteractive
 			wire := make([]byte, len(plain)+aeadTagLen)
 			w := bufio.NewWriterSize(io.Discard, 64<<10)
 			scratch := make([]*frameBuf, 0, 8)

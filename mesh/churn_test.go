@@ -15,13 +15,7 @@ func TestForwardDecrementsTTLAndDropsAtOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = r.Stop() }()
-	out := &conn{r: r, remote: "next", wake: make(chan struct{}, 1)}
-	for i := range out.queues {
-		out.queues[i] = make(chan *frameBuf, 4)
-	}
-	table := map[PeerName]*conn{"next": out}
-	r.connTable.Store(&table)
-	r.routes.Store(&routeTable{self: "relay", next: map[PeerName]PeerName{"dst": "next"}, hops: map[PeerName]int{"dst": 2}})
+	out := relayThrough(r, &conn{remote: "next"}, 4)
 	send := func(ttl uint8) {
 		plain := appendEnvelope(nil, msgUnicast, ttl, 20, 0, "src", "dst", []byte("x"))
 		f := r.pool.get(len(plain))
@@ -51,15 +45,15 @@ func TestBlockedHandlerDoesNotStallConnection(t *testing.T) {
 	b := c.start("b", nil, "a")
 	block := make(chan struct{})
 	defer close(block)
-	if _, err := b.NewDatagramChannel(20, "stuck", PriorityRaft, func(PeerName, []byte) { <-block }); err != nil {
+	if _, err := b.NewDatagramChannel(20, "stuck", PriorityInteractive, func(PeerName, []byte) { <-block }); err != nil {
 		t.Fatal(err)
 	}
 	ib := &inbox{}
-	if _, err := b.NewDatagramChannel(21, "fine", PriorityRaft, ib.handler); err != nil {
+	if _, err := b.NewDatagramChannel(21, "fine", PriorityInteractive, ib.handler); err != nil {
 		t.Fatal(err)
 	}
-	stuck, _ := a.NewDatagramChannel(20, "stuck", PriorityRaft, func(PeerName, []byte) {})
-	fine, _ := a.NewDatagramChannel(21, "fine", PriorityRaft, func(PeerName, []byte) {})
+	stuck, _ := a.NewDatagramChannel(20, "stuck", PriorityInteractive, func(PeerName, []byte) {})
+	fine, _ := a.NewDatagramChannel(21, "fine", PriorityInteractive, func(PeerName, []byte) {})
 	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	for i := 0; i < 3*b.cfg.InboundQueueLen/2; i++ {
 		_ = stuck.Send("b", []byte("x"))

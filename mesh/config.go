@@ -32,8 +32,13 @@ func (t TCPTransport) keepAlive() time.Duration {
 
 // Listen opens a TCP listener.
 func (t TCPTransport) Listen(address string) (net.Listener, error) {
+	return t.ListenContext(context.Background(), address)
+}
+
+// ListenContext opens a TCP listener; ctx bounds resolving the address.
+func (t TCPTransport) ListenContext(ctx context.Context, address string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: t.keepAlive()}
-	return lc.Listen(context.Background(), "tcp", address)
+	return lc.Listen(ctx, "tcp", address)
 }
 
 // Dial opens a TCP connection.
@@ -133,12 +138,12 @@ type Config struct {
 	MaxDatagramSize int
 	// DefaultTTL is the hop limit of each envelope (16).
 	DefaultTTL uint8
-	// Per-connection send queue lengths by class: control 1024, raft 4096,
+	// Per-connection send queue lengths by class: control 1024, interactive 4096,
 	// bulk 1024 frames; QueueBytes bounds their total payload (64 MiB).
-	ControlQueueLen, RaftQueueLen, BulkQueueLen int
-	QueueBytes                                  int
+	ControlQueueLen, InteractiveQueueLen, BulkQueueLen int
+	QueueBytes                                         int
 	// BulkRate limits bulk-class bytes per second per connection (64 MiB/s)
-	// so bulk traffic cannot crowd out Raft.
+	// so bulk traffic cannot crowd out interactive traffic.
 	BulkRate int
 	// InboundQueueLen bounds each channel's delivery queue (4096).
 	InboundQueueLen int
@@ -157,7 +162,10 @@ type Config struct {
 	Logger *zap.Logger
 	// Transport dials and listens; nil means TCPTransport{}.
 	Transport Transport
-	// Clock is the time source for versions and status; nil means the system clock.
+	// Clock is the time source for record versions, status, connection
+	// ages, accept throttling, dial backoff and garbage collection (socket
+	// deadlines and heartbeat liveness use the runtime clock); nil means the
+	// system clock.
 	Clock Clock
 	// RandSeed seeds backoff jitter and neighbour choice; 0 means random.
 	RandSeed uint64
@@ -187,7 +195,7 @@ func DefaultConfig() Config {
 		MaxDatagramSize:      1 << 20,
 		DefaultTTL:           16,
 		ControlQueueLen:      1024,
-		RaftQueueLen:         4096,
+		InteractiveQueueLen:  4096,
 		BulkQueueLen:         1024,
 		QueueBytes:           64 << 20,
 		BulkRate:             64 << 20,
@@ -263,7 +271,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.DefaultTTL = def.DefaultTTL
 	}
 	setInt(&cfg.ControlQueueLen, def.ControlQueueLen)
-	setInt(&cfg.RaftQueueLen, def.RaftQueueLen)
+	setInt(&cfg.InteractiveQueueLen, def.InteractiveQueueLen)
 	setInt(&cfg.BulkQueueLen, def.BulkQueueLen)
 	setInt(&cfg.QueueBytes, def.QueueBytes)
 	setInt(&cfg.BulkRate, def.BulkRate)

@@ -16,16 +16,16 @@ import (
 
 // Send classes, in the order the writer serves them.
 const (
-	classControl = 0 // ping, pong, goodbye, topology
-	classRaft    = 1
-	classBulk    = 2
-	numClasses   = 3
+	classControl     = 0 // ping, pong, goodbye, topology
+	classInteractive = 1
+	classBulk        = 2
+	numClasses       = 3
 )
 
 func classOf(p Priority) int {
 	switch p {
-	case PriorityRaft:
-		return classRaft
+	case PriorityInteractive:
+		return classInteractive
 	default:
 		return classBulk
 	}
@@ -91,13 +91,13 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 		send:        hs.send,
 		mode:        hs.mode,
 		recv:        hs.recv,
-		since:       now,
+		since:       r.cfg.Clock.Now(),
 		wake:        make(chan struct{}, 1),
 		pending:     map[ChannelID]GossipData{},
 		done:        make(chan struct{}),
 	}
 	c.queues[classControl] = make(chan *frameBuf, r.cfg.ControlQueueLen)
-	c.queues[classRaft] = make(chan *frameBuf, r.cfg.RaftQueueLen)
+	c.queues[classInteractive] = make(chan *frameBuf, r.cfg.InteractiveQueueLen)
 	c.queues[classBulk] = make(chan *frameBuf, r.cfg.BulkQueueLen)
 	c.lastRecv.Store(now.UnixNano())
 	c.lastPong.Store(now.UnixNano())
@@ -446,7 +446,7 @@ func (c *conn) hasPendingGossip() bool {
 }
 
 // nextFrames picks the next work in priority order: control frames,
-// control-class gossip (topology), raft frames, then bulk frames and bulk
+// control-class gossip (topology), interactive frames, then bulk frames and bulk
 // gossip while the bulk token bucket allows.
 //
 // Frames are appended to scratch so the hot path does not allocate.
@@ -461,9 +461,9 @@ func (c *conn) nextFrames(scratch []*frameBuf, bulkAllowed bool) ([]*frameBuf, i
 		return append(scratch, fs...), classControl
 	}
 	select {
-	case f := <-c.queues[classRaft]:
+	case f := <-c.queues[classInteractive]:
 		c.queuedBytes.Add(-int64(f.n))
-		return append(scratch, f), classRaft
+		return append(scratch, f), classInteractive
 	default:
 	}
 	if !bulkAllowed {

@@ -81,7 +81,7 @@ func (m *connMaker) run() {
 		case <-timer.C:
 		case <-m.wake:
 		}
-		next := m.step(time.Now())
+		next := m.step(r.cfg.Clock.Now())
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
@@ -96,14 +96,16 @@ func (m *connMaker) run() {
 // returns how long to sleep.
 func (m *connMaker) step(now time.Time) time.Duration {
 	r := m.r
-	r.mu.Lock()
-	connected := make(map[PeerName]bool, len(r.conns))
-	for n := range r.conns {
+	inUse := r.conns.current()
+	connected := make(map[PeerName]bool, len(inUse))
+	for n := range inUse {
 		connected[n] = true
 	}
-	budget := min(r.cfg.ConnLimit-len(r.conns)-len(r.pendingConn), r.cfg.MaxPendingHandshakes-len(r.pendingConn))
+	handshakes := r.conns.handshakes()
+	budget := min(r.cfg.ConnLimit-len(inUse)-handshakes, r.cfg.MaxPendingHandshakes-handshakes)
+	r.mu.Lock()
 	known := len(r.topo.records) - 1
-	wantMore := known <= r.cfg.FullMeshThreshold || len(r.conns) < r.cfg.Degree
+	wantMore := known <= r.cfg.FullMeshThreshold || len(inUse) < r.cfg.Degree
 	own := map[string]bool{}
 	for _, a := range r.advertise {
 		own[a] = true
@@ -122,7 +124,7 @@ func (m *connMaker) step(now time.Time) time.Duration {
 	for name, ts := range r.topo.tombstones {
 		advs = append(advs, adv{name, ts.Addrs, true})
 	}
-	alone := len(r.conns) == 0
+	alone := len(inUse) == 0
 	r.mu.Unlock()
 
 	m.mu.Lock()
@@ -207,7 +209,7 @@ func (m *connMaker) dial(addr string) {
 			m.mu.Lock()
 			if t := m.targets[addr]; t != nil {
 				t.dialling = false
-				t.nextTry = time.Now().Add(100 * time.Millisecond)
+				t.nextTry = r.cfg.Clock.Now().Add(100 * time.Millisecond)
 			}
 			m.mu.Unlock()
 			return
@@ -234,7 +236,7 @@ func (m *connMaker) dial(addr string) {
 		return
 	}
 	t.attempts++
-	now := time.Now()
+	now := r.cfg.Clock.Now()
 	t.nextTry = now.Add(m.backoff(t, err))
 	if isRefusal(err) {
 		t.refusedUntil = t.nextTry
@@ -321,7 +323,7 @@ func (m *connMaker) connected(addr string, peer PeerName) {
 // connection that lived long enough resets the backoff.
 func (m *connMaker) disconnected(addr string, peer PeerName, since time.Time) {
 	m.mu.Lock()
-	now := time.Now()
+	now := m.r.cfg.Clock.Now()
 	if t := m.targets[addr]; t != nil {
 		t.connected = false
 		if now.Sub(since) >= m.r.cfg.BackoffResetAfter {
@@ -374,59 +376,4 @@ func (m *connMaker) status() []TargetStatus {
 		return 1
 	})
 	return out
-}
-
-// acceptThrottle is a global token bucket plus one per remote host, so a
-// connect flood (or online password guessing) cannot swamp the router.
-type acceptThrottle struct {
-	mu         sync.Mutex
-	global     tokenBucket
-	perHost    map[string]*tokenBucket
-	hostRate   float64
-	hostBurst  float64
-	maxTracked int
-}
-
-func newAcceptThrottle(rate, burst, hostRate, hostBurst float64) *acceptThrottle {
-	return &acceptThrottle{
-		global:     tokenBucket{rate: rate, burst: burst, tokens: burst},
-		perHost:    map[string]*tokenBucket{},
-		hostRate:   hostRate,
-		hostBurst:  hostBurst,
-		maxTracked: 4096,
-	}
-}
-
-func (a *acceptThrottle) allow(host string, now time.Time) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	b, ok := a.perHost[host]
-	if !ok {
-		if len(a.perHost) >= a.maxTracked {
-			clear(a.perHost) // forgetting buckets only makes us more lenient
-		}
-		b = &tokenBucket{rate: a.hostRate, burst: a.hostBurst, tokens: a.hostBurst, last: now}
-		a.perHost[host] = b
-	}
-	if !b.take(now) {
-		return false
-	}
-	return a.global.take(now)
-}
-
-type tokenBucket struct {
-	rate, burst, tokens float64
-	last                time.Time
-}
-
-func (b *tokenBucket) take(now time.Time) bool {
-	if !b.last.IsZero() {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }

@@ -10,6 +10,33 @@
 // membership: mesh reachability is only ever reported, never turned into
 // conf changes.
 //
+// # Layout
+//
+// One file per job; the router's parts share the Router value but each
+// keeps its own state and lock where it has any:
+//
+//	api.go, config.go   the surface other packages build on; Config and defaults
+//	router.go           lifecycle: New, Start, Stop, and a connection's end
+//	conntable.go        the connection table: in use, standby, replaced
+//	                    incarnations, handshakes in progress, and the rules
+//	                    between them (own lock; decides, never acts)
+//	admission.go        accept throttle, handshake admission and install,
+//	                    the rate-limited failure log
+//	forwarding.go       data plane: unicast, relaying, broadcast, dedup,
+//	                    reroute, gossip fan-out
+//	maintenance.go      our record, route recalculation, anti-entropy, GC
+//	connmaker.go        dialling seeds and discovered peers with backoff
+//	conn.go, frame.go   one connection's reader, writer, queues; framing
+//	handshake.go, crypto.go  preamble, hello, key agreement, AEAD
+//	topology.go, topology_gossip.go, routes.go  the topology CRDT, its
+//	                    gossip, and routes computed from it
+//	gossip.go           gossip and datagram channels and their delivery
+//	status.go           the Status report and route subscriptions
+//
+// The pure rules have datadriven scenarios under testdata/: topology
+// (merge, GC, digests), routes (BFS, broadcast trees) and conntable
+// (tie-break, restart by UID, the winner dying, standby promotion, limits).
+//
 // # Wire protocol
 //
 // Each side of a new TCP connection first writes a fixed 53-byte clear
@@ -77,7 +104,7 @@
 // name: ErrNameCollision, logged as an error and shown in Status.
 //
 // Every send is asynchronous: frames go into bounded per-connection
-// queues by class (control > raft > bulk; bulk token-bucket limited to
+// queues by class (control > interactive > bulk; bulk token-bucket limited to
 // BulkRate) and Send returns ErrQueueFull instead of blocking. One writer
 // goroutine per connection flushes batches under WriteTimeout (5 s); one
 // reader goroutine decodes and hands frames to per-channel bounded queues

@@ -326,13 +326,8 @@ func TestGarbageOnMeshPortClosesOnlyThatConnection(t *testing.T) {
 	// The router still works: a real peer connects and exchanges data.
 	b := startTCPRouter(t, "b", nil, addr)
 	ib := &inbox{}
-	if _, err := b.NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testChannel(t, b, ib)
+	ch := testChannel(t, a, nil)
 	eventually(t, waitLong, "a→b after garbage", func() bool {
 		_ = ch.Send("b", []byte("still alive"))
 		return ib.has("a:still alive")
@@ -363,13 +358,8 @@ func TestLoopbackTCPRelayAndRestart(t *testing.T) {
 	a := startTCPRouter(t, "a", limit1, b.ListenAddr())
 	c := startTCPRouter(t, "c", limit1, b.ListenAddr())
 	ic := &inbox{}
-	if _, err := c.NewDatagramChannel(20, "t", PriorityRaft, ic.handler); err != nil {
-		t.Fatal(err)
-	}
-	cha, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testChannel(t, c, ic)
+	cha := testChannel(t, a, nil)
 	eventually(t, waitLong, "a reaches c through b", func() bool {
 		hop, ok := a.routes.Load().nextHop("c")
 		return ok && hop == "b"

@@ -87,6 +87,36 @@ func (c *cluster) stop(name string) {
 	delete(c.routers, name)
 }
 
+// relayThrough makes the router r, which has no real connections, a relay
+// whose route to "dst" goes through out (a connection without goroutines
+// whose queues hold queueLen frames each), and returns out.
+func relayThrough(r *Router, out *conn, queueLen int) *conn {
+	out.r = r
+	out.wake = make(chan struct{}, 1)
+	for i := range out.queues {
+		out.queues[i] = make(chan *frameBuf, queueLen)
+	}
+	table := map[PeerName]*conn{out.remote: out}
+	r.conns.published.Store(&table)
+	r.routes.Store(&routeTable{self: r.name, next: map[PeerName]PeerName{"dst": out.remote}, hops: map[PeerName]int{"dst": 2}})
+	return out
+}
+
+// testChannel opens datagram channel 20 on r, delivering into in (or
+// nowhere if in is nil).
+func testChannel(t *testing.T, r *Router, in *inbox) *DatagramChannel {
+	t.Helper()
+	h := func(PeerName, []byte) {}
+	if in != nil {
+		h = in.handler
+	}
+	ch, err := r.NewDatagramChannel(20, "t", PriorityInteractive, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
 // eventually polls cond until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()

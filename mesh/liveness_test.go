@@ -18,16 +18,9 @@ func TestStalledPeerDoesNotBlockOthers(t *testing.T) {
 	c.start("c", nil, "a")
 	c.net.Cut("b", "c") // only a links them
 	ib, ic := &inbox{}, &inbox{}
-	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.routers["c"].NewDatagramChannel(20, "t", PriorityRaft, ic.handler); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testChannel(t, c.routers["b"], ib)
+	testChannel(t, c.routers["c"], ic)
+	ch := testChannel(t, a, nil)
 	eventually(t, waitLong, "a reaches b and c", func() bool { return a.Reachable("b") && a.Reachable("c") })
 
 	c.net.StallReads("b", true)
@@ -73,13 +66,8 @@ func TestBlackholedLinkIsRoutedAround(t *testing.T) {
 	c.start("b", fast, "a")
 	c.start("relay", fast, "a", "b")
 	ib := &inbox{}
-	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testChannel(t, c.routers["b"], ib)
+	ch := testChannel(t, a, nil)
 	eventually(t, waitLong, "a routes to b directly", func() bool {
 		hop, ok := a.routes.Load().nextHop("b")
 		return ok && hop == "b" && a.Reachable("relay") && c.routers["b"].Reachable("relay")
@@ -105,13 +93,8 @@ func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 	c.start("b", nil, "a")
 	c.start("relay", nil, "a", "b")
 	ib := &inbox{}
-	if _, err := c.routers["b"].NewDatagramChannel(20, "t", PriorityRaft, ib.handler); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testChannel(t, c.routers["b"], ib)
+	ch := testChannel(t, a, nil)
 	eventually(t, waitLong, "a routes to b directly, relay connected to both", func() bool {
 		hop, ok := a.routes.Load().nextHop("b")
 		return ok && hop == "b" && a.Reachable("relay") && c.routers["b"].connFor("relay") != nil

@@ -28,7 +28,7 @@ func lineCluster(t *testing.T, tweak func(*Config)) (*cluster, map[string]*inbox
 		}
 		r := c.start(n, tweak, seeds...)
 		ib := &inbox{}
-		ch, err := r.NewDatagramChannel(20, "test", PriorityRaft, ib.handler)
+		ch, err := r.NewDatagramChannel(20, "test", PriorityInteractive, ib.handler)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,14 +1,18 @@
 package mesh
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/mesh/memnet"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -202,24 +206,21 @@ func TestSlowRouteSubscriberGetsLatestStateWithoutBlocking(t *testing.T) {
 func TestSendErrors(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil)
-	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testChannel(t, a, nil)
 	if err := ch.Send("nobody", []byte("x")); !errors.Is(err, ErrNoRoute) {
 		t.Fatalf("send to unknown peer: %v", err)
 	}
 	if err := ch.Send("nobody", make([]byte, ch.MaxPayload()+1)); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized send: %v", err)
 	}
-	if _, err := a.NewDatagramChannel(20, "dup", PriorityRaft, func(PeerName, []byte) {}); err == nil {
+	if _, err := a.NewDatagramChannel(20, "dup", PriorityInteractive, func(PeerName, []byte) {}); err == nil {
 		t.Fatal("duplicate channel id accepted")
 	}
-	if _, err := a.NewDatagramChannel(3, "reserved", PriorityRaft, func(PeerName, []byte) {}); err == nil {
+	if _, err := a.NewDatagramChannel(3, "reserved", PriorityInteractive, func(PeerName, []byte) {}); err == nil {
 		t.Fatal("reserved channel id accepted")
 	}
 	self := &inbox{}
-	loop, err := a.NewDatagramChannel(21, "loop", PriorityRaft, self.handler)
+	loop, err := a.NewDatagramChannel(21, "loop", PriorityInteractive, self.handler)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,5 +231,81 @@ func TestSendErrors(t *testing.T) {
 	c.stop("a")
 	if err := ch.Send("b", []byte("x")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("send after Stop: %v", err)
+	}
+}
+
+// blockingListenTransport's listen hangs until its context ends.
+type blockingListenTransport struct{ Transport }
+
+func (blockingListenTransport) ListenContext(ctx context.Context, _ string) (net.Listener, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// lateListenTransport listens, but only after delay, and without a context.
+type lateListenTransport struct {
+	Transport
+	delay time.Duration
+}
+
+func (t lateListenTransport) Listen(address string) (net.Listener, error) {
+	time.Sleep(t.delay)
+	return t.Transport.Listen(address)
+}
+
+// Start's context bounds the start: a listen that does not finish in time
+// fails the start, and a listener that comes back too late is closed.
+func TestStartHonoursItsContext(t *testing.T) {
+	checkNoLeaks(t)
+	nw := memnet.New()
+	for name, tr := range map[string]Transport{
+		"blocking": blockingListenTransport{nw.Host("blocking")},
+		"late":     lateListenTransport{nw.Host("late"), 300 * time.Millisecond},
+	} {
+		cfg := testConfig(name)
+		cfg.Transport = tr
+		cfg.ListenAddr = name + ":7946"
+		r, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		start := time.Now()
+		err = r.Start(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: Start = %v, want the context's deadline", name, err)
+		}
+		if name == "blocking" && time.Since(start) > 5*time.Second {
+			t.Fatalf("%s: Start took %v past its deadline", name, time.Since(start))
+		}
+		if err := r.Stop(); err != nil {
+			t.Fatalf("%s: Stop after a failed Start: %v", name, err)
+		}
+		l, err := nw.Host(name).Listen(cfg.ListenAddr)
+		if err != nil {
+			t.Fatalf("%s: the failed start left its listener open: %v", name, err)
+		}
+		_ = l.Close()
+	}
+}
+
+// offsetClock is the system clock moved by a settable offset.
+type offsetClock struct{ offset atomic.Int64 }
+
+func (c *offsetClock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+// Status tells connection ages by Config.Clock, like everything else the
+// router records.
+func TestStatusUsesTheConfiguredClock(t *testing.T) {
+	c := newCluster(t)
+	clock := &offsetClock{}
+	a := c.start("a", func(cfg *Config) { cfg.Clock = clock })
+	c.start("b", nil, "a")
+	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	clock.offset.Store(int64(time.Hour))
+	st := a.Status()
+	if len(st.Connections) == 0 || !strings.HasPrefix(st.Connections[0].Since, "1h0m") {
+		t.Fatalf("connection age after moving a's clock an hour ahead: %+v", st.Connections)
 	}
 }

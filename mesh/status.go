@@ -132,19 +132,12 @@ func (r *Router) Status() Status {
 		st.Tombstones = append(st.Tombstones, name)
 	}
 	slices.Sort(st.Tombstones)
-	now := time.Now()
-	all := make([]*conn, 0, len(r.conns)+len(r.standby))
-	for _, c := range r.conns {
-		all = append(all, c)
-	}
-	for _, c := range r.standby {
-		all = append(all, c)
-	}
-	for _, c := range all {
-		state := "established"
-		if r.conns[c.remote] != c {
-			state = "standby" // lost a duplicate tie-break; the remote closes it
-		}
+	r.mu.Unlock()
+	st.HandshakeFailures = r.failures.snapshot()
+	now := r.cfg.Clock.Now()
+	entries, handshakes := r.conns.snapshot()
+	for _, e := range entries {
+		c, state := e.c, e.state // standby: lost a duplicate tie-break
 		dir := "inbound"
 		if c.outbound {
 			dir = "outbound"
@@ -157,12 +150,9 @@ func (r *Router) Status() Status {
 			Queued: c.queuedBytes.Load(), Drops: c.drops.Load(),
 		})
 	}
-	for nc, addr := range r.pendingConn {
-		_ = nc
+	for _, addr := range handshakes {
 		st.Connections = append(st.Connections, ConnectionStatus{Addr: addr, State: "handshake", Encrypted: st.Encrypted, Encryption: st.Encryption})
 	}
-	st.HandshakeFailures = slices.Clone(r.failures)
-	r.mu.Unlock()
 	slices.SortFunc(st.Connections, func(a, b ConnectionStatus) int {
 		if a.Peer != b.Peer {
 			if a.Peer < b.Peer {

@@ -3,7 +3,7 @@
 //
 // Two services live here, each on its own mesh datagram channel:
 //
-//   - PacketConn: a net.PacketConn over a Raft-priority datagram channel.
+//   - PacketConn: a net.PacketConn over an interactive-priority datagram channel.
 //     Addresses are MeshAddr values ("mesh://<peer-name>"). Delivery is at
 //     most once; each datagram arrives intact or not at all (a CRC32C and an
 //     explicit length guard every datagram end to end, on top of whatever

@@ -10,10 +10,10 @@ const (
 	DefaultBulkChannel mesh.ChannelID = 33
 )
 
-// Listen opens a PacketConn on a new Raft-priority datagram channel id of r.
+// Listen opens a PacketConn on a new interactive-priority datagram channel id of r.
 func Listen(r *mesh.Router, id mesh.ChannelID, cfg PacketConfig) (*PacketConn, error) {
 	return newPacketConn(r.Name(), func(h mesh.DatagramHandler) (channel, error) {
-		ch, err := r.NewDatagramChannel(id, "meshconn", mesh.PriorityRaft, h)
+		ch, err := r.NewDatagramChannel(id, "meshconn", mesh.PriorityInteractive, h)
 		if err != nil {
 			return nil, err
 		}

@@ -131,7 +131,7 @@ func New(cfg Config) (*Endpoint, error) {
 		}
 		r, id := cfg.Router, cfg.Channel
 		cfg.Open = func(h mesh.DatagramHandler) (Sender, error) {
-			return r.NewDatagramChannel(id, "peer-requests", mesh.PriorityRaft, h)
+			return r.NewDatagramChannel(id, "peer-requests", mesh.PriorityInteractive, h)
 		}
 	}
 	e := &Endpoint{

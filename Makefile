@@ -35,8 +35,13 @@ test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 5m ./cmd/...
 
-test-integration: build etcdctl
+test-integration: build etcdctl chromium
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m ./integration/...
+
+## chromium: Debian's chromium for the mesh page browser test (installed with apt-get when missing; needs root)
+.PHONY: chromium
+chromium:
+	@integration/scripts/install-chromium.sh
 
 ## test-diff: build etcd 3.7.3 (bin/etcd) and run the differential tests live: the clientv3 KV
 ## suites and the etcdctl transcript against both servers (`make test` compares with the

@@ -7,7 +7,7 @@
 #
 # Flags and ETCD_*/MESHETCD_* variables are the binary's (README, "Flags").
 
-FROM golang:1.26-bookworm AS build
+FROM docker.io/library/golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 
 	"github.com/meshetcd/meshetcd/meshview"
 )
@@ -35,6 +36,11 @@ func runMesh(args []string, stdout, stderr io.Writer) int {
 	endpoints := fs.StringSlice("endpoints", []string{"127.0.0.1:2379"}, "comma-separated client URLs (or host:port) of members to ask; the first that answers is used")
 	timeout := fs.Duration("command-timeout", 5*time.Second, "timeout for asking each endpoint")
 	writeOut := fs.StringP("write-out", "w", "table", "output format: table or json")
+	var tlsInfo transport.TLSInfo
+	fs.StringVar(&tlsInfo.TrustedCAFile, "cacert", "", "verify https endpoints with this CA bundle (as etcdctl)")
+	fs.StringVar(&tlsInfo.CertFile, "cert", "", "client certificate for https endpoints (as etcdctl)")
+	fs.StringVar(&tlsInfo.KeyFile, "key", "", "client key for https endpoints (as etcdctl)")
+	fs.BoolVar(&tlsInfo.InsecureSkipVerify, "insecure-skip-tls-verify", false, "do not verify https endpoints' certificates (as etcdctl)")
 	help := fs.BoolP("help", "h", false, "show this help")
 	usage := func(w io.Writer) { fmt.Fprint(w, meshUsage+fs.FlagUsages()) }
 
@@ -68,7 +74,17 @@ func runMesh(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	g, err := fetchGraph(context.Background(), &http.Client{}, *endpoints, *timeout)
+	if (tlsInfo.CertFile == "") != (tlsInfo.KeyFile == "") {
+		fmt.Fprintf(stderr, "meshetcd mesh status: --cert and --key go together\n")
+		return exitUsage
+	}
+	tlsCfg, err := tlsInfo.ClientConfig()
+	if err != nil {
+		fmt.Fprintf(stderr, "meshetcd mesh status: %v\n", err)
+		return exitUsage
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}
+	g, err := fetchGraph(context.Background(), hc, *endpoints, *timeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshetcd mesh status: %v\n", err)
 		return exitError

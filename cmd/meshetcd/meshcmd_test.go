@@ -2,8 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -73,5 +76,27 @@ func TestMeshStatusErrors(t *testing.T) {
 	}
 	if code, out, _ := runArgs("mesh", "--help"); code != exitOK || !strings.Contains(out, "meshetcd mesh status") {
 		t.Errorf("mesh --help: exit %d, %q", code, out)
+	}
+}
+
+func TestMeshStatusOverHTTPS(t *testing.T) {
+	plain := graphServer(t)
+	srv := httptest.NewTLSServer(plain.Config.Handler)
+	defer srv.Close()
+	if code, _, errOut := runArgs("mesh", "status", "--endpoints", srv.URL); code != exitError || !strings.Contains(errOut, "certificate") {
+		t.Errorf("unverified https endpoint: exit %d, %q; want a certificate error", code, errOut)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--cacert", ca}, {"--insecure-skip-tls-verify"}} {
+		code, out, errOut := runArgs(append([]string{"mesh", "status", "--endpoints", srv.URL}, args...)...)
+		if code != exitOK || !strings.Contains(out, "Leader: m0") {
+			t.Errorf("%v: exit %d, %q %q", args, code, out, errOut)
+		}
+	}
+	if code, _, errOut := runArgs("mesh", "status", "--cert", ca); code != exitUsage || !strings.Contains(errOut, "--cert and --key go together") {
+		t.Errorf("--cert alone: exit %d, %q", code, errOut)
 	}
 }

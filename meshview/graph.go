@@ -116,16 +116,30 @@ type Input struct {
 
 // Build assembles the graph.
 func Build(in Input) Graph {
-	g := Graph{Viewer: in.SelfName, Leader: in.LeaderName, Time: in.Now, Members: []Member{}, Links: []Link{}, Routes: []Route{}}
+	g := Graph{Viewer: in.SelfName, Leader: in.LeaderName, Time: in.Now, Links: []Link{}, Routes: []Route{}}
+	var nameOf map[mesh.PeerName]string
+	g.Members, nameOf = buildMembers(in)
+	var up map[mesh.PeerName][]mesh.PeerName
+	g.Links, up = buildLinks(in, g.Members)
+	for _, m := range g.Members {
+		if m.Leader {
+			g.Routes = buildRoutes(g.Members, nameOf, up, mesh.PeerName(m.Peer))
+		}
+	}
+	return g
+}
 
-	// Nodes: the membership, matched to mesh peers by peer URL host (a
-	// member's mesh name is host:port of one of its peer URLs), then mesh
-	// peers outside the membership, named by their nickname.
+// buildMembers lists the membership, matched to mesh peers by peer URL host
+// (a member's mesh name is host:port of one of its peer URLs), then the
+// mesh peers outside the membership, named by their nickname. nameOf maps
+// each mesh name to the node's name.
+func buildMembers(in Input) (members []Member, nameOf map[mesh.PeerName]string) {
 	records := map[mesh.PeerName]mesh.PeerStatus{}
 	for _, p := range in.Self.Peers {
 		records[p.Name] = p
 	}
-	nameOf := map[mesh.PeerName]string{}
+	members = []Member{}
+	nameOf = map[mesh.PeerName]string{}
 	for _, mi := range in.Members {
 		m := Member{Name: mi.Name, ClientURLs: slices.Clone(mi.ClientURLs), Leader: mi.Name != "" && mi.Name == in.LeaderName}
 		for _, pu := range mi.PeerURLs {
@@ -145,43 +159,63 @@ func Build(in Input) Graph {
 			m.Name = m.Peer
 		}
 		nameOf[mesh.PeerName(m.Peer)] = m.Name
-		g.Members = append(g.Members, m)
+		members = append(members, m)
 	}
 	for _, p := range in.Self.Peers {
 		if _, ok := nameOf[p.Name]; ok {
 			continue
 		}
 		name := p.NickName
-		if name == "" || slices.ContainsFunc(g.Members, func(m Member) bool { return m.Name == name }) {
+		if name == "" || slices.ContainsFunc(members, func(m Member) bool { return m.Name == name }) {
 			name = string(p.Name)
 		}
 		nameOf[p.Name] = name
-		g.Members = append(g.Members, Member{Name: name, Peer: string(p.Name), NotMember: true})
+		members = append(members, Member{Name: name, Peer: string(p.Name), NotMember: true})
 	}
-	for i := range g.Members {
-		pn := mesh.PeerName(g.Members[i].Peer)
-		g.Members[i].InMesh = pn == in.Self.Name || records[pn].Reachable
+	for i := range members {
+		pn := mesh.PeerName(members[i].Peer)
+		members[i].InMesh = pn == in.Self.Name || records[pn].Reachable
 	}
-	slices.SortFunc(g.Members, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(members, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return members, nameOf
+}
 
-	// Links: every pair, with the state the two records claim. The
-	// viewer's own connections are fresher than its gossiped record.
-	claims := map[[2]mesh.PeerName]string{} // (from, to) → "established" or "pending"
+// claim is what one end says about a link.
+type claim int
+
+const (
+	noClaim claim = iota
+	claimPending
+	claimEstablished
+)
+
+// buildLinks gives every pair of members the state both ends claim: the
+// gossiped records for other members, the live connections for the viewer
+// (as the mesh routes: its own edges come from its connections). up is the
+// graph of links that are up.
+func buildLinks(in Input, members []Member) (links []Link, up map[mesh.PeerName][]mesh.PeerName) {
+	claims := map[[2]mesh.PeerName]claim{} // (from, to)
 	for _, p := range in.Self.Peers {
+		if p.Name == in.Self.Name {
+			continue
+		}
 		for _, c := range p.Connections {
 			to, pending := strings.CutSuffix(c, " (pending)")
-			claims[[2]mesh.PeerName{p.Name, mesh.PeerName(to)}] = map[bool]string{true: "pending", false: "established"}[pending]
+			claims[[2]mesh.PeerName{p.Name, mesh.PeerName(to)}] = claimEstablished
+			if pending {
+				claims[[2]mesh.PeerName{p.Name, mesh.PeerName(to)}] = claimPending
+			}
 		}
 	}
 	for _, c := range in.Self.Connections {
 		if c.Peer == "" {
-			continue
+			continue // still in its handshake: the peer is not known yet
 		}
 		k := [2]mesh.PeerName{in.Self.Name, c.Peer}
 		if c.State == "established" {
-			claims[k] = "established"
-		} else if claims[k] == "" {
-			claims[k] = "pending"
+			claims[k] = claimEstablished
+		} else {
+			claims[k] = max(claims[k], claimPending)
 		}
 	}
 	rtts := map[[2]mesh.PeerName]string{}
@@ -193,49 +227,47 @@ func Build(in Input) Graph {
 			}
 		}
 	}
-	up := map[mesh.PeerName][]mesh.PeerName{}
-	for i, a := range g.Members {
-		for _, b := range g.Members[i+1:] {
+	links = []Link{}
+	up = map[mesh.PeerName][]mesh.PeerName{}
+	for i, a := range members {
+		for _, b := range members[i+1:] {
 			pa, pb := mesh.PeerName(a.Peer), mesh.PeerName(b.Peer)
 			ab, ba := claims[[2]mesh.PeerName{pa, pb}], claims[[2]mesh.PeerName{pb, pa}]
 			l := Link{A: a.Name, B: b.Name, State: LinkDown}
 			switch {
-			case ab == "established" && ba == "established":
+			case ab == claimEstablished && ba == claimEstablished:
 				l.State = LinkUp
 				l.RTT = rtts[pairKey(pa, pb)]
 				up[pa] = append(up[pa], pb)
 				up[pb] = append(up[pb], pa)
-			case ab != "" || ba != "":
+			case ab != noClaim || ba != noClaim:
 				l.State = LinkConnecting
 			}
-			g.Links = append(g.Links, l)
+			links = append(links, l)
 		}
 	}
+	return links, up
+}
 
-	// Routes from the leader, as the mesh computes them.
-	var leaderPeer mesh.PeerName
-	for _, m := range g.Members {
-		if m.Leader {
-			leaderPeer = mesh.PeerName(m.Peer)
+// buildRoutes gives each member the path from the leader over the links
+// that are up, as the mesh computes it.
+func buildRoutes(members []Member, nameOf map[mesh.PeerName]string, up map[mesh.PeerName][]mesh.PeerName, leader mesh.PeerName) []Route {
+	routes := []Route{}
+	parent := bfsParents(up, leader)
+	for _, m := range members {
+		pn := mesh.PeerName(m.Peer)
+		if pn == leader || m.NotMember {
+			continue
 		}
-	}
-	if leaderPeer != "" {
-		parent := bfsParents(up, leaderPeer)
-		for _, m := range g.Members {
-			pn := mesh.PeerName(m.Peer)
-			if pn == leaderPeer || m.NotMember {
-				continue
+		r := Route{To: m.Name, Path: []string{}}
+		if _, ok := parent[pn]; ok {
+			for n := pn; n != ""; n = parent[n] {
+				r.Path = append([]string{nameOf[n]}, r.Path...)
 			}
-			r := Route{To: m.Name, Path: []string{}}
-			if _, ok := parent[pn]; ok {
-				for n := pn; n != ""; n = parent[n] {
-					r.Path = append([]string{nameOf[n]}, r.Path...)
-				}
-			}
-			g.Routes = append(g.Routes, r)
 		}
+		routes = append(routes, r)
 	}
-	return g
+	return routes
 }
 
 // bfsParents runs the mesh's breadth-first search from src: each level in

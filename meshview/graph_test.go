@@ -180,3 +180,19 @@ func TestBFSParentsMatchesTheMeshOrder(t *testing.T) {
 		t.Fatalf("parents %v", p)
 	}
 }
+
+func TestBuildViewerLinksComeFromItsLiveConnections(t *testing.T) {
+	st, members := triangle()
+	// b just lost its connection to c; its gossiped record (and c's)
+	// still claim the link.
+	st.Connections = st.Connections[:1]
+	g := Build(Input{Self: st, SelfName: "b", LeaderName: "a", Members: members})
+	if l := linkState(g, "b", "c"); l.State != LinkConnecting {
+		t.Errorf("b-c = %+v, want connecting (only c still claims it)", l)
+	}
+	for _, r := range g.Routes {
+		if r.To == "c" && len(r.Path) != 0 {
+			t.Errorf("route to c = %q, want unreachable", r.String("a"))
+		}
+	}
+}

@@ -14,6 +14,21 @@ all: build
 build:
 	$(GO) build -buildvcs=auto -o $(BIN)/meshetcd ./cmd/meshetcd
 
+## release: static binaries (CGO off) for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS;
+## VERSION (default: embed/version.go's) is stamped into --version and /version
+VERSION ?= $(shell sed -n 's/^var Version = "\(.*\)"/\1/p' embed/version.go)
+RELEASE_PLATFORMS := linux/amd64 linux/arm64
+.PHONY: release
+release:
+	rm -rf dist && mkdir -p dist
+	@for p in $(RELEASE_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; echo "building dist/meshetcd-$$os-$$arch ($(VERSION))"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -buildvcs=auto \
+			-ldflags "-s -w -X github.com/meshetcd/meshetcd/embed.Version=$(VERSION)" \
+			-o dist/meshetcd-$$os-$$arch ./cmd/meshetcd || exit 1; \
+	done
+	cd dist && sha256sum meshetcd-* > SHA256SUMS && cat SHA256SUMS
+
 ## run: start a single-member server on etcd's defaults (clients on 127.0.0.1:2379)
 run: build
 	$(BIN)/meshetcd
@@ -35,8 +50,13 @@ test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 5m ./cmd/...
 
-test-integration: build etcdctl
+test-integration: build etcdctl chromium
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m ./integration/...
+
+## chromium: Debian's chromium for the mesh page browser test (installed with apt-get when missing; needs root)
+.PHONY: chromium
+chromium:
+	@integration/scripts/install-chromium.sh
 
 ## test-diff: build etcd 3.7.3 (bin/etcd) and run the differential tests live: the clientv3 KV
 ## suites and the etcdctl transcript against both servers (`make test` compares with the
@@ -69,4 +89,4 @@ fuzz:
 	done
 
 clean:
-	rm -rf $(BIN) default.meshetcd
+	rm -rf $(BIN) default.meshetcd dist

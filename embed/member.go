@@ -23,6 +23,7 @@ import (
 	"github.com/meshetcd/meshetcd/grpcapi"
 	"github.com/meshetcd/meshetcd/kvstore"
 	"github.com/meshetcd/meshetcd/mesh"
+	"github.com/meshetcd/meshetcd/meshview"
 )
 
 // Member is one running meshetcd member. It owns its listeners, its gRPC
@@ -247,6 +248,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		ElectionTimeout:             cfg.ElectionTimeout,
 		ExtraHTTP: func(mux *http.ServeMux) {
 			mux.Handle("/mesh/status", router.StatusHandler())
+			meshview.NewHandler(meshViewSource{name: cfg.Name, srv: srv, router: router}, meshview.Config{Logger: lg}).Mount(mux)
 		},
 	}
 	serveCtx, cancelServe := context.WithCancel(context.Background())

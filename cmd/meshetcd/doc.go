@@ -18,6 +18,10 @@
 // cluster (--join --peers host:port); meshetcd's own flags are also read
 // from MESHETCD_* variables.
 //
+// `meshetcd mesh status --endpoints URL[,URL...]` is the one subcommand: it
+// prints a member's mesh graph (the data of the /mesh page: members, links
+// with state and round-trip time, Raft paths from the leader) as tables.
+//
 // Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM) or --help/--version,
 // 1 on a runtime error (port in use, data directory locked, fatal member
 // error), 2 on bad usage (unknown flag, bad value, refused flag).

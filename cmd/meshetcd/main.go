@@ -33,6 +33,9 @@ func (osEnv) Environ() []string              { return os.Environ() }
 
 // run is main without os.Exit, so it can be tested.
 func run(argv []string, stdout, stderr io.Writer, e env) int {
+	if len(argv) > 1 && argv[1] == meshCommand {
+		return runMesh(argv[2:], stdout, stderr)
+	}
 	o, err := parseFlags(argv[1:], e)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshetcd: %v\n", err)

@@ -202,7 +202,7 @@ func (r *Router) Start(ctx context.Context) error {
 	go r.maker.run()
 	r.maker.addSeeds(r.cfg.Seeds...)
 	r.log.Info("mesh router started", zap.Uint64("uid", r.uid), zap.Strings("advertise", r.advertise),
-		zap.Bool("encrypted", r.psk != nil || r.cfg.EphemeralEncryption), zap.String("encryption", r.encryption()), zap.String("cluster", r.cfg.ClusterLabel))
+		zap.Bool("encrypted", r.psk != nil || r.cfg.EphemeralEncryption || r.cfg.TLS != nil), zap.String("encryption", r.encryption()), zap.String("cluster", r.cfg.ClusterLabel))
 	return nil
 }
 
@@ -549,7 +549,13 @@ func (r *Router) runHandshake(nc net.Conn, outbound bool, addr string) (PeerName
 	id := localIdentity{name: r.name, uid: r.uid, nickName: r.cfg.NickName, label: r.cfg.ClusterLabel, addrs: r.advertise,
 		psk: r.psk, ephemeral: r.cfg.EphemeralEncryption}
 	r.mu.Unlock()
-	hs, err := handshake(nc, id, r.cfg.HandshakeTimeout)
+	nc, err := r.secureLink(nc, outbound, addr)
+	var hs *handshakeResult
+	if err == nil {
+		if hs, err = handshake(nc, id, r.cfg.HandshakeTimeout); err != nil && r.cfg.TLS != nil {
+			err = classifyTLSError(err)
+		}
+	}
 	if err == nil {
 		err = r.addConn(nc, hs, outbound, addr)
 	} else {
@@ -694,7 +700,7 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 		loser.closeGracefully("superseded by a newer connection")
 	}
 	r.log.Info("mesh connection established", zap.String("peer", string(c.remote)), zap.Uint64("peer_uid", c.remoteUID),
-		zap.Bool("outbound", outbound), zap.String("addr", addr), zap.Bool("encrypted", c.send != nil), zap.String("encryption", encryptionKind(c.mode)))
+		zap.Bool("outbound", outbound), zap.String("addr", addr), zap.Bool("encrypted", c.send != nil || r.cfg.TLS != nil), zap.String("encryption", linkEncryption(c.nc, c.mode)))
 	// A new neighbour gets the complete state of every channel at once.
 	for _, ch := range *r.channelTable.Load() {
 		if ch.gossiper == nil {
@@ -968,5 +974,11 @@ func (r *Router) collectGarbage() {
 
 // encryption is the Status name of our own mode.
 func (r *Router) encryption() string {
+	if r.cfg.TLS != nil {
+		if r.psk != nil {
+			return EncryptionTLSPSK
+		}
+		return EncryptionTLS
+	}
 	return encryptionKind(localIdentity{psk: r.psk, ephemeral: r.cfg.EphemeralEncryption}.mode())
 }

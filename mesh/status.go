@@ -107,7 +107,7 @@ func (r *Router) Status() Status {
 		UID:          fmt.Sprintf("%016x", r.uid),
 		Version:      r.topo.selfRecord().Version,
 		ClusterLabel: r.cfg.ClusterLabel,
-		Encrypted:    r.psk != nil || r.cfg.EphemeralEncryption,
+		Encrypted:    r.psk != nil || r.cfg.EphemeralEncryption || r.cfg.TLS != nil,
 		Encryption:   r.encryption(),
 		Advertise:    slices.Clone(r.advertise),
 	}
@@ -151,7 +151,7 @@ func (r *Router) Status() Status {
 		}
 		st.Connections = append(st.Connections, ConnectionStatus{
 			Peer: c.remote, PeerUID: fmt.Sprintf("%016x", c.remoteUID), Addr: c.addr, State: state,
-			Direction: dir, Encrypted: c.send != nil, Encryption: encryptionKind(c.mode), RTT: time.Duration(c.rtt.Load()).String(),
+			Direction: dir, Encrypted: c.send != nil || r.cfg.TLS != nil, Encryption: linkEncryption(c.nc, c.mode), RTT: time.Duration(c.rtt.Load()).String(),
 			Since:    now.Sub(c.since).Round(time.Millisecond).String(),
 			FramesIn: c.framesIn.Load(), FramesOut: c.framesOut.Load(), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
 			Queued: c.queuedBytes.Load(), Drops: c.drops.Load(),

@@ -279,3 +279,27 @@ func TestTLSConfigValidation(t *testing.T) {
 		t.Errorf("default TLS versions %x/%x, want TLS 1.3", tc.Server.MinVersion, tc.Client.MinVersion)
 	}
 }
+
+// Certificates are re-read on every handshake: a member refused for an
+// expired certificate joins once its files are replaced, without restart.
+func TestTLSCertificateRotation(t *testing.T) {
+	p := newTestPKI(t, "ca")
+	c := newCluster(t)
+	a := c.start("a", withTLS(mustTLS(t, p.member("a"))))
+	xInfo, _ := p.issue("x", pki.Request{CommonName: "member", DNSNames: []string{"x"},
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+	x := c.start("x", func(cfg *Config) {
+		withTLS(mustTLS(t, xInfo))(cfg)
+		cfg.AuthFailureBackoff = 50 * time.Millisecond
+	}, "a")
+	eventually(t, 10*time.Second, "a refuses x's expired certificate", func() bool {
+		for _, f := range a.Status().HandshakeFailures {
+			if f.Reason == reasonExpired {
+				return true
+			}
+		}
+		return false
+	})
+	p.issue("x", pki.Request{CommonName: "member", DNSNames: []string{"x"}}) // same files, renewed
+	eventually(t, 10*time.Second, "x joins with its renewed certificate", func() bool { return a.Reachable("x") && x.Reachable("a") })
+}

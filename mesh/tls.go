@@ -48,7 +48,7 @@ type TLSConfig struct {
 // ClientConfig, so certificates are re-read on every handshake (rotation
 // without restart) and the CN/hostname checks are etcd's; the CRL check
 // is etcd's ConfigureCRLVerification, applied on both ends. Without an
-// explicit version range links use TLS 1.3 only.
+// explicit version range or cipher suites links use TLS 1.3 only.
 func NewTLSConfig(info transport.TLSInfo) (*TLSConfig, error) {
 	if info.Empty() {
 		return nil, fmt.Errorf("mesh: peer TLS needs a certificate and a key (KeyFile and CertFile must both be present[key: %v, cert: %v])", info.KeyFile, info.CertFile)
@@ -63,7 +63,9 @@ func NewTLSConfig(info transport.TLSInfo) (*TLSConfig, error) {
 	}
 	for _, cfg := range []*tls.Config{server, client} {
 		cfg.NextProtos = []string{meshALPN}
-		if info.MinVersion == 0 && (info.MaxVersion == 0 || info.MaxVersion >= tls.VersionTLS13) {
+		// Only meshetcd speaks to this port, so TLS 1.3 by default; an
+		// explicit version range or TLS 1.2 cipher suites keep etcd's rules.
+		if info.MinVersion == 0 && len(info.CipherSuites) == 0 && (info.MaxVersion == 0 || info.MaxVersion >= tls.VersionTLS13) {
 			cfg.MinVersion = tls.VersionTLS13
 		}
 		labelVerifyErrors(cfg)
@@ -151,14 +153,27 @@ func (r *Router) secureLink(nc net.Conn, outbound bool, addr string) (net.Conn, 
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nc, classifyTLSError(err)
 	}
+	link := &tlsLink{Conn: tc, raw: nc}
 	r.mu.Lock()
 	if a, ok := r.pendingConn[nc]; ok {
 		delete(r.pendingConn, nc)
-		r.pendingConn[tc] = a
+		r.pendingConn[link] = a
 	}
 	r.mu.Unlock()
-	return tc, nil
+	return link, nil
 }
+
+// tlsLink is a mesh connection inside TLS. Close closes the TCP connection
+// at once, without TLS's close_notify alert: tls.Conn.Close writes the alert
+// with a 5 s deadline when no write is in flight, which to a peer that
+// stopped reading would delay declaring the link dead (and rerouting) by
+// up to 5 s. The mesh's goodbye frame already ends links gracefully.
+type tlsLink struct {
+	*tls.Conn
+	raw net.Conn
+}
+
+func (l *tlsLink) Close() error { return l.raw.Close() }
 
 // classifyTLSError turns a TLS failure into a refusal the connection maker
 // backs off from (ErrPeerCertificate, or ErrEncryptionMismatch when the
@@ -220,7 +235,7 @@ func classifyTLSError(err error) error {
 
 // linkEncryption is the Status name of a connection's protection.
 func linkEncryption(nc net.Conn, mode uint8) string {
-	if _, ok := nc.(*tls.Conn); ok {
+	if _, ok := nc.(*tlsLink); ok {
 		if mode == modeEncrypted {
 			return EncryptionTLSPSK
 		}

@@ -278,6 +278,14 @@ func TestTLSConfigValidation(t *testing.T) {
 	if tc.Server.MinVersion != tls.VersionTLS13 || tc.Client.MinVersion != tls.VersionTLS13 {
 		t.Errorf("default TLS versions %x/%x, want TLS 1.3", tc.Server.MinVersion, tc.Client.MinVersion)
 	}
+	// etcd's --tls-min-version and --cipher-suites are honoured.
+	info := p.member("b")
+	info.MinVersion, info.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	info.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}
+	tc12 := mustTLS(t, info)
+	if tc12.Server.MinVersion != tls.VersionTLS12 || tc12.Client.MaxVersion != tls.VersionTLS12 || len(tc12.Server.CipherSuites) != 1 {
+		t.Errorf("explicit TLS 1.2 settings not kept: min %x max %x suites %v", tc12.Server.MinVersion, tc12.Client.MaxVersion, tc12.Server.CipherSuites)
+	}
 }
 
 // Certificates are re-read on every handshake: a member refused for an
@@ -302,4 +310,39 @@ func TestTLSCertificateRotation(t *testing.T) {
 	})
 	p.issue("x", pki.Request{CommonName: "member", DNSNames: []string{"x"}}) // same files, renewed
 	eventually(t, 10*time.Second, "x joins with its renewed certificate", func() bool { return a.Reachable("x") && x.Reachable("a") })
+}
+
+// A TLS link to a peer that stopped reading is dropped as fast as a
+// plain one: closing it must not wait to write TLS's close_notify into a
+// full send buffer.
+func TestTLSStalledPeerDroppedPromptly(t *testing.T) {
+	p := newTestPKI(t, "ca")
+	c := newCluster(t)
+	fast := func(tc *TLSConfig) func(*Config) {
+		return func(cfg *Config) {
+			withTLS(tc)(cfg)
+			cfg.HeartbeatInterval = 100 * time.Millisecond
+			cfg.DeadTimeout = 700 * time.Millisecond
+		}
+	}
+	a := c.start("a", fast(mustTLS(t, p.member("a"))))
+	c.start("b", fast(mustTLS(t, p.member("b"))), "a")
+	ch, err := a.NewDatagramChannel(20, "t", PriorityRaft, func(PeerName, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	c.net.StallReads("b", true)
+	stalled := time.Now()
+	big := bytes.Repeat([]byte{1}, 256<<10)
+	for i := 0; i < 400; i++ {
+		if err := ch.Send("b", big); err != nil {
+			break
+		}
+	}
+	eventually(t, waitLong, "a drops the connection to the stalled b", func() bool { return a.connFor("b") == nil })
+	if d := time.Since(stalled); d > 4*time.Second {
+		t.Errorf("dropping the stalled TLS link took %v; the dead timeout is 700 ms", d)
+	}
+	t.Logf("dropped %v after the stall", time.Since(stalled))
 }

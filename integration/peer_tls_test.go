@@ -235,6 +235,8 @@ func TestPeerTLSBadFilesLikeEtcd(t *testing.T) {
 		{"missing files", "open /nonexistent.crt: no such file or directory", []string{"--peer-cert-file", "/nonexistent.crt", "--peer-key-file", "/nonexistent.key"}},
 		{"cert without key", "KeyFile and CertFile must both be present", []string{"--peer-cert-file", goodArgs[1]}},
 		{"key that does not match", "private key does not match public key", []string{"--peer-cert-file", goodArgs[1], "--peer-key-file", filepath.Join(dir, "other.key")}},
+		{"CN and hostname lists", "AllowedCNs and AllowedHostnames are mutually exclusive", append(goodArgs, "--peer-cert-allowed-cn", "a", "--peer-cert-allowed-hostname", "b")},
+		{"missing CA", "open /nonexistent-ca.crt: no such file or directory", []string{"--peer-cert-file", goodArgs[1], "--peer-key-file", goodArgs[3], "--peer-trusted-ca-file", "/nonexistent-ca.crt"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -64,7 +64,7 @@
 // whoever reaches the port completes the handshake, and an active man in
 // the middle can read and alter traffic. That mirrors etcd's self-signed
 // auto TLS, which skips peer certificate verification. Status reports
-// each connection's mode ("psk", "ephemeral", "plaintext").
+// each connection's mode ("psk", "ephemeral", "tls", "tls+psk", "plaintext").
 //
 // # X.509 TLS and the threat model
 //

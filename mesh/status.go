@@ -19,7 +19,8 @@ type Status struct {
 	Encrypted    bool     `json:"encrypted"`
 	// Encryption is our mode: "psk" (mesh secret: confidential and
 	// authenticated), "ephemeral" (auto TLS: confidential against passive
-	// eavesdroppers, not authenticated) or "plaintext".
+	// eavesdroppers, not authenticated), "tls" (mutual X.509 TLS), "tls+psk"
+	// (TLS and the mesh secret) or "plaintext".
 	Encryption string   `json:"encryption"`
 	Advertise  []string `json:"advertise,omitempty"`
 	// NameCollision is set when another live peer uses our name.
@@ -57,7 +58,7 @@ type ConnectionStatus struct {
 	State     string   `json:"state"`     // established, standby, handshake
 	Direction string   `json:"direction"` // outbound, inbound
 	Encrypted bool     `json:"encrypted"`
-	// Encryption is the connection's mode: "psk", "ephemeral" or "plaintext".
+	// Encryption is the connection's mode: "psk", "ephemeral", "tls", "tls+psk" or "plaintext".
 	Encryption string `json:"encryption"`
 	RTT        string `json:"rtt"`
 	Since      string `json:"since"`

@@ -70,8 +70,9 @@ func meshStatus(t *testing.T, m *Member) mesh.Status {
 
 // A 3-member cluster with peer certificates (https:// peer URLs, static
 // bootstrap) serves writes over mutual TLS mesh links. Members with a
-// certificate from a foreign CA, an expired one, a revoked one (CRL) or a
-// disallowed CN are refused at the handshake, cannot disturb the cluster
+// certificate from a foreign CA, an expired one, a revoked one (CRL), a
+// disallowed CN, or one for another address than it connects from (etcd's
+// client SAN check) are refused at the handshake, cannot disturb the cluster
 // (writes go on, same leader and term), and every refusal is listed with
 // its reason in the members' /mesh/status.
 func TestPeerTLSClusterRefusesBadCertificates(t *testing.T) {
@@ -88,6 +89,7 @@ func TestPeerTLSClusterRefusesBadCertificates(t *testing.T) {
 		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
 	revokedArgs, revoked := p.issue("revoked", pki.Request{CommonName: "member"})
 	intruderArgs, _ := p.issue("intruder", pki.Request{CommonName: "intruder"})
+	elsewhereArgs, _ := p.issue("elsewhere", pki.Request{CommonName: "member", IPs: []net.IP{net.IPv4(10, 99, 0, 1)}})
 	crl, err := p.ca.CRL(revoked.Cert)
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +127,7 @@ func TestPeerTLSClusterRefusesBadCertificates(t *testing.T) {
 		{"expired", "peer certificate expired or not yet valid", expiredArgs},
 		{"revoked", "peer certificate revoked (CRL)", revokedArgs},
 		{"intruder", "peer certificate CN/hostname not allowed", intruderArgs},
+		{"elsewhere", "peer certificate does not match its source address", elsewhereArgs},
 	}
 	var procs []*Proc
 	for _, b := range bad {
@@ -202,7 +205,7 @@ func TestPeerTLSClusterRefusesBadCertificates(t *testing.T) {
 	if st1.RaftTerm != st0.RaftTerm || st1.Leader != st0.Leader {
 		t.Errorf("bad members disturbed raft: term %d→%d, leader %x→%x", st0.RaftTerm, st1.RaftTerm, st0.Leader, st1.Leader)
 	}
-	t.Logf("%d writes while 4 bad members ran; term %d, leader unchanged", writes, st1.RaftTerm)
+	t.Logf("%d writes while 5 bad members ran; term %d, leader unchanged", writes, st1.RaftTerm)
 }
 
 // --peer-auto-tls with https:// peer URLs forms a cluster, as in etcd

@@ -80,13 +80,17 @@
 // --peer-crl-file (checked on both ends), and its CN must be in
 // --peer-cert-allowed-cn or its SANs match --peer-cert-allowed-hostname
 // (also both ends). The dialler verifies the acceptor's certificate
-// against the host it dialled (IP or DNS SAN), like etcd's peer client.
+// against the host it dialled (IP or DNS SAN), like etcd's peer client;
+// the acceptor checks that the dialler's certificate names the address it
+// connects from (IP SAN, or a DNS SAN resolving to it), like etcd's peer
+// listener, unless --peer-skip-client-san-verification.
 // Certificates are re-read from disk on every handshake, so a rotated
 // certificate takes effect on the next connection without a restart.
 //
 // A refused certificate is ErrPeerCertificate, with a precise reason
 // (unknown CA, expired, revoked, CN/hostname not allowed, no certificate,
-// does not match the dialled address, remote refused our certificate):
+// does not match the dialled or the source address, remote refused our
+// certificate):
 // logged and backed off like a wrong secret (below), and listed in
 // Status().HandshakeFailures. With TLS 1.3 a dialler learns that the
 // acceptor refused its certificate only on its first read, so it reports
@@ -121,14 +125,11 @@
 //
 // Not covered in any mode: a member that is admitted is trusted with all
 // mesh traffic it relays (frames are protected per link, not end to end,
-// so a relay reads what it forwards); the acceptor does not match a
-// client certificate's SANs against the connection's source address
-// (etcd's default peer check, which --peer-skip-client-san-verification
-// turns off): mesh links may arrive relayed or through NAT, so use
-// --peer-cert-allowed-cn or --peer-cert-allowed-hostname to restrict
-// which certificates are members. Accept throttling runs before the TLS
-// handshake, so unauthenticated dialers cost at most the throttle's rate
-// of handshakes.
+// so a relay reads what it forwards). Any certificate the CA signed for
+// the right address is a member unless --peer-cert-allowed-cn or
+// --peer-cert-allowed-hostname narrows it, as in etcd. Accept throttling
+// runs before the TLS handshake, so unauthenticated dialers cost at most
+// the throttle's rate of handshakes.
 //
 // # Connections and liveness
 //

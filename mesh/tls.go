@@ -38,6 +38,12 @@ type TLSConfig struct {
 	// acceptor's certificate must name the address we dial (IP or DNS
 	// SAN), as with etcd's peer client.
 	Server, Client *tls.Config
+	// CheckClientSAN makes the acceptor check that the dialler's
+	// certificate names the address it connects from (an IP SAN, or a DNS
+	// SAN resolving to it): etcd's default peer check, which
+	// --peer-skip-client-san-verification (TLSInfo.SkipClientSANVerify)
+	// turns off. NewTLSConfig sets it from the TLSInfo.
+	CheckClientSAN bool
 }
 
 // NewTLSConfig turns etcd's peer TLS settings (--peer-cert-file,
@@ -72,7 +78,7 @@ func NewTLSConfig(info transport.TLSInfo) (*TLSConfig, error) {
 		info.ConfigureCRLVerification(cfg)
 		labelCRLErrors(cfg)
 	}
-	return &TLSConfig{Server: server, Client: client}, nil
+	return &TLSConfig{Server: server, Client: client, CheckClientSAN: !info.SkipClientSANVerify}, nil
 }
 
 // certError is a certificate refusal with its short reason.
@@ -138,18 +144,21 @@ func (r *Router) secureLink(nc net.Conn, outbound bool, addr string) (net.Conn, 
 	if r.cfg.TLS == nil {
 		return nc, nil
 	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.HandshakeTimeout)
+	defer cancel()
 	var tc *tls.Conn
-	if outbound {
+	switch {
+	case outbound:
 		cfg := r.cfg.TLS.Client.Clone()
 		if cfg.ServerName == "" {
 			cfg.ServerName = remoteHostString(addr)
 		}
 		tc = tls.Client(nc, cfg)
-	} else {
+	case r.cfg.TLS.CheckClientSAN:
+		tc = tls.Server(nc, withClientSANCheck(ctx, r.cfg.TLS.Server, nc.RemoteAddr().String()))
+	default:
 		tc = tls.Server(nc, r.cfg.TLS.Server)
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.HandshakeTimeout)
-	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nc, classifyTLSError(err)
 	}

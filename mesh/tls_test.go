@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,7 +40,9 @@ func newTestPKI(t *testing.T, name string) *testPKI {
 }
 
 // issue writes a certificate for req and returns etcd's peer TLS settings
-// for it: this CA trusted, client certificates required.
+// for it: this CA trusted, client certificates required. The client SAN
+// check is off: memnet's host names resolve nowhere
+// (TestTLSClientSANCheck covers it on loopback TCP).
 func (p *testPKI) issue(file string, req pki.Request) (transport.TLSInfo, *x509.Certificate) {
 	p.t.Helper()
 	iss, err := p.ca.Issue(req)
@@ -50,7 +53,7 @@ func (p *testPKI) issue(file string, req pki.Request) (transport.TLSInfo, *x509.
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	return transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: p.caFile, ClientCertAuth: true}, iss.Cert
+	return transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: p.caFile, ClientCertAuth: true, SkipClientSANVerify: true}, iss.Cert
 }
 
 // member is a good certificate for the memnet host name, CN "member".
@@ -345,4 +348,64 @@ func TestTLSStalledPeerDroppedPromptly(t *testing.T) {
 		t.Errorf("dropping the stalled TLS link took %v; the dead timeout is 700 ms", d)
 	}
 	t.Logf("dropped %v after the stall", time.Since(stalled))
+}
+
+// etcd's default peer check: the acceptor refuses a dialler whose
+// certificate does not name the address it connects from, unless
+// SkipClientSANVerify (--peer-skip-client-san-verification).
+func TestTLSClientSANCheck(t *testing.T) {
+	p := newTestPKI(t, "ca")
+	loopback := func(file string, ips ...string) transport.TLSInfo {
+		req := pki.Request{CommonName: "member"}
+		for _, ip := range ips {
+			req.IPs = append(req.IPs, net.ParseIP(ip))
+		}
+		info, _ := p.issue(file, req)
+		info.SkipClientSANVerify = false
+		return info
+	}
+	tcp := func(info transport.TLSInfo, seeds ...string) func(*Config) {
+		return func(cfg *Config) {
+			withTLS(mustTLS(t, info))(cfg)
+			cfg.Transport = TCPTransport{}
+			cfg.ListenAddr = "127.0.0.1:0"
+			cfg.Seeds = seeds
+		}
+	}
+	c := newCluster(t)
+	a := c.start("a", tcp(loopback("a", "127.0.0.1")))
+	if !a.cfg.TLS.CheckClientSAN {
+		t.Fatal("NewTLSConfig left etcd's client SAN check off")
+	}
+	b := c.start("b", tcp(loopback("b", "127.0.0.1"), a.ListenAddr()))
+	eventually(t, waitLong, "b, whose certificate names 127.0.0.1, joins", func() bool { return a.Reachable("b") && b.Reachable("a") })
+
+	x := c.start("x", tcp(loopback("x", "10.99.0.1"), a.ListenAddr()))
+	eventually(t, waitLong, "a refuses x, whose certificate names only 10.99.0.1", func() bool {
+		for _, f := range a.Status().HandshakeFailures {
+			if f.Reason == reasonSourceAddr {
+				return true
+			}
+		}
+		return false
+	})
+	eventually(t, waitLong, "x learns that a refused its certificate", func() bool {
+		for _, f := range x.Status().HandshakeFailures {
+			if f.Reason == reasonRemoteRefuse {
+				return true
+			}
+		}
+		return false
+	})
+	if a.Reachable("x") {
+		t.Error("x joined with a certificate for another address")
+	}
+
+	// --peer-skip-client-san-verification on the acceptor lets y in.
+	skipping := loopback("a2", "127.0.0.1")
+	skipping.SkipClientSANVerify = true
+	c2 := newCluster(t)
+	a2 := c2.start("a2", tcp(skipping))
+	y := c2.start("y", tcp(loopback("y", "10.99.0.2"), a2.ListenAddr()))
+	eventually(t, waitLong, "with the check skipped, y joins", func() bool { return a2.Reachable("y") && y.Reachable("a2") })
 }

@@ -106,9 +106,9 @@ func TestMeshSecretFlags(t *testing.T) {
 func TestPeerTLSFlags(t *testing.T) {
 	o := mustParse(t, []string{"--peer-cert-file", "/p.crt", "--peer-key-file", "/p.key", "--peer-trusted-ca-file", "/ca.crt",
 		"--peer-client-cert-auth", "--peer-crl-file", "/p.crl", "--peer-cert-allowed-cn", "m1,m2",
-		"--peer-client-cert-file", "/c.crt", "--peer-client-key-file", "/c.key"}, fakeEnv{})
+		"--peer-client-cert-file", "/c.crt", "--peer-client-key-file", "/c.key", "--peer-skip-client-san-verification"}, fakeEnv{})
 	i := o.cfg.PeerTLSInfo
-	if i.CertFile != "/p.crt" || i.KeyFile != "/p.key" || i.TrustedCAFile != "/ca.crt" || !i.ClientCertAuth || i.CRLFile != "/p.crl" ||
+	if i.CertFile != "/p.crt" || i.KeyFile != "/p.key" || i.TrustedCAFile != "/ca.crt" || !i.ClientCertAuth || i.CRLFile != "/p.crl" || !i.SkipClientSANVerify ||
 		i.ClientCertFile != "/c.crt" || i.ClientKeyFile != "/c.key" || !slices.Equal(i.AllowedCNs, []string{"m1", "m2"}) || i.AllowedHostnames != nil {
 		t.Errorf("peer TLS flags not in the config: %+v", i)
 	}

@@ -125,7 +125,6 @@ var etcdExtraFlags = []extraFlag{
 	{"trusted-ca-file", "string", "", security, "client TLS is not implemented yet"},
 	{"auto-tls", "bool", "false", security, "client TLS is not implemented yet"},
 	{"self-signed-cert-validity", "uint", "1", security, "TLS is not implemented yet"},
-	{"peer-skip-client-san-verification", "bool", "false", harmless, "mesh links never check a peer certificate's SANs against its source address (links may be relayed or NATed); restrict peers with --peer-cert-allowed-cn or --peer-cert-allowed-hostname"},
 	{"cipher-suites", "string", "", security, "TLS is not implemented yet"},
 	{"tls-min-version", "string", "TLS1.2", security, "TLS is not implemented yet"},
 	{"tls-max-version", "string", "", security, "TLS is not implemented yet"},

@@ -198,6 +198,10 @@ func classifyTLSError(err error) error {
 	if errors.As(err, &ce) {
 		return err
 	}
+	if errors.Is(err, ErrEncryptionMismatch) {
+		// The preamble inside TLS says "plaintext" for TLS alone.
+		return fmt.Errorf("%w (both use TLS; only one also has the mesh secret)", err)
+	}
 	var (
 		unknownCA  x509.UnknownAuthorityError
 		invalid    x509.CertificateInvalidError

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -240,7 +241,8 @@ func TestTLSWithSecretAndModeMismatch(t *testing.T) {
 		t.Errorf("encryption %q, want %q", got, EncryptionTLSPSK)
 	}
 	x := c.start("x", both("x", bytes.Repeat([]byte{9}, 32)), "a")
-	c.start("y", nil, "a") // the mesh secret, no TLS
+	z := c.start("z", withTLS(mustTLS(t, p.member("z"))), "a") // TLS without the secret
+	c.start("y", nil, "a")                                     // the mesh secret, no TLS
 	eventually(t, 10*time.Second, "x refused for its secret, y for lacking TLS", func() bool {
 		var secret, mode bool
 		for _, f := range x.Status().HandshakeFailures {
@@ -253,7 +255,15 @@ func TestTLSWithSecretAndModeMismatch(t *testing.T) {
 		}
 		return secret && mode
 	})
-	if a.Reachable("x") || a.Reachable("y") {
+	eventually(t, 10*time.Second, "z refused for lacking the secret", func() bool {
+		for _, f := range z.Status().HandshakeFailures {
+			if f.Reason == "encryption mode mismatch" && strings.Contains(f.Error, "only one also has the mesh secret") {
+				return true
+			}
+		}
+		return false
+	})
+	if a.Reachable("x") || a.Reachable("y") || a.Reachable("z") {
 		t.Error("a peer without the secret or without TLS joined")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/logutil"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -74,7 +75,8 @@ type Config struct {
 	// address, so tests can use port 0 throughout.
 	AdvertiseClientURLs []url.URL
 	// ListenPeerURLs is where the member's mesh router listens (one
-	// http:// URL; the mesh has its own encryption, see MeshPassword).
+	// http:// or https:// URL; https:// with PeerTLSInfo makes every mesh
+	// link mutual TLS, see PeerTLSInfo and MeshPassword).
 	ListenPeerURLs []url.URL
 	// AdvertisePeerURLs are this member's peer URLs in the membership; with
 	// the cluster token they determine the member id, as in etcd. Other
@@ -136,6 +138,16 @@ type Config struct {
 	// StrictReconfigCheck is etcd's --strict-reconfig-check (default
 	// true): refuse membership changes that could lose quorum.
 	StrictReconfigCheck bool
+	// PeerTLSInfo is etcd's peer TLS (--peer-cert-file, --peer-key-file,
+	// --peer-trusted-ca-file, --peer-client-cert-auth, --peer-crl-file,
+	// --peer-cert-allowed-cn, --peer-cert-allowed-hostname,
+	// --peer-client-cert-file, --peer-client-key-file). With an https://
+	// --listen-peer-urls and a certificate, every mesh connection is mutual
+	// TLS checked with these settings (mesh.NewTLSConfig); a member whose
+	// certificate is refused cannot connect. With a MeshPassword too, a
+	// member needs both. With http:// the files are ignored (warned), as
+	// in etcd; PeerAutoTLS is ignored when a certificate is given.
+	PeerTLSInfo transport.TLSInfo
 	// MeshTransport is how the mesh router dials and listens; nil means
 	// TCP. StartCluster uses an in-memory mesh/memnet network.
 	MeshTransport mesh.Transport
@@ -271,7 +283,7 @@ func (c *Config) Validate() error {
 	if err := checkHostURLs(c.AdvertiseClientURLs); err != nil {
 		return fmt.Errorf(`--advertise-client-urls %q must be in the format "host:port" (%w)`, urlsString(c.AdvertiseClientURLs), err)
 	}
-	if err := checkBindURLs("--listen-peer-urls", c.ListenPeerURLs); err != nil {
+	if err := checkBindURLs("--listen-peer-urls", httpsAsHTTP(c.ListenPeerURLs)); err != nil {
 		return err
 	}
 	if len(c.ListenPeerURLs) != 1 {
@@ -284,8 +296,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf(`--initial-advertise-peer-urls %q must be "host:port" (%w)`, urlsString(c.AdvertisePeerURLs), err)
 	}
 	for _, u := range c.AdvertisePeerURLs {
-		if u.Scheme != "http" {
-			return fmt.Errorf("--initial-advertise-peer-urls %q: only http:// peer URLs are supported: peer traffic runs over the mesh, which encrypts and authenticates with --mesh-password-file (or MESHETCD_MESH_PASSWORD) instead of TLS", u.String())
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return fmt.Errorf("--initial-advertise-peer-urls %q: URL scheme must be http or https", u.String())
 		}
 		// ("existing" with port 0 is checked at start: a restart ignores it.)
 		if u.Port() == "0" && (c.DiscoverySize > 0 || c.Join || strings.Contains(c.InitialCluster, ",")) {

@@ -297,7 +297,7 @@ func TestValidate(t *testing.T) {
 		"no adv client":    {func(c *Config) { c.AdvertiseClientURLs = nil }, "--advertise-client-urls is required"},
 		"hostname bind":    {func(c *Config) { c.ListenClientURLs = []url.URL{{Scheme: "http", Host: "example.com:1"}} }, "expected IP"},
 		"unix":             {func(c *Config) { c.ListenClientURLs = []url.URL{{Scheme: "unix", Host: "x:1"}} }, "unix sockets"},
-		"https peer":       {func(c *Config) { c.AdvertisePeerURLs = []url.URL{{Scheme: "https", Host: "127.0.0.1:2380"}} }, "peer"},
+		"ftp peer":         {func(c *Config) { c.AdvertisePeerURLs = []url.URL{{Scheme: "ftp", Host: "127.0.0.1:2380"}} }, "peer"},
 		"state":            {func(c *Config) { c.InitialClusterState = "maybe" }, `unexpected clusterState "maybe"`},
 		"election":         {func(c *Config) { c.ElectionTimeout = 300 * time.Millisecond }, "at least as 5 times"},
 		"election too big": {func(c *Config) { c.ElectionTimeout = time.Minute }, "too long"},

@@ -52,17 +52,8 @@ func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram 
 	mc.Seeds = slices.Compact(mc.Seeds)
 	mc.Seeds = slices.DeleteFunc(mc.Seeds, func(s string) bool { return slices.Contains(mc.AdvertiseAddrs, s) })
 
-	switch {
-	case cfg.MeshPassword != "":
-		mc.Password = cfg.MeshPassword
-		if cfg.PeerAutoTLS {
-			lg.Info("--peer-auto-tls ignored: the mesh secret takes precedence (it authenticates and encrypts every mesh link)")
-		}
-	case cfg.PeerAutoTLS:
-		mc.EphemeralEncryption = true
-		lg.Warn("--peer-auto-tls: mesh links are encrypted with ephemeral keys but NOT authenticated (like etcd's self-signed peer TLS); anyone reaching the peer port can join. Set a mesh secret with --mesh-password-file or MESHETCD_MESH_PASSWORD to authenticate members")
-	default:
-		mc.InsecurePlaintext = true
+	if err := peerSecurity(cfg, lg, &mc); err != nil {
+		return mesh.Config{}, err
 	}
 	// The mesh must notice a dead link well inside raft's election
 	// timeout so it reroutes before raft suspects the leader: detection

@@ -68,6 +68,17 @@ type ClusterOptions struct {
 	Lab *NetLab
 	// NoWait starts the processes without waiting for them to be ready.
 	NoWait bool
+	// PeerScheme is the scheme of the peer URLs: "http" (default) or "https".
+	PeerScheme string
+	// MemberArgs, when set, adds flags of member m's own (e.g. its certificate).
+	MemberArgs func(m *Member) []string
+}
+
+func (o ClusterOptions) peerScheme() string {
+	if o.PeerScheme == "" {
+		return "http"
+	}
+	return o.PeerScheme
 }
 
 // Member is one cluster member: a process, or an in-process embed member
@@ -108,10 +119,10 @@ func (c *Cluster) newMember(i int) *Member {
 	m := &Member{c: c, Idx: i, Name: fmt.Sprintf("m%d", i)}
 	if c.Opts.Lab != nil {
 		m.Host = c.Opts.Lab.Hosts[i]
-		m.PeerURL = fmt.Sprintf("http://%s:30380", m.Host.IP)
+		m.PeerURL = fmt.Sprintf("%s://%s:30380", c.Opts.peerScheme(), m.Host.IP)
 		m.ClientURL = fmt.Sprintf("http://%s:30379", m.Host.IP)
 	} else {
-		m.PeerURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(c.t))
+		m.PeerURL = fmt.Sprintf("%s://127.0.0.1:%d", c.Opts.peerScheme(), freePort(c.t))
 		m.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(c.t))
 	}
 	return m
@@ -132,7 +143,11 @@ func (c *Cluster) memberArgs(m *Member, initialCluster, state string) []string {
 	if initialCluster != "" {
 		args = append(args, "--initial-cluster", initialCluster, "--initial-cluster-state", state)
 	}
-	return append(args, c.Opts.Args...)
+	args = append(args, c.Opts.Args...)
+	if c.Opts.MemberArgs != nil {
+		args = append(args, c.Opts.MemberArgs(m)...)
+	}
+	return args
 }
 
 // procFor builds (does not start) the process for m with the given flags.
@@ -461,10 +476,10 @@ func (c *Cluster) StartExtra(t testing.TB, host *NSHost, wait bool, args ...stri
 	m := &Member{c: c, Idx: len(c.Members), Name: fmt.Sprintf("m%d", len(c.Members))}
 	if host != nil {
 		m.Host = host
-		m.PeerURL = fmt.Sprintf("http://%s:30380", host.IP)
+		m.PeerURL = fmt.Sprintf("%s://%s:30380", c.Opts.peerScheme(), host.IP)
 		m.ClientURL = fmt.Sprintf("http://%s:30379", host.IP)
 	} else {
-		m.PeerURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		m.PeerURL = fmt.Sprintf("%s://127.0.0.1:%d", c.Opts.peerScheme(), freePort(t))
 		m.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 	}
 	c.Members = append(c.Members, m)

@@ -64,7 +64,13 @@ func (r *Router) runHandshake(nc net.Conn, outbound bool, addr string) (PeerName
 	id := localIdentity{name: r.name, uid: r.uid, nickName: r.cfg.NickName, label: r.cfg.ClusterLabel, addrs: r.advertise,
 		psk: r.psk, ephemeral: r.cfg.EphemeralEncryption}
 	r.mu.Unlock()
-	hs, err := handshake(nc, id, r.cfg.HandshakeTimeout)
+	nc, err := r.secureLink(nc, outbound, addr)
+	var hs *handshakeResult
+	if err == nil {
+		if hs, err = handshake(nc, id, r.cfg.HandshakeTimeout); err != nil && r.cfg.TLS != nil {
+			err = classifyTLSError(err)
+		}
+	}
 	if err == nil {
 		err = r.addConn(nc, hs, outbound, addr)
 	} else {
@@ -209,7 +215,7 @@ func (r *Router) addConn(nc net.Conn, hs *handshakeResult, outbound bool, addr s
 		return nil
 	}
 	r.log.Info("mesh connection established", zap.String("peer", string(c.remote)), zap.Uint64("peer_uid", c.remoteUID),
-		zap.Bool("outbound", outbound), zap.String("addr", addr), zap.Bool("encrypted", c.send != nil), zap.String("encryption", encryptionKind(c.mode)))
+		zap.Bool("outbound", outbound), zap.String("addr", addr), zap.Bool("encrypted", c.send != nil || r.cfg.TLS != nil), zap.String("encryption", linkEncryption(c.nc, c.mode)))
 	// A new neighbour gets the complete state of every channel at once.
 	for _, ch := range *r.channelTable.Load() {
 		if ch.gossiper == nil {

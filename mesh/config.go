@@ -88,6 +88,12 @@ type Config struct {
 	// active man in the middle can read and alter traffic. Use it instead
 	// of Password/PSK, never with them; all peers must use the same mode.
 	EphemeralEncryption bool
+	// TLS runs every connection inside mutual X.509 TLS (meshetcd's
+	// --peer-cert-file and friends; see NewTLSConfig). The mesh framing
+	// then runs in plaintext inside TLS, unless Password/PSK is also set:
+	// then a peer needs both an accepted certificate AND the secret.
+	// Excludes EphemeralEncryption and InsecurePlaintext.
+	TLS *TLSConfig
 	// InsecurePlaintext turns encryption off. It must be set explicitly when
 	// there is no Password/PSK; both ends must agree.
 	InsecurePlaintext bool
@@ -330,9 +336,15 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("mesh: InsecurePlaintext set together with a secret")
 	case secrets == 1 && cfg.EphemeralEncryption:
 		return cfg, fmt.Errorf("mesh: EphemeralEncryption set together with a secret")
+	case cfg.TLS != nil && (cfg.TLS.Server == nil || cfg.TLS.Client == nil):
+		return cfg, fmt.Errorf("mesh: TLS needs both a Server and a Client config")
+	case cfg.TLS != nil && cfg.EphemeralEncryption:
+		return cfg, fmt.Errorf("mesh: EphemeralEncryption set together with TLS")
+	case cfg.TLS != nil && cfg.InsecurePlaintext:
+		return cfg, fmt.Errorf("mesh: InsecurePlaintext set together with TLS")
 	case cfg.EphemeralEncryption && cfg.InsecurePlaintext:
 		return cfg, fmt.Errorf("mesh: EphemeralEncryption set together with InsecurePlaintext")
-	case secrets == 0 && !cfg.InsecurePlaintext && !cfg.EphemeralEncryption:
+	case secrets == 0 && !cfg.InsecurePlaintext && !cfg.EphemeralEncryption && cfg.TLS == nil:
 		return cfg, fmt.Errorf("mesh: no Password/PSK configured; set EphemeralEncryption (encrypted, unauthenticated) or InsecurePlaintext to run without one")
 	}
 	if cfg.DeadTimeout < 2*cfg.HeartbeatInterval {

@@ -256,7 +256,7 @@ func maxTime(a, b time.Time) time.Time {
 // a mesh peer that will not have us (or we it) as configured.
 func isRefusal(err error) bool {
 	return errors.Is(err, ErrAuth) || errors.Is(err, ErrWrongCluster) || errors.Is(err, ErrEncryptionMismatch) ||
-		errors.Is(err, ErrVersion) || errors.Is(err, ErrNameCollision)
+		errors.Is(err, ErrVersion) || errors.Is(err, ErrNameCollision) || errors.Is(err, ErrPeerCertificate)
 }
 
 // refusalReason is the short reason logged and reported for a refused
@@ -273,6 +273,8 @@ func refusalReason(err error) string {
 		return "protocol version mismatch"
 	case errors.Is(err, ErrNameCollision):
 		return "peer name collision"
+	case errors.Is(err, ErrPeerCertificate):
+		return certRefusalReason(err)
 	}
 	return ""
 }
@@ -302,7 +304,8 @@ func (m *connMaker) backoff(t *target, err error) time.Duration {
 	switch {
 	case errors.Is(err, ErrNameCollision):
 		d = max(d, cfg.NameCollisionBackoff)
-	case errors.Is(err, ErrAuth), errors.Is(err, ErrWrongCluster), errors.Is(err, ErrEncryptionMismatch), errors.Is(err, ErrVersion):
+	case errors.Is(err, ErrAuth), errors.Is(err, ErrWrongCluster), errors.Is(err, ErrEncryptionMismatch), errors.Is(err, ErrVersion),
+		errors.Is(err, ErrPeerCertificate):
 		d = max(d, cfg.AuthFailureBackoff)
 	}
 	return d

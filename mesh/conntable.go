@@ -88,6 +88,17 @@ func (t *connTable) release(nc net.Conn) {
 	t.mu.Unlock()
 }
 
+// rekey moves a handshake reservation from nc to wrapped, the connection
+// that now carries the handshake (TLS around the TCP connection).
+func (t *connTable) rekey(nc, wrapped net.Conn) {
+	t.mu.Lock()
+	if addr, ok := t.pending[nc]; ok {
+		delete(t.pending, nc)
+		t.pending[wrapped] = addr
+	}
+	t.mu.Unlock()
+}
+
 // retirement is a connection the router must close gracefully, and why.
 type retirement struct {
 	c      *conn

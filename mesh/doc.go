@@ -4,7 +4,8 @@
 // broadcasts through relays, so members that cannot reach each other
 // directly still can talk. Raft runs on top of it through meshconn.
 //
-// It owns: connections and their handshake and crypto, framing, liveness,
+// It owns: connections and their handshake, crypto and optional X.509
+// TLS, framing, liveness,
 // the topology CRDT, routes, gossip and datagram channels, the connection
 // maker and accept throttling, and the status report. It does not own Raft
 // membership: mesh reachability is only ever reported, never turned into
@@ -28,6 +29,8 @@
 //	connmaker.go        dialling seeds and discovered peers with backoff
 //	conn.go, frame.go   one connection's reader, writer, queues; framing
 //	handshake.go, crypto.go  preamble, hello, key agreement, AEAD
+//	tls.go, tls_san.go  optional mutual X.509 TLS around each connection,
+//	                    run before the mesh handshake (peer certificates)
 //	topology.go, topology_gossip.go, routes.go  the topology CRDT, its
 //	                    gossip, and routes computed from it
 //	gossip.go           gossip and datagram channels and their delivery
@@ -90,7 +93,72 @@
 // whoever reaches the port completes the handshake, and an active man in
 // the middle can read and alter traffic. That mirrors etcd's self-signed
 // auto TLS, which skips peer certificate verification. Status reports
-// each connection's mode ("psk", "ephemeral", "plaintext").
+// each connection's mode ("psk", "ephemeral", "tls", "tls+psk", "plaintext").
+//
+// # X.509 TLS and the threat model
+//
+// With Config.TLS (meshetcd's --peer-cert-file and friends over https://
+// peer URLs; build it with NewTLSConfig from etcd's transport.TLSInfo),
+// every TCP connection first runs a TLS handshake — the dialler is the
+// TLS client, the acceptor the TLS server — and the preamble, hello and
+// frames above then run inside TLS. TLS 1.3 only unless a version range
+// is configured; ALPN "meshetcd-mesh/2". The checks are etcd's own: the
+// peer's chain must lead to --peer-trusted-ca-file (a trusted CA file, or
+// --peer-client-cert-auth, makes the acceptor require a client
+// certificate, so links are mutual), must be valid now, not revoked in
+// --peer-crl-file (checked on both ends), and its CN must be in
+// --peer-cert-allowed-cn or its SANs match --peer-cert-allowed-hostname
+// (also both ends). The dialler verifies the acceptor's certificate
+// against the host it dialled (IP or DNS SAN), like etcd's peer client;
+// the acceptor checks that the dialler's certificate names the address it
+// connects from (IP SAN, or a DNS SAN resolving to it), like etcd's peer
+// listener, unless --peer-skip-client-san-verification.
+// Certificates are re-read from disk on every handshake, so a rotated
+// certificate takes effect on the next connection without a restart.
+//
+// A refused certificate is ErrPeerCertificate, with a precise reason
+// (unknown CA, expired, revoked, CN/hostname not allowed, no certificate,
+// does not match the dialled or the source address, remote refused our
+// certificate):
+// logged and backed off like a wrong secret (below), and listed in
+// Status().HandshakeFailures. With TLS 1.3 a dialler learns that the
+// acceptor refused its certificate only on its first read, so it reports
+// "remote refused our certificate" from the preamble exchange. A peer
+// without TLS facing one with TLS fails with ErrEncryptionMismatch on the
+// TLS side (the other side only sees the connection closed).
+//
+// Who can connect, per mode:
+//
+//   - Plaintext: anyone who reaches the port. No protection.
+//   - EphemeralEncryption (--peer-auto-tls without certificates): anyone
+//     who reaches the port; links are confidential against passive
+//     eavesdroppers only. An active man in the middle wins. As etcd's
+//     self-signed auto TLS, which skips verification.
+//   - Password/PSK: only holders of the mesh secret; links are
+//     confidential and authenticated, with forward secrecy. A stolen
+//     secret admits its holder until every member changes it.
+//   - TLS: only holders of a private key whose certificate the CA signed
+//     and that passes the CRL and CN/hostname checks; links are
+//     confidential and authenticated with forward secrecy (TLS 1.3).
+//     Without a trusted CA file and without --peer-client-cert-auth the
+//     acceptor does not ask for a client certificate (etcd's rule), so
+//     inbound peers are then unauthenticated: always give the CA. A
+//     revoked certificate is refused once the CRL file lists it (read on
+//     every handshake), but links established before stay up until they
+//     reconnect.
+//   - TLS and Password/PSK, both given: a peer needs an accepted
+//     certificate AND the secret; the mesh framing is then encrypted with
+//     the secret inside TLS as well (double encryption, the price of
+//     checking the secret). With TLS alone the framing runs in plaintext
+//     inside TLS, so X.509 links cost what mesh-secret links cost.
+//
+// Not covered in any mode: a member that is admitted is trusted with all
+// mesh traffic it relays (frames are protected per link, not end to end,
+// so a relay reads what it forwards). Any certificate the CA signed for
+// the right address is a member unless --peer-cert-allowed-cn or
+// --peer-cert-allowed-hostname narrows it, as in etcd. Accept throttling
+// runs before the TLS handshake, so unauthenticated dialers cost at most
+// the throttle's rate of handshakes.
 //
 // # Connections and liveness
 //
@@ -160,7 +228,7 @@
 // seeds at once, and while alone caps seed backoff at 4 × BackoffMin (2 s)
 // so it finds its way back quickly without dialling in a loop. An address
 // that refused us (ErrAuth, ErrWrongCluster, ErrEncryptionMismatch,
-// ErrVersion; ErrNameCollision waits NameCollisionBackoff) is not dialled
+// ErrVersion, ErrPeerCertificate; ErrNameCollision waits NameCollisionBackoff) is not dialled
 // again for AuthFailureBackoff (≥ 30 s), whatever happens meanwhile —
 // being alone, later transport errors, rediscovery. Refusals are logged at
 // error level with their reason ("mesh secret mismatch", "cluster label

@@ -193,7 +193,7 @@ func (r *Router) Start(ctx context.Context) error {
 	go r.maker.run()
 	r.maker.addSeeds(r.cfg.Seeds...)
 	r.log.Info("mesh router started", zap.Uint64("uid", r.uid), zap.Strings("advertise", r.advertise),
-		zap.Bool("encrypted", r.psk != nil || r.cfg.EphemeralEncryption), zap.String("encryption", r.encryption()), zap.String("cluster", r.cfg.ClusterLabel))
+		zap.Bool("encrypted", r.psk != nil || r.cfg.EphemeralEncryption || r.cfg.TLS != nil), zap.String("encryption", r.encryption()), zap.String("cluster", r.cfg.ClusterLabel))
 	return nil
 }
 
@@ -321,5 +321,11 @@ func (r *Router) connClosed(c *conn, err error) {
 
 // encryption is the Status name of our own mode.
 func (r *Router) encryption() string {
+	if r.cfg.TLS != nil {
+		if r.psk != nil {
+			return EncryptionTLSPSK
+		}
+		return EncryptionTLS
+	}
 	return encryptionKind(localIdentity{psk: r.psk, ephemeral: r.cfg.EphemeralEncryption}.mode())
 }

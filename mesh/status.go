@@ -19,7 +19,8 @@ type Status struct {
 	Encrypted    bool     `json:"encrypted"`
 	// Encryption is our mode: "psk" (mesh secret: confidential and
 	// authenticated), "ephemeral" (auto TLS: confidential against passive
-	// eavesdroppers, not authenticated) or "plaintext".
+	// eavesdroppers, not authenticated), "tls" (mutual X.509 TLS), "tls+psk"
+	// (TLS and the mesh secret) or "plaintext".
 	Encryption string   `json:"encryption"`
 	Advertise  []string `json:"advertise,omitempty"`
 	// NameCollision is set when another live peer uses our name.
@@ -57,7 +58,7 @@ type ConnectionStatus struct {
 	State     string   `json:"state"`     // established, standby, handshake
 	Direction string   `json:"direction"` // outbound, inbound
 	Encrypted bool     `json:"encrypted"`
-	// Encryption is the connection's mode: "psk", "ephemeral" or "plaintext".
+	// Encryption is the connection's mode: "psk", "ephemeral", "tls", "tls+psk" or "plaintext".
 	Encryption string `json:"encryption"`
 	RTT        string `json:"rtt"`
 	Since      string `json:"since"`
@@ -107,7 +108,7 @@ func (r *Router) Status() Status {
 		UID:          fmt.Sprintf("%016x", r.uid),
 		Version:      r.topo.selfRecord().Version,
 		ClusterLabel: r.cfg.ClusterLabel,
-		Encrypted:    r.psk != nil || r.cfg.EphemeralEncryption,
+		Encrypted:    r.psk != nil || r.cfg.EphemeralEncryption || r.cfg.TLS != nil,
 		Encryption:   r.encryption(),
 		Advertise:    slices.Clone(r.advertise),
 	}
@@ -144,7 +145,7 @@ func (r *Router) Status() Status {
 		}
 		st.Connections = append(st.Connections, ConnectionStatus{
 			Peer: c.remote, PeerUID: fmt.Sprintf("%016x", c.remoteUID), Addr: c.addr, State: state,
-			Direction: dir, Encrypted: c.send != nil, Encryption: encryptionKind(c.mode), RTT: time.Duration(c.rtt.Load()).String(),
+			Direction: dir, Encrypted: c.send != nil || r.cfg.TLS != nil, Encryption: linkEncryption(c.nc, c.mode), RTT: time.Duration(c.rtt.Load()).String(),
 			Since:    now.Sub(c.since).Round(time.Millisecond).String(),
 			FramesIn: c.framesIn.Load(), FramesOut: c.framesOut.Load(), BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
 			Queued: c.queuedBytes.Load(), Drops: c.drops.Load(),

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+
+	"github.com/meshetcd/meshetcd/internal/pki"
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
@@ -220,108 +223,160 @@ func benchRTT(b *testing.B, ps *PacketConn, to MeshAddr, size int) {
 // MaxInflightMsgs bounds a pipeline); MB/s counts what arrived. A window
 // that stalls for 200 ms is written off as lost and reopened.
 func BenchmarkDatagramThroughput(b *testing.B) {
+	benchTopologies(b, datagramThroughput)
+}
+
+// BenchmarkLinkSecurity compares Raft-sized datagram throughput over one
+// direct loopback link protected by mutual X.509 TLS (the mesh framing in
+// plaintext inside it), by the mesh secret (AES-256-GCM), by both, and
+// with no protection.
+func BenchmarkLinkSecurity(b *testing.B) {
+	tc := benchTLSConfig(b)
+	for _, mode := range []struct {
+		name  string
+		tweak func(*mesh.Config)
+	}{
+		{"plaintext", nil},
+		{"psk", func(c *mesh.Config) { c.InsecurePlaintext, c.PSK = false, testPSK }},
+		{"tls", func(c *mesh.Config) { c.InsecurePlaintext, c.TLS = false, tc }},
+		{"tls+psk", func(c *mesh.Config) { c.InsecurePlaintext, c.TLS, c.PSK = false, tc, testPSK }},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			src, dst := tcpRouters(b, false, false, mode.tweak)
+			datagramThroughput(b, src, dst)
+		})
+	}
+}
+
+// benchTLSConfig issues a 127.0.0.1 certificate that both routers use.
+func benchTLSConfig(b *testing.B) *mesh.TLSConfig {
+	ca, err := pki.NewCA("bench-ca", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	iss, err := ca.Issue(pki.Request{CommonName: "member", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	cert, key, err := iss.WriteFiles(dir, "member")
+	if err != nil {
+		b.Fatal(err)
+	}
+	caFile, err := ca.WriteCA(dir, "ca")
+	if err != nil {
+		b.Fatal(err)
+	}
+	tc, err := mesh.NewTLSConfig(transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: caFile, ClientCertAuth: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tc
+}
+
+// datagramThroughput streams datagrams from src to dst with a bounded
+// window of unacknowledged ones.
+func datagramThroughput(b *testing.B, src, dst *mesh.Router) {
 	const inflight, every = 512, 64
-	benchTopologies(b, func(b *testing.B, src, dst *mesh.Router) {
-		ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer ps.Close()
-		pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer pd.Close()
-		to := MeshAddr{dst.Name()}
-		for _, size := range benchSizes {
-			b.Run(sizeName(size), func(b *testing.B) {
-				msg := make([]byte, size)
-				var received atomic.Int64
-				var wg sync.WaitGroup
-				wg.Add(2)
-				go func() { // the reader, reporting its count
-					defer wg.Done()
-					buf := make([]byte, pd.MaxDatagramSize())
-					var n int64
-					for {
-						_, from, err := pd.ReadFrom(buf)
-						if err != nil {
-							return // closed, or the deadline set below
-						}
-						n++
-						received.Store(n)
-						if n%every == 0 {
-							pd.WriteTo(binary.BigEndian.AppendUint64(nil, uint64(n)), from)
-						}
+	ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ps.Close()
+	pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pd.Close()
+	to := MeshAddr{dst.Name()}
+	for _, size := range benchSizes {
+		b.Run(sizeName(size), func(b *testing.B) {
+			msg := make([]byte, size)
+			var received atomic.Int64
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() { // the reader, reporting its count
+				defer wg.Done()
+				buf := make([]byte, pd.MaxDatagramSize())
+				var n int64
+				for {
+					_, from, err := pd.ReadFrom(buf)
+					if err != nil {
+						return // closed, or the deadline set below
 					}
-				}()
-				var acked atomic.Int64
-				wake := make(chan struct{}, 1)
-				go func() { // the sender's ack reader
-					defer wg.Done()
-					buf := make([]byte, 64)
-					for {
-						n, _, err := ps.ReadFrom(buf)
-						if err != nil {
-							return
-						}
-						if n == 8 {
-							acked.Store(int64(binary.BigEndian.Uint64(buf)))
-							select {
-							case wake <- struct{}{}:
-							default:
-							}
-						}
-					}
-				}()
-				stalls := 0
-				forgiven := int64(0)
-				b.ResetTimer()
-				start := time.Now()
-				for i := range int64(b.N) {
-					for i-acked.Load()-forgiven >= inflight {
-						select {
-						case <-wake:
-						case <-time.After(200 * time.Millisecond):
-							stalls++
-							forgiven = i - acked.Load()
-						}
-					}
-					for {
-						_, err := ps.WriteTo(msg, to)
-						if err == nil {
-							break
-						}
-						if !errors.Is(err, mesh.ErrQueueFull) {
-							b.Fatal(err)
-						}
-						time.Sleep(50 * time.Microsecond)
+					n++
+					received.Store(n)
+					if n%every == 0 {
+						pd.WriteTo(binary.BigEndian.AppendUint64(nil, uint64(n)), from)
 					}
 				}
-				// Wait for the tail to arrive (or be lost).
-				for last, t := received.Load(), time.Now(); received.Load() < int64(b.N); {
-					if cur := received.Load(); cur != last {
-						last, t = cur, time.Now()
-					} else if time.Since(t) > 200*time.Millisecond {
+			}()
+			var acked atomic.Int64
+			wake := make(chan struct{}, 1)
+			go func() { // the sender's ack reader
+				defer wg.Done()
+				buf := make([]byte, 64)
+				for {
+					n, _, err := ps.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					if n == 8 {
+						acked.Store(int64(binary.BigEndian.Uint64(buf)))
+						select {
+						case wake <- struct{}{}:
+						default:
+						}
+					}
+				}
+			}()
+			stalls := 0
+			forgiven := int64(0)
+			b.ResetTimer()
+			start := time.Now()
+			for i := range int64(b.N) {
+				for i-acked.Load()-forgiven >= inflight {
+					select {
+					case <-wake:
+					case <-time.After(200 * time.Millisecond):
+						stalls++
+						forgiven = i - acked.Load()
+					}
+				}
+				for {
+					_, err := ps.WriteTo(msg, to)
+					if err == nil {
 						break
 					}
-					time.Sleep(100 * time.Microsecond)
+					if !errors.Is(err, mesh.ErrQueueFull) {
+						b.Fatal(err)
+					}
+					time.Sleep(50 * time.Microsecond)
 				}
-				el := time.Since(start)
-				b.StopTimer()
-				n := received.Load()
-				pd.SetReadDeadline(time.Now())
-				ps.SetReadDeadline(time.Now())
-				wg.Wait()
-				pd.SetReadDeadline(time.Time{})
-				ps.SetReadDeadline(time.Time{})
-				b.ReportMetric(float64(n)*float64(size)/el.Seconds()/1e6, "MB/s")
-				b.ReportMetric(float64(el.Microseconds())/float64(b.N), "µs/op")
-				b.ReportMetric(float64(int64(b.N)-n)/float64(b.N), "lost/op")
-				b.ReportMetric(float64(stalls), "stalls")
-			})
-		}
-	})
+			}
+			// Wait for the tail to arrive (or be lost).
+			for last, t := received.Load(), time.Now(); received.Load() < int64(b.N); {
+				if cur := received.Load(); cur != last {
+					last, t = cur, time.Now()
+				} else if time.Since(t) > 200*time.Millisecond {
+					break
+				}
+				time.Sleep(100 * time.Microsecond)
+			}
+			el := time.Since(start)
+			b.StopTimer()
+			n := received.Load()
+			pd.SetReadDeadline(time.Now())
+			ps.SetReadDeadline(time.Now())
+			wg.Wait()
+			pd.SetReadDeadline(time.Time{})
+			ps.SetReadDeadline(time.Time{})
+			b.ReportMetric(float64(n)*float64(size)/el.Seconds()/1e6, "MB/s")
+			b.ReportMetric(float64(el.Microseconds())/float64(b.N), "µs/op")
+			b.ReportMetric(float64(int64(b.N)-n)/float64(b.N), "lost/op")
+			b.ReportMetric(float64(stalls), "stalls")
+		})
+	}
 }
 
 // BenchmarkBulkTransfer moves 16 MiB per op with default settings (so the

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -88,8 +89,7 @@ func TestMeshSecretFlags(t *testing.T) {
 	mustFail(t, []string{"--mesh-password", "x"}, fakeEnv{}, "mesh-password")
 
 	// --peer-auto-tls is honoured (ephemeral mesh encryption), from the
-	// flag or etcd's variable; peer certificate flags are refused and name
-	// the mesh alternative.
+	// flag or etcd's variable.
 	if o := mustParse(t, []string{"--peer-auto-tls"}, fakeEnv{}); !o.cfg.PeerAutoTLS {
 		t.Error("--peer-auto-tls not set in the config")
 	}
@@ -99,9 +99,23 @@ func TestMeshSecretFlags(t *testing.T) {
 	if o := mustParse(t, []string{"--peer-auto-tls"}, fakeEnv{"MESHETCD_MESH_PASSWORD": "s"}); !o.cfg.PeerAutoTLS || o.cfg.MeshPassword != "s" {
 		t.Error("--peer-auto-tls with a mesh secret: both must reach the config (the secret wins in embed)")
 	}
-	mustFail(t, []string{"--peer-cert-file", "/x.pem"}, fakeEnv{}, "--peer-cert-file", "--mesh-password-file", "MESHETCD_MESH_PASSWORD")
-	mustFail(t, []string{"--peer-client-cert-auth"}, fakeEnv{}, "--peer-client-cert-auth", "--mesh-password-file")
-	mustFail(t, []string{"--peer-trusted-ca-file", "/ca.pem"}, fakeEnv{}, "--mesh-password-file")
+}
+
+// etcd's peer TLS flags (and their ETCD_* variables) reach
+// embed.Config.PeerTLSInfo; lists split like etcdmain's.
+func TestPeerTLSFlags(t *testing.T) {
+	o := mustParse(t, []string{"--peer-cert-file", "/p.crt", "--peer-key-file", "/p.key", "--peer-trusted-ca-file", "/ca.crt",
+		"--peer-client-cert-auth", "--peer-crl-file", "/p.crl", "--peer-cert-allowed-cn", "m1,m2",
+		"--peer-client-cert-file", "/c.crt", "--peer-client-key-file", "/c.key", "--peer-skip-client-san-verification"}, fakeEnv{})
+	i := o.cfg.PeerTLSInfo
+	if i.CertFile != "/p.crt" || i.KeyFile != "/p.key" || i.TrustedCAFile != "/ca.crt" || !i.ClientCertAuth || i.CRLFile != "/p.crl" || !i.SkipClientSANVerify ||
+		i.ClientCertFile != "/c.crt" || i.ClientKeyFile != "/c.key" || !slices.Equal(i.AllowedCNs, []string{"m1", "m2"}) || i.AllowedHostnames != nil {
+		t.Errorf("peer TLS flags not in the config: %+v", i)
+	}
+	o = mustParse(t, nil, fakeEnv{"ETCD_PEER_CERT_FILE": "/e.crt", "ETCD_PEER_CERT_ALLOWED_HOSTNAME": "a.example"})
+	if i := o.cfg.PeerTLSInfo; i.CertFile != "/e.crt" || !slices.Equal(i.AllowedHostnames, []string{"a.example"}) || i.AllowedCNs != nil {
+		t.Errorf("peer TLS variables not in the config: %+v", i)
+	}
 	mustFail(t, []string{"--discovery-srv", "example.com"}, fakeEnv{}, "--discovery-size")
 }
 

@@ -124,17 +124,7 @@ var etcdExtraFlags = []extraFlag{
 	{"client-cert-allowed-hostname", "string", "", security, "client TLS is not implemented yet"},
 	{"trusted-ca-file", "string", "", security, "client TLS is not implemented yet"},
 	{"auto-tls", "bool", "false", security, "client TLS is not implemented yet"},
-	{"peer-cert-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-key-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-client-cert-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-client-key-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-client-cert-auth", "bool", "false", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-trusted-ca-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"self-signed-cert-validity", "uint", "1", security, "TLS is not implemented yet"},
-	{"peer-crl-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-cert-allowed-cn", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-cert-allowed-hostname", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"peer-skip-client-san-verification", "bool", "false", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"cipher-suites", "string", "", security, "TLS is not implemented yet"},
 	{"tls-min-version", "string", "TLS1.2", security, "TLS is not implemented yet"},
 	{"tls-max-version", "string", "", security, "TLS is not implemented yet"},
@@ -263,7 +253,8 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.Var(clusterState, "initial-cluster-state", "Initial cluster state ('new' or 'existing'). Ignored on restarts.")
 	fs.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", cfg.InitialClusterToken, "Initial cluster token for the cluster during bootstrap.")
 	fs.BoolVar(&cfg.StrictReconfigCheck, "strict-reconfig-check", true, "Reject reconfiguration requests that would cause quorum loss.")
-	fs.BoolVar(&cfg.PeerAutoTLS, "peer-auto-tls", false, "Encrypt every mesh link with ephemeral keys, like etcd's self-signed peer TLS: confidential against passive eavesdroppers, not authenticated. A mesh secret (--mesh-password-file) takes precedence.")
+	fs.BoolVar(&cfg.PeerAutoTLS, "peer-auto-tls", false, "Encrypt every mesh link with ephemeral keys, like etcd's self-signed peer TLS: confidential against passive eavesdroppers, not authenticated. Peer certificates or a mesh secret (--mesh-password-file) take precedence.")
+	finishPeerTLS := addPeerTLSFlags(fs, cfg)
 
 	// meshetcd: forming a cluster over the mesh
 	fs.IntVar(&cfg.DiscoverySize, "discovery-size", 0, "Form a new cluster of this many members by mesh discovery (with --peers); a member that finds a running cluster joins it.")
@@ -365,6 +356,7 @@ func parseFlags(args []string, e env) (*options, error) {
 	cfg.AdvertiseClientURLs = acurls.urls
 	cfg.ListenPeerURLs = lpurls.urls
 	cfg.AdvertisePeerURLs = apurls.urls
+	finishPeerTLS()
 	cfg.InitialClusterState = clusterState.v
 	cfg.Peers = splitList(peers)
 	if meshPasswordFile != "" {

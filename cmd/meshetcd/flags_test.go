@@ -195,9 +195,9 @@ func TestSecurityFlagsRefused(t *testing.T) {
 	}
 	// The usual suspects by name, so a table edit cannot quietly drop them.
 	for _, args := range [][]string{
-		{"--cert-file", "s.crt"}, {"--key-file", "s.key"}, {"--client-cert-auth"}, {"--peer-client-cert-auth"},
+		{"--cert-file", "s.crt"}, {"--key-file", "s.key"}, {"--client-cert-auth"},
 		{"--auto-tls"}, {"--auth-token", "jwt,pub-key=x"}, {"--cipher-suites", "TLS_AES_128_GCM_SHA256"},
-		{"--tls-min-version", "TLS1.3"}, {"--trusted-ca-file", "ca.crt"}, {"--peer-cert-file", "p.crt"},
+		{"--tls-min-version", "TLS1.3"}, {"--trusted-ca-file", "ca.crt"},
 	} {
 		mustFail(t, args, fakeEnv{}, strings.TrimPrefix(args[0], "--"))
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/storage/wal"
@@ -202,6 +203,14 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		}
 	}
 	kc.Mesh = router
+	// The member's own series (etcd_server_*, meshetcd_mesh_*) live in a
+	// registry of their own, served on /metrics beside the process-wide
+	// default registry: several members of one process must not collide.
+	metrics := prometheus.NewRegistry()
+	kc.MetricsRegisterer = metrics
+	if err := metrics.Register(newMeshCollector(router.Status)); err != nil {
+		return nil, fmt.Errorf("registering the mesh metrics: %w", err)
+	}
 
 	// A joining member asks the cluster for its membership over the mesh;
 	// bound that (JoinTimeout) so a refused or isolated joiner fails with
@@ -245,6 +254,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		WatchProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
 		Version:                     Version,
 		ElectionTimeout:             cfg.ElectionTimeout,
+		MemberMetrics:               metrics,
 		ExtraHTTP: func(mux *http.ServeMux) {
 			mux.Handle("/mesh/status", router.StatusHandler())
 		},

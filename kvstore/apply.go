@@ -251,6 +251,8 @@ func memberJSON(m *membership.Member) ([]byte, error) {
 // raftnode calls it only once the snapshot is durable; the transport saved
 // the database as <index>.snap.db beforehand.
 func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
+	s.metrics.snapshotApply.Inc()
+	defer s.metrics.snapshotApply.Dec()
 	lg := s.lg
 	idx := snapshot.GetMetadata().GetIndex()
 	snapPath, err := s.r.Snapshotter().DBFilePath(idx)

@@ -139,6 +139,11 @@ func (s *Server) applyEntryNormal(e *raftpb.Entry, shouldApplyV3 membership.Shou
 	if shouldApplyV3 {
 		s.flushPending()
 	}
+	if !s.storageVersionCurrent.Load() {
+		// Until the cluster version is set and stamped, any entry may be
+		// the one that sets it.
+		s.clusterVersionChanged.Notify()
+	}
 	if !shouldApplyV3 || ar == nil {
 		return
 	}

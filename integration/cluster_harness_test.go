@@ -68,6 +68,8 @@ type ClusterOptions struct {
 	Lab *NetLab
 	// NoWait starts the processes without waiting for them to be ready.
 	NoWait bool
+	// Name names member i (--name); default "m<i>".
+	Name func(i int) string
 }
 
 // Member is one cluster member: a process, or an in-process embed member
@@ -106,6 +108,9 @@ func (c *Cluster) kind() string {
 // newMember allocates URLs for member i (not started).
 func (c *Cluster) newMember(i int) *Member {
 	m := &Member{c: c, Idx: i, Name: fmt.Sprintf("m%d", i)}
+	if c.Opts.Name != nil {
+		m.Name = c.Opts.Name(i)
+	}
 	if c.Opts.Lab != nil {
 		m.Host = c.Opts.Lab.Hosts[i]
 		m.PeerURL = fmt.Sprintf("http://%s:30380", m.Host.IP)

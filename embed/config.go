@@ -117,6 +117,12 @@ type Config struct {
 	// (DefaultJoinTimeout). 0 means the default. The ctx given to
 	// StartMember still bounds the whole start.
 	JoinTimeout time.Duration
+	// DiscoveryTimeout bounds mesh discovery (DiscoverySize): when the
+	// members have not agreed on a cluster within it, StartMember fails
+	// with ErrDiscoveryTimeout naming the members found and how many are
+	// missing, and cmd/meshetcd exits 1 (--discovery-timeout). 0 means
+	// the default, DefaultJoinTimeout.
+	DiscoveryTimeout time.Duration
 	// MeshPassword is the shared mesh secret: every mesh link is
 	// authenticated and encrypted with it; a member with another secret is
 	// refused. Empty means plaintext links (like etcd's http:// peers),
@@ -201,6 +207,7 @@ func NewConfig() Config {
 		InitialClusterToken:         DefaultInitialClusterToken,
 		StrictReconfigCheck:         true,
 		JoinTimeout:                 DefaultJoinTimeout,
+		DiscoveryTimeout:            DefaultJoinTimeout,
 		SnapshotCount:               DefaultSnapshotCount,
 		HeartbeatInterval:           DefaultHeartbeatInterval,
 		ElectionTimeout:             DefaultElectionTimeout,
@@ -294,6 +301,9 @@ func (c *Config) Validate() error {
 	}
 	if c.JoinTimeout < 0 {
 		return fmt.Errorf("--join-timeout must be >= 0 (got %v)", c.JoinTimeout)
+	}
+	if c.DiscoveryTimeout < 0 {
+		return fmt.Errorf("--discovery-timeout must be >= 0 (got %v)", c.DiscoveryTimeout)
 	}
 	if c.DiscoverySize < 0 {
 		return fmt.Errorf("--discovery-size must be >= 0 (got %d)", c.DiscoverySize)

@@ -179,8 +179,17 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	}()
 
 	if !hasWAL && cfg.DiscoverySize > 0 {
-		dec, view, derr := disc.run(ctx, cfg.DiscoverySize)
+		dtimeout := cfg.DiscoveryTimeout
+		if dtimeout <= 0 {
+			dtimeout = DefaultJoinTimeout
+		}
+		dctx, dcancel := context.WithTimeout(ctx, dtimeout)
+		dec, view, derr := disc.run(dctx, cfg.DiscoverySize)
+		dcancel()
 		if derr != nil {
+			if dctx.Err() != nil && ctx.Err() == nil {
+				return nil, fmt.Errorf("member %q: %w within %v: %s", cfg.Name, ErrDiscoveryTimeout, dtimeout, disc.shortfall(cfg.DiscoverySize, router.Status()))
+			}
 			return nil, derr
 		}
 		switch dec.kind {

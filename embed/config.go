@@ -95,6 +95,10 @@ type Config struct {
 	// InitialCluster are seeds anyway. One reachable member is enough:
 	// the mesh finds the rest by gossip.
 	Peers []string
+	// SeedResolver looks up the host names in Peers (every address a name
+	// resolves to is a seed, re-resolved while the member runs); nil means
+	// net.DefaultResolver.
+	SeedResolver HostResolver
 	// DiscoverySize, when > 0, forms a new cluster by mesh discovery
 	// (--discovery-size): members started with the same size and token
 	// find each other through Peers and bootstrap once exactly that many

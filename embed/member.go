@@ -41,6 +41,7 @@ type Member struct {
 	gateways []*grpcapi.Gateway // closed after the servers stop
 
 	cancelServe context.CancelFunc
+	stopSeeds   func()         // stops re-resolving --peers host names
 	wg          sync.WaitGroup // serving and watching goroutines
 	errc        chan error     // first fatal error; buffered
 	closing     chan struct{}  // closed when Close starts
@@ -144,7 +145,11 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	for n, us := range ic {
 		icStrings[n] = us.StringSlice()
 	}
-	mc, err := routerConfig(&cfg, lg, icStrings, meshDatagramSize(kc))
+	// --peers host names stand for every address they resolve to.
+	seeds := newSeedExpander(lg.Named("seeds"), cfg.SeedResolver, cfg.Peers)
+	seedCfg := cfg
+	seedCfg.Peers = seeds.seeds(ctx)
+	mc, err := routerConfig(&seedCfg, lg, icStrings, meshDatagramSize(kc))
 	if err != nil {
 		return nil, err
 	}
@@ -171,9 +176,22 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	}
 	lg.Info("mesh router started", zap.String("peer-name", string(mc.Name)), zap.String("listen", router.ListenAddr()),
 		zap.Strings("seeds", mc.Seeds), zap.String("cluster-label", mc.ClusterLabel), zap.Bool("encrypted", !mc.InsecurePlaintext))
+	// Re-resolving --peers names lives as long as the router.
+	seedCtx, stopSeeds := context.WithCancel(context.Background())
+	seedsDone := make(chan struct{})
+	if seeds.named() {
+		go func() {
+			defer close(seedsDone)
+			seeds.refresh(seedCtx, seedCfg.Peers, router.AddSeeds)
+		}()
+	} else {
+		close(seedsDone)
+	}
+	stopSeedRefresh := func() { stopSeeds(); <-seedsDone }
 	routerOwned := true
 	defer func() {
 		if routerOwned {
+			stopSeedRefresh()
 			_ = router.Stop()
 		}
 	}()
@@ -279,6 +297,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		listenURLs:  bound,
 		clientURLs:  advertised,
 		cancelServe: cancelServe,
+		stopSeeds:   stopSeedRefresh,
 		errc:        make(chan error, 1),
 		closing:     make(chan struct{}),
 	}
@@ -497,6 +516,7 @@ func (m *Member) Close() error {
 		// kvstore hands leadership over and closes the raft transport;
 		// the router goes last so that hand-over can still travel.
 		m.srv.Stop()
+		m.stopSeeds()
 		if err := m.router.Stop(); err != nil {
 			m.lg.Warn("stopping the mesh router", zap.Error(err))
 		}

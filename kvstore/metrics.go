@@ -31,7 +31,10 @@ type serverMetrics struct {
 	promoteSucceed  prometheus.Counter
 	promoteFailed   *prometheus.CounterVec
 	snapshotApply   prometheus.Gauge
-	collectors      []prometheus.Collector
+	// heartbeatFailures counts heartbeats the leader sent late (raftnode's
+	// HeartbeatSendLate), etcd's sign of a starved Ready loop.
+	heartbeatFailures prometheus.Counter
+	collectors        []prometheus.Collector
 }
 
 func newServerMetrics(s *Server) *serverMetrics {
@@ -61,10 +64,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 		snapshotApply: prometheus.NewGauge(prometheus.GaugeOpts(opts("snapshot_apply_in_progress_total",
 			"1 if the server is applying the incoming snapshot. 0 if none."))),
 	}
-	// etcd counts heartbeats its Ready loop sent late (a slow disk). Our
-	// Ready loop hands raft messages to the mesh without blocking, so this
-	// stays 0; slow or failing links show in the mesh metrics instead.
-	heartbeatFailures := prometheus.NewCounter(prometheus.CounterOpts(opts("heartbeat_send_failures_total",
+	m.heartbeatFailures = prometheus.NewCounter(prometheus.CounterOpts(opts("heartbeat_send_failures_total",
 		"The total number of leader heartbeat send failures (likely overloaded from slow disk).")))
 	// meshetcd has no --feature-gates: it behaves as etcd with the default
 	// gates, and says so the way etcd does.
@@ -84,7 +84,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 	idOpts.ConstLabels = prometheus.Labels{"server_id": s.memberID.String()}
 	m.collectors = []prometheus.Collector{
 		m.leaderChanges, m.proposalsFailed, m.proposalsPend, m.leaseExpired,
-		m.requestDuration, m.promoteSucceed, m.promoteFailed, m.snapshotApply, heartbeatFailures, featureEnabled,
+		m.requestDuration, m.promoteSucceed, m.promoteFailed, m.snapshotApply, m.heartbeatFailures, featureEnabled,
 		// etcd's file descriptor gauges, read at scrape time.
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "os", Subsystem: "fd", Name: "used", Help: "The number of used file descriptors."},
 			func() float64 { return fdGauge(s.lg, fdruntime.FDUsage) }),

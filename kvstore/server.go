@@ -218,6 +218,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		Transport:              cfg.Transport,
 		// Raft only asks once the node runs, when s.cluster exists.
 		IsIDRemoved: func(id uint64) bool { return s.cluster.IsIDRemoved(types.ID(id)) },
+		// Heartbeats flow once the node runs, after the metrics exist.
+		HeartbeatSendLate: func() { s.metrics.heartbeatFailures.Inc() },
 	}
 	if s.tr != nil {
 		raftCfg.PeerResolver = s.resolvePeer

@@ -97,6 +97,10 @@ type Config struct {
 	// InitialCluster are seeds anyway. One reachable member is enough:
 	// the mesh finds the rest by gossip.
 	Peers []string
+	// SeedResolver looks up the host names in Peers (every address a name
+	// resolves to is a seed, re-resolved while the member runs); nil means
+	// net.DefaultResolver.
+	SeedResolver HostResolver
 	// DiscoverySize, when > 0, forms a new cluster by mesh discovery
 	// (--discovery-size): members started with the same size and token
 	// find each other through Peers and bootstrap once exactly that many
@@ -119,6 +123,12 @@ type Config struct {
 	// (DefaultJoinTimeout). 0 means the default. The ctx given to
 	// StartMember still bounds the whole start.
 	JoinTimeout time.Duration
+	// DiscoveryTimeout bounds mesh discovery (DiscoverySize): when the
+	// members have not agreed on a cluster within it, StartMember fails
+	// with ErrDiscoveryTimeout naming the members found and how many are
+	// missing, and cmd/meshetcd exits 1 (--discovery-timeout). 0 means
+	// the default, DefaultJoinTimeout.
+	DiscoveryTimeout time.Duration
 	// MeshPassword is the shared mesh secret: every mesh link is
 	// authenticated and encrypted with it; a member with another secret is
 	// refused. Empty means plaintext links (like etcd's http:// peers),
@@ -213,6 +223,7 @@ func NewConfig() Config {
 		InitialClusterToken:         DefaultInitialClusterToken,
 		StrictReconfigCheck:         true,
 		JoinTimeout:                 DefaultJoinTimeout,
+		DiscoveryTimeout:            DefaultJoinTimeout,
 		SnapshotCount:               DefaultSnapshotCount,
 		HeartbeatInterval:           DefaultHeartbeatInterval,
 		ElectionTimeout:             DefaultElectionTimeout,
@@ -306,6 +317,9 @@ func (c *Config) Validate() error {
 	}
 	if c.JoinTimeout < 0 {
 		return fmt.Errorf("--join-timeout must be >= 0 (got %v)", c.JoinTimeout)
+	}
+	if c.DiscoveryTimeout < 0 {
+		return fmt.Errorf("--discovery-timeout must be >= 0 (got %v)", c.DiscoveryTimeout)
 	}
 	if c.DiscoverySize < 0 {
 		return fmt.Errorf("--discovery-size must be >= 0 (got %d)", c.DiscoverySize)

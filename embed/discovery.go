@@ -347,6 +347,45 @@ func (d *discovery) OnGossip(msg []byte) (mesh.GossipData, error) {
 // try to bootstrap and no cluster formed that this member belongs to.
 var ErrDiscoveryTooMany = errors.New("discovery: more members than --discovery-size want to bootstrap")
 
+// ErrDiscoveryTimeout: mesh discovery neither formed nor found a cluster
+// within Config.DiscoveryTimeout. The error wrapping it names the members
+// found and how many are missing (shortfall).
+var ErrDiscoveryTimeout = errors.New("discovery did not form a cluster")
+
+// shortfall says who discovery found and who it is missing, for an
+// operator whose start timed out: "found 2 of 3 members: a (127.0.0.1:2380),
+// b (127.0.0.1:2381); missing 1 (...why...)". Members that are not reachable
+// have no name yet, so the missing ones are counted, with the mesh's reason
+// when a seed could not be reached or refused us.
+func (d *discovery) shortfall(n int, st mesh.Status) string {
+	view := d.view()
+	var found []string
+	for _, p := range slices.Sorted(maps.Keys(view)) {
+		if a := view[p]; len(a.Initial) == 0 && a.ClusterID == "" {
+			found = append(found, fmt.Sprintf("%s (%s)", a.Name, p))
+		}
+	}
+	s := fmt.Sprintf("found %d of %d members: %s", len(found), n, strings.Join(found, ", "))
+	if missing := n - len(found); missing > 0 {
+		s += fmt.Sprintf("; missing %d", missing)
+		var unreached []string
+		for _, t := range st.Targets {
+			switch {
+			case t.Reason != "":
+				unreached = append(unreached, t.Addr+": "+t.Reason)
+			case t.LastError != "" && t.State != "connected":
+				unreached = append(unreached, t.Addr+": "+t.LastError)
+			}
+		}
+		if len(unreached) > 0 {
+			s += " (unreachable --peers/seeds: " + strings.Join(unreached, "; ") + ")"
+		} else {
+			s += " (no other member announced itself over the mesh; are they started with the same --discovery-size, --initial-cluster-token and a reachable --peers?)"
+		}
+	}
+	return s
+}
+
 // run waits until the discovery decides for this member, keeping its
 // announced Seen set current. It returns the decision (bootstrap or join)
 // with the announcements that back it, or an error.

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/storage/wal"
@@ -41,6 +42,7 @@ type Member struct {
 	gateways []*grpcapi.Gateway // closed after the servers stop
 
 	cancelServe context.CancelFunc
+	stopSeeds   func()         // stops re-resolving --peers host names
 	wg          sync.WaitGroup // serving and watching goroutines
 	errc        chan error     // first fatal error; buffered
 	closing     chan struct{}  // closed when Close starts
@@ -144,7 +146,11 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	for n, us := range ic {
 		icStrings[n] = us.StringSlice()
 	}
-	mc, err := routerConfig(&cfg, lg, icStrings, meshDatagramSize(kc))
+	// --peers host names stand for every address they resolve to.
+	seeds := newSeedExpander(lg.Named("seeds"), cfg.SeedResolver, cfg.Peers)
+	seedCfg := cfg
+	seedCfg.Peers = seeds.seeds(ctx)
+	mc, err := routerConfig(&seedCfg, lg, icStrings, meshDatagramSize(kc))
 	if err != nil {
 		return nil, err
 	}
@@ -171,16 +177,38 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	}
 	lg.Info("mesh router started", zap.String("peer-name", string(mc.Name)), zap.String("listen", router.ListenAddr()),
 		zap.Strings("seeds", mc.Seeds), zap.String("cluster-label", mc.ClusterLabel), zap.Bool("encrypted", !mc.InsecurePlaintext))
+	// Re-resolving --peers names lives as long as the router.
+	seedCtx, stopSeeds := context.WithCancel(context.Background())
+	seedsDone := make(chan struct{})
+	if seeds.named() {
+		go func() {
+			defer close(seedsDone)
+			seeds.refresh(seedCtx, seedCfg.Peers, router.AddSeeds)
+		}()
+	} else {
+		close(seedsDone)
+	}
+	stopSeedRefresh := func() { stopSeeds(); <-seedsDone }
 	routerOwned := true
 	defer func() {
 		if routerOwned {
+			stopSeedRefresh()
 			_ = router.Stop()
 		}
 	}()
 
 	if !hasWAL && cfg.DiscoverySize > 0 {
-		dec, view, derr := disc.run(ctx, cfg.DiscoverySize)
+		dtimeout := cfg.DiscoveryTimeout
+		if dtimeout <= 0 {
+			dtimeout = DefaultJoinTimeout
+		}
+		dctx, dcancel := context.WithTimeout(ctx, dtimeout)
+		dec, view, derr := disc.run(dctx, cfg.DiscoverySize)
+		dcancel()
 		if derr != nil {
+			if dctx.Err() != nil && ctx.Err() == nil {
+				return nil, fmt.Errorf("member %q: %w within %v: %s", cfg.Name, ErrDiscoveryTimeout, dtimeout, disc.shortfall(cfg.DiscoverySize, router.Status()))
+			}
 			return nil, derr
 		}
 		switch dec.kind {
@@ -203,6 +231,14 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		}
 	}
 	kc.Mesh = router
+	// The member's own series (etcd_server_*, meshetcd_mesh_*) live in a
+	// registry of their own, served on /metrics beside the process-wide
+	// default registry: several members of one process must not collide.
+	metrics := prometheus.NewRegistry()
+	kc.MetricsRegisterer = metrics
+	if err := metrics.Register(newMeshCollector(router.Status)); err != nil {
+		return nil, fmt.Errorf("registering the mesh metrics: %w", err)
+	}
 
 	// A joining member asks the cluster for its membership over the mesh;
 	// bound that (JoinTimeout) so a refused or isolated joiner fails with
@@ -246,6 +282,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		WatchProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
 		Version:                     Version,
 		ElectionTimeout:             cfg.ElectionTimeout,
+		MemberMetrics:               metrics,
 		ExtraHTTP: func(mux *http.ServeMux) {
 			mux.Handle("/mesh/status", router.StatusHandler())
 			meshview.NewHandler(meshViewSource{name: cfg.Name, srv: srv, router: router}, meshview.Config{Logger: lg}).Mount(mux)
@@ -262,6 +299,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		listenURLs:  bound,
 		clientURLs:  advertised,
 		cancelServe: cancelServe,
+		stopSeeds:   stopSeedRefresh,
 		errc:        make(chan error, 1),
 		closing:     make(chan struct{}),
 	}
@@ -480,6 +518,7 @@ func (m *Member) Close() error {
 		// kvstore hands leadership over and closes the raft transport;
 		// the router goes last so that hand-over can still travel.
 		m.srv.Stop()
+		m.stopSeeds()
 		if err := m.router.Stop(); err != nil {
 			m.lg.Warn("stopping the mesh router", zap.Error(err))
 		}

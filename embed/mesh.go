@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -30,7 +31,7 @@ func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram 
 	}
 	mc := mesh.DefaultConfig()
 	mc.Name = name
-	mc.NickName = cfg.Name
+	mc.NickName = meshNickName(cfg.Name)
 	mc.ClusterLabel = cfg.InitialClusterToken
 	mc.ListenAddr = cfg.ListenPeerURLs[0].Host
 	for _, u := range cfg.AdvertisePeerURLs {
@@ -78,6 +79,24 @@ func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram 
 		return mesh.Config{}, fmt.Errorf("MeshTuning must not change the mesh peer name (%s)", name)
 	}
 	return mc, nil
+}
+
+// meshNickNameMax is the mesh's limit on a nickname (mesh.Config.NickName).
+const meshNickNameMax = 64
+
+// meshNickName is the member name as the mesh shows it. The nickname is only
+// a label in mesh status; etcd puts no limit on --name, so a longer name is
+// cut at a UTF-8 boundary with "…" rather than refused.
+func meshNickName(name string) string {
+	if len(name) <= meshNickNameMax {
+		return name
+	}
+	const ellipsis = "…"
+	cut := meshNickNameMax - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return name[:cut] + ellipsis
 }
 
 // meshDatagramSize is the datagram limit raft needs for this config.

@@ -36,7 +36,7 @@ const (
 // NewHTTPHandler returns the handler for the non-gRPC traffic of the client
 // port: /health, /livez, /readyz (with their per-check sub-paths), /version,
 // /metrics (the default Prometheus registry, where the reused etcd packages
-// register), /debug/pprof/ when cfg.EnablePprof, and whatever cfg.ExtraHTTP
+// register, plus cfg.MemberMetrics), /debug/pprof/ when cfg.EnablePprof, and whatever cfg.ExtraHTTP
 // mounts; all behind etcd's CORS and host-whitelist checks.
 func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 	cfg = cfg.withDefaults(s)
@@ -44,7 +44,7 @@ func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	hh.installHealth(mux)
 	mux.HandleFunc("/version", hh.versionHandler)
-	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/metrics", metricsHandler(cfg))
 	if cfg.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -66,9 +66,19 @@ func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 func NewMetricsHandler(s kvstore.API, cfg Config) http.Handler {
 	cfg = cfg.withDefaults(s)
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/metrics", metricsHandler(cfg))
 	newHTTPHandlers(s, cfg).installHealth(mux)
 	return mux
+}
+
+// metricsHandler serves the default registry (where the reused etcd
+// packages register) plus the member's own series, if any.
+func metricsHandler(cfg Config) http.Handler {
+	if cfg.MemberMetrics == nil {
+		return promhttp.Handler()
+	}
+	g := prometheus.Gatherers{prometheus.DefaultGatherer, cfg.MemberMetrics}
+	return promhttp.InstrumentMetricHandler(prometheus.DefaultRegisterer, promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 }
 
 func newHTTPHandlers(s kvstore.API, cfg Config) *httpHandlers {

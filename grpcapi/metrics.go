@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,4 +85,37 @@ func (b byteCounter) HandleRPC(_ context.Context, s stats.RPCStats) {
 	case *stats.OutPayload:
 		b.m.sentBytes.Add(float64(p.Length))
 	}
+}
+
+// watchMetrics are etcd's watch send loop timings (v3rpc/metrics.go), shared
+// process-wide like grpcMetrics.
+type watchMetrics struct {
+	stream, perEvent, control, progress prometheus.Histogram
+}
+
+func newWatchMetrics() watchMetrics {
+	h := func(name, help string) prometheus.Histogram {
+		return registerShared(prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "etcd_debugging", Subsystem: "server", Name: name, Help: help,
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}))
+	}
+	return watchMetrics{
+		stream: h("watch_send_loop_watch_stream_duration_seconds",
+			"The total duration in seconds of running through the send loop watch stream response all events."),
+		perEvent: h("watch_send_loop_watch_stream_duration_per_event_seconds",
+			"The average duration in seconds of running through the send loop watch stream response, per event."),
+		control: h("watch_send_loop_control_stream_duration_seconds",
+			"The total duration in seconds of running through the send loop control stream response."),
+		progress: h("watch_send_loop_progress_duration_seconds",
+			"The total duration in seconds of running through the progress loop control stream response."),
+	}
+}
+
+// observeEvents records one sent watch response of n events; like etcd, a
+// response without events counts an infinite per-event time.
+func (m watchMetrics) observeEvents(start time.Time, n int) {
+	d := time.Since(start).Seconds()
+	m.stream.Observe(d)
+	m.perEvent.Observe(d / float64(n))
 }

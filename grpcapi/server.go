@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -79,6 +80,12 @@ type Config struct {
 	// ExtraHTTP, when set, is called with the HTTP mux before it is
 	// returned, so the caller can mount more endpoints (e.g. /mesh/status).
 	ExtraHTTP func(mux *http.ServeMux)
+
+	// MemberMetrics, when set, is gathered into /metrics together with the
+	// process-wide default registry: the series that belong to one member
+	// (etcd_server_*, the mesh's), which cannot share a registry with the
+	// other members of an in-process cluster.
+	MemberMetrics prometheus.Gatherer
 
 	// WatchProgressNotifyInterval is etcd's
 	// --experimental-watch-progress-notify-interval: how often watchers that

@@ -50,6 +50,7 @@ type watchConfig struct {
 	maxRequestBytes uint
 	// progressInterval is the base progress-notify period (before jitter).
 	progressInterval time.Duration
+	metrics          watchMetrics
 }
 
 // newWatchConfig applies etcd's defaults and clamping.
@@ -65,6 +66,7 @@ func newWatchConfig(lg *zap.Logger, maxRequestBytes uint, progressInterval time.
 	return watchConfig{
 		maxRequestBytes:  maxRequestBytes + grpcOverheadBytes,
 		progressInterval: progressInterval,
+		metrics:          newWatchMetrics(),
 	}
 }
 
@@ -376,6 +378,7 @@ func (sws *serverWatchStream) sendLoop() {
 			if !ok {
 				return
 			}
+			start := time.Now()
 			wr := sws.toWatchResponse(wresp)
 
 			// Progress notifications for the whole stream (RequestProgressAll)
@@ -408,11 +411,13 @@ func (sws *serverWatchStream) sendLoop() {
 				sws.progress[wresp.WatchID] = false
 			}
 			sws.mu.Unlock()
+			sws.cfg.metrics.observeEvents(start, len(wresp.Events))
 
 		case c, ok := <-sws.ctrlStream:
 			if !ok {
 				return
 			}
+			start := time.Now()
 			if err := sws.gRPCStream.Send(c); err != nil {
 				sws.logSendErr("failed to send watch control response to gRPC stream", err)
 				return
@@ -433,8 +438,10 @@ func (sws *serverWatchStream) sendLoop() {
 				}
 				delete(pending, wid)
 			}
+			sws.cfg.metrics.control.Observe(time.Since(start).Seconds())
 
 		case <-progressTicker.C:
+			start := time.Now()
 			sws.mu.Lock()
 			for id, ok := range sws.progress {
 				if ok {
@@ -443,6 +450,7 @@ func (sws *serverWatchStream) sendLoop() {
 				sws.progress[id] = true
 			}
 			sws.mu.Unlock()
+			sws.cfg.metrics.progress.Observe(time.Since(start).Seconds())
 
 		case <-sws.closec:
 			return

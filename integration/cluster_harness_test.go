@@ -72,6 +72,8 @@ type ClusterOptions struct {
 	PeerScheme string
 	// MemberArgs, when set, adds flags of member m's own (e.g. its certificate).
 	MemberArgs func(m *Member) []string
+	// Name names member i (--name); default "m<i>".
+	Name func(i int) string
 }
 
 func (o ClusterOptions) peerScheme() string {
@@ -117,6 +119,9 @@ func (c *Cluster) kind() string {
 // newMember allocates URLs for member i (not started).
 func (c *Cluster) newMember(i int) *Member {
 	m := &Member{c: c, Idx: i, Name: fmt.Sprintf("m%d", i)}
+	if c.Opts.Name != nil {
+		m.Name = c.Opts.Name(i)
+	}
 	if c.Opts.Lab != nil {
 		m.Host = c.Opts.Lab.Hosts[i]
 		m.PeerURL = fmt.Sprintf("%s://%s:30380", c.Opts.peerScheme(), m.Host.IP)

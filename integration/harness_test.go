@@ -41,6 +41,7 @@ const readyLine = "ready to serve client requests"
 var bins struct {
 	meshetcd string
 	etcdctl  string
+	etcdutl  string // etcd's etcdutl 3.7.3 (ETCDUTL_BIN, or built from tools/etcdutl)
 	etcd     string // optional: etcd 3.7.3 for differential tests
 }
 
@@ -67,6 +68,10 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	if bins.etcdctl, err2 = binary(tmp, "ETCDCTL_BIN", "etcdctl", filepath.Join(root, "tools", "etcdctl"), "."); err2 != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err2)
+		return 1
+	}
+	if bins.etcdutl, err2 = binary(tmp, "ETCDUTL_BIN", "etcdutl", filepath.Join(root, "tools", "etcdutl"), "."); err2 != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err2)
 		return 1
 	}

@@ -139,6 +139,11 @@ func (s *Server) applyEntryNormal(e *raftpb.Entry, shouldApplyV3 membership.Shou
 	if shouldApplyV3 {
 		s.flushPending()
 	}
+	if !s.storageVersionCurrent.Load() {
+		// Until the cluster version is set and stamped, any entry may be
+		// the one that sets it.
+		s.clusterVersionChanged.Notify()
+	}
 	if !shouldApplyV3 || ar == nil {
 		return
 	}
@@ -251,6 +256,8 @@ func memberJSON(m *membership.Member) ([]byte, error) {
 // raftnode calls it only once the snapshot is durable; the transport saved
 // the database as <index>.snap.db beforehand.
 func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
+	s.metrics.snapshotApply.Inc()
+	defer s.metrics.snapshotApply.Dec()
 	lg := s.lg
 	idx := snapshot.GetMetadata().GetIndex()
 	snapPath, err := s.r.Snapshotter().DBFilePath(idx)

@@ -2,6 +2,7 @@ package kvstore
 
 import (
 	"context"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/auth"
@@ -17,17 +18,19 @@ func (s *Server) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 		return nil, uerr
 	}
 	defer release()
+	var resp *pb.RangeResponse
+	var err error
+	defer func(start time.Time) { s.metrics.observeRequest("Range", start, err) }(time.Now())
 	if !r.Serializable {
-		if err := s.LinearizableReadNotify(ctx); err != nil {
+		if err = s.LinearizableReadNotify(ctx); err != nil {
 			return nil, err
 		}
 	}
-	var resp *pb.RangeResponse
-	var err error
 	chk := func(ai *auth.AuthInfo) error { return s.authStore.IsRangePermitted(ai, r.Key, r.RangeEnd) }
 	get := func() { resp, _, err = txn.Range(ctx, s.lg, s.KV(), r, true) }
 	if serr := s.doSerialize(ctx, chk, get); serr != nil {
-		return nil, serr
+		err = serr
+		return nil, err
 	}
 	return resp, err
 }
@@ -59,17 +62,19 @@ func (s *Server) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 	}
 	defer release()
 	if txn.IsTxnReadonly(r) {
+		var resp *pb.TxnResponse
+		var err error
+		defer func(start time.Time) { s.metrics.observeRequest("ReadonlyTxn", start, err) }(time.Now())
 		if !txn.IsTxnSerializable(r) {
-			if err := s.LinearizableReadNotify(ctx); err != nil {
+			if err = s.LinearizableReadNotify(ctx); err != nil {
 				return nil, err
 			}
 		}
-		var resp *pb.TxnResponse
-		var err error
 		chk := func(ai *auth.AuthInfo) error { return apply.CheckTxnAuth(s.authStore, ai, s.lessor, r) }
 		get := func() { resp, _, err = txn.Txn(ctx, s.lg, r, false, s.KV(), s.lessor, false) }
 		if serr := s.doSerialize(ctx, chk, get); serr != nil {
-			return nil, serr
+			err = serr
+			return nil, err
 		}
 		return resp, err
 	}

@@ -145,6 +145,7 @@ func (s *Server) PromoteMember(ctx context.Context, id uint64) ([]*Member, error
 // promoteMember promotes on the leader (ErrNotLeader elsewhere).
 func (s *Server) promoteMember(ctx context.Context, id uint64) ([]*Member, error) {
 	if err := s.isLearnerReady(id); err != nil {
+		s.metrics.promoteFailed.WithLabelValues(err.Error()).Inc()
 		return nil, err
 	}
 	if m := s.cluster.Member(types.ID(id)); m != nil && !m.IsLearner {
@@ -157,7 +158,11 @@ func (s *Server) promoteMember(ctx context.Context, id uint64) ([]*Member, error
 	if err != nil {
 		return nil, fmt.Errorf("kvstore: encode promotion: %w", err)
 	}
-	return s.configure(ctx, &raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(id), Context: b})
+	ms, err := s.configure(ctx, &raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(id), Context: b})
+	if err == nil {
+		s.metrics.promoteSucceed.Inc()
+	}
+	return ms, err
 }
 
 // MemberList is the committed membership, after a ReadIndex barrier when

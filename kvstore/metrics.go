@@ -4,10 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/version"
+	fdruntime "go.etcd.io/etcd/pkg/v3/runtime"
+	"go.etcd.io/etcd/server/v3/features"
 )
 
 // serverMetrics are the etcd_server_* series that etcd defines in its
@@ -19,7 +25,16 @@ type serverMetrics struct {
 	proposalsFailed prometheus.Counter
 	proposalsPend   prometheus.Gauge
 	leaseExpired    prometheus.Counter
-	collectors      []prometheus.Collector
+	// requestDuration is etcd's per-request-type latency (Range,
+	// ReadonlyTxn and every proposed type), labelled type and success.
+	requestDuration *prometheus.HistogramVec
+	promoteSucceed  prometheus.Counter
+	promoteFailed   *prometheus.CounterVec
+	snapshotApply   prometheus.Gauge
+	// heartbeatFailures counts heartbeats the leader sent late (raftnode's
+	// HeartbeatSendLate), etcd's sign of a starved Ready loop.
+	heartbeatFailures prometheus.Counter
+	collectors        []prometheus.Collector
 }
 
 func newServerMetrics(s *Server) *serverMetrics {
@@ -36,7 +51,30 @@ func newServerMetrics(s *Server) *serverMetrics {
 		leaderChanges:   prometheus.NewCounter(prometheus.CounterOpts(opts("leader_changes_seen_total", "The number of leader changes seen."))),
 		proposalsFailed: prometheus.NewCounter(prometheus.CounterOpts(opts("proposals_failed_total", "The total number of failed proposals seen."))),
 		proposalsPend:   prometheus.NewGauge(prometheus.GaugeOpts(opts("proposals_pending", "The current number of pending proposals to commit."))),
-		leaseExpired:    prometheus.NewCounter(prometheus.CounterOpts(opts("lease_expired_total", "The total number of expired leases."))),
+		// etcd keeps this one under etcd_debugging_.
+		leaseExpired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "etcd_debugging", Subsystem: "server",
+			Name: "lease_expired_total", Help: "The total number of expired leases."}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "etcd", Subsystem: "server",
+			Name: "request_duration_seconds", Help: "Response latency distribution in seconds for each type.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"type", "success"}),
+		promoteSucceed: prometheus.NewCounter(prometheus.CounterOpts(opts("learner_promote_successes",
+			"The total number of successful learner promotions while this member is leader."))),
+		promoteFailed: prometheus.NewCounterVec(prometheus.CounterOpts(opts("learner_promote_failures",
+			"The total number of failed learner promotions (likely learner not ready) while this member is leader.")), []string{"Reason"}),
+		snapshotApply: prometheus.NewGauge(prometheus.GaugeOpts(opts("snapshot_apply_in_progress_total",
+			"1 if the server is applying the incoming snapshot. 0 if none."))),
+	}
+	m.heartbeatFailures = prometheus.NewCounter(prometheus.CounterOpts(opts("heartbeat_send_failures_total",
+		"The total number of leader heartbeat send failures (likely overloaded from slow disk).")))
+	// meshetcd has no --feature-gates: it behaves as etcd with the default
+	// gates, and says so the way etcd does.
+	featureEnabled := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "etcd_server_feature_enabled",
+		Help: "Whether or not a feature is enabled. 1 is enabled, 0 is not."}, []string{"name", "stage"})
+	for feature, spec := range features.DefaultEtcdServerFeatureGates {
+		featureEnabled.With(prometheus.Labels{"name": string(feature), "stage": string(spec.PreRelease)}).Set(boolGauge(spec.Default))
+	}
+	for _, all := range []struct{ name, stage string }{{"AllAlpha", "ALPHA"}, {"AllBeta", "BETA"}} {
+		featureEnabled.With(prometheus.Labels{"name": all.name, "stage": all.stage}).Set(0)
 	}
 	versionOpts := prometheus.GaugeOpts(opts("version", "Which version is running. 1 for 'server_version' label with current version."))
 	versionOpts.ConstLabels = prometheus.Labels{"server_version": version.Version}
@@ -46,6 +84,12 @@ func newServerMetrics(s *Server) *serverMetrics {
 	idOpts.ConstLabels = prometheus.Labels{"server_id": s.memberID.String()}
 	m.collectors = []prometheus.Collector{
 		m.leaderChanges, m.proposalsFailed, m.proposalsPend, m.leaseExpired,
+		m.requestDuration, m.promoteSucceed, m.promoteFailed, m.snapshotApply, m.heartbeatFailures, featureEnabled,
+		// etcd's file descriptor gauges, read at scrape time.
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "os", Subsystem: "fd", Name: "used", Help: "The number of used file descriptors."},
+			func() float64 { return fdGauge(s.lg, fdruntime.FDUsage) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "os", Subsystem: "fd", Name: "limit", Help: "The file descriptor limit."},
+			func() float64 { return fdGauge(s.lg, fdruntime.FDLimit) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.")),
 			func() float64 { return boolGauge(s.r.Lead() != 0) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.")),
@@ -81,5 +125,89 @@ func (m *serverMetrics) register(r prometheus.Registerer) error {
 func (m *serverMetrics) unregister(r prometheus.Registerer) {
 	for _, c := range m.collectors {
 		r.Unregister(c)
+	}
+}
+
+// observeRequest records one request's latency in
+// etcd_server_request_duration_seconds, as etcd's v3_server does.
+func (m *serverMetrics) observeRequest(kind string, start time.Time, err error) {
+	m.requestDuration.WithLabelValues(kind, strconv.FormatBool(err == nil)).Observe(time.Since(start).Seconds())
+}
+
+func fdGauge(lg *zap.Logger, read func() (uint64, error)) float64 {
+	n, err := read()
+	if err != nil {
+		lg.Warn("failed to read file descriptor usage", zap.Error(err))
+		return 0
+	}
+	return float64(n)
+}
+
+// requestType names a proposal the way etcd's getRequestType does: the
+// type of its one non-nil request field ("Put", "LeaseGrant", ...).
+func requestType(r *pb.InternalRaftRequest) string {
+	switch {
+	case r.Range != nil:
+		return "Range"
+	case r.Put != nil:
+		return "Put"
+	case r.DeleteRange != nil:
+		return "DeleteRange"
+	case r.Txn != nil:
+		return "Txn"
+	case r.Compaction != nil:
+		return "Compaction"
+	case r.LeaseGrant != nil:
+		return "LeaseGrant"
+	case r.LeaseRevoke != nil:
+		return "LeaseRevoke"
+	case r.LeaseCheckpoint != nil:
+		return "LeaseCheckpoint"
+	case r.Alarm != nil:
+		return "Alarm"
+	case r.Authenticate != nil:
+		return "Authenticate"
+	case r.AuthEnable != nil:
+		return "AuthEnable"
+	case r.AuthDisable != nil:
+		return "AuthDisable"
+	case r.AuthStatus != nil:
+		return "AuthStatus"
+	case r.AuthUserAdd != nil:
+		return "AuthUserAdd"
+	case r.AuthUserDelete != nil:
+		return "AuthUserDelete"
+	case r.AuthUserChangePassword != nil:
+		return "AuthUserChangePassword"
+	case r.AuthUserGrantRole != nil:
+		return "AuthUserGrantRole"
+	case r.AuthUserGet != nil:
+		return "AuthUserGet"
+	case r.AuthUserRevokeRole != nil:
+		return "AuthUserRevokeRole"
+	case r.AuthRoleAdd != nil:
+		return "AuthRoleAdd"
+	case r.AuthRoleGrantPermission != nil:
+		return "AuthRoleGrantPermission"
+	case r.AuthRoleGet != nil:
+		return "AuthRoleGet"
+	case r.AuthRoleRevokePermission != nil:
+		return "AuthRoleRevokePermission"
+	case r.AuthRoleDelete != nil:
+		return "AuthRoleDelete"
+	case r.AuthUserList != nil:
+		return "AuthUserList"
+	case r.AuthRoleList != nil:
+		return "AuthRoleList"
+	case r.ClusterVersionSet != nil:
+		return "ClusterVersionSet"
+	case r.ClusterMemberAttrSet != nil:
+		return "ClusterMemberAttrSet"
+	case r.DowngradeInfoSet != nil:
+		return "DowngradeInfoSet"
+	case r.DowngradeVersionTest != nil:
+		return "DowngradeVersionTest"
+	default:
+		return "Unknown"
 	}
 }

@@ -34,7 +34,7 @@ func (s *Server) raftRequest(ctx context.Context, r *pb.InternalRaftRequest) (pr
 // processInternalRaftRequestOnce is etcd's propose-and-wait: a
 // cluster-unique id, the caller's auth identity in the header, size and
 // backlog limits, and a waiter that every failure path frees.
-func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.InternalRaftRequest) (*apply.Result, error) {
+func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.InternalRaftRequest) (_ *apply.Result, err error) {
 	if s.r.CommittedIndex() > s.AppliedIndex()+maxGapBetweenApplyAndCommitIndex {
 		return nil, servererrors.ErrTooManyRequests
 	}
@@ -51,6 +51,7 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 			r.Header.AuthRevision = ai.Revision
 		}
 	}
+	defer func(start time.Time) { s.metrics.observeRequest(requestType(r), start, err) }(time.Now())
 	data, err := proto.Marshal(r)
 	if err != nil {
 		return nil, err

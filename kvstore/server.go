@@ -83,9 +83,13 @@ type Server struct {
 
 	metrics           *serverMetrics
 	firstCommitInTerm *notify.Notifier
-	appliedIndex      atomic.Uint64
-	appliedTerm       atomic.Uint64
-	leadElectedTime   atomic.Int64 // unix nanos
+	// clusterVersionChanged wakes monitorStorageVersion; storageVersionCurrent
+	// is set once the backend's storage version matches the cluster version.
+	clusterVersionChanged *notify.Notifier
+	storageVersionCurrent atomic.Bool
+	appliedIndex          atomic.Uint64
+	appliedTerm           atomic.Uint64
+	leadElectedTime       atomic.Int64 // unix nanos
 
 	readych   chan struct{}
 	readyOnce sync.Once
@@ -156,14 +160,15 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	}
 
 	s := &Server{
-		lg:                lg,
-		cfg:               cfg,
-		dirLock:           dirLock,
-		w:                 wait.New(),
-		firstCommitInTerm: notify.NewNotifier(),
-		readych:           make(chan struct{}),
-		stopping:          make(chan struct{}),
-		done:              make(chan struct{}),
+		lg:                    lg,
+		cfg:                   cfg,
+		dirLock:               dirLock,
+		w:                     wait.New(),
+		firstCommitInTerm:     notify.NewNotifier(),
+		clusterVersionChanged: notify.NewNotifier(),
+		readych:               make(chan struct{}),
+		stopping:              make(chan struct{}),
+		done:                  make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	closers = append(closers, s.cancel)
@@ -213,6 +218,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		Transport:              cfg.Transport,
 		// Raft only asks once the node runs, when s.cluster exists.
 		IsIDRemoved: func(id uint64) bool { return s.cluster.IsIDRemoved(types.ID(id)) },
+		// Heartbeats flow once the node runs, after the metrics exist.
+		HeartbeatSendLate: func() { s.metrics.heartbeatFailures.Inc() },
 	}
 	if s.tr != nil {
 		raftCfg.PeerResolver = s.resolvePeer
@@ -329,6 +336,7 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	s.goAttach(s.read.LinearizableReadLoop)
 	s.goAttach(s.revokeExpiredLeasesLoop)
 	s.goAttach(s.publish)
+	s.goAttach(s.monitorStorageVersion)
 	s.serveMesh()
 	if cfg.Join && s.peers != nil {
 		// Also after a restart: a learner that joined keeps asking until it

@@ -50,6 +50,11 @@ type Config struct {
 	// IsIDRemoved reports members removed from the cluster, whose messages
 	// are dropped instead of sent (etcd: cluster.IsIDRemoved). Optional.
 	IsIDRemoved func(id uint64) bool
+	// HeartbeatSendLate is called when the leader sends a heartbeat to a
+	// member more than two heartbeat intervals after the previous one (a
+	// starved Ready loop, usually a slow disk): etcd's
+	// etcd_server_heartbeat_send_failures_total. Optional.
+	HeartbeatSendLate func()
 	// PeerResolver maps member ids to mesh peers from the committed
 	// membership; required when Transport is a Binder (MeshTransport),
 	// which Start binds to the node with it.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/pkg/v3/contention"
 	"go.etcd.io/etcd/pkg/v3/notify"
 	"go.etcd.io/etcd/pkg/v3/wait"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
@@ -97,6 +98,10 @@ type Node struct {
 	donec    chan struct{} // closed once everything has exited and the WAL is closed
 	wg       sync.WaitGroup
 	err      error // first fatal error, guarded by lifeMu
+
+	// heartbeats notices a leader whose Ready loop sends heartbeats to a
+	// member later than twice the heartbeat interval (etcd raft.go).
+	heartbeats *contention.TimeoutDetector
 }
 
 func newNode(cfg Config, id, clusterID uint64, rn raft.Node, ms *raft.MemoryStorage, st serverstorage.Storage,
@@ -120,6 +125,7 @@ func newNode(cfg Config, id, clusterID uint64, rn raft.Node, ms *raft.MemoryStor
 		snapshotIndex: snapIndex,
 		stopc:         make(chan struct{}),
 		donec:         make(chan struct{}),
+		heartbeats:    contention.NewTimeoutDetector(2 * cfg.TickInterval),
 	}
 	n.memorySnapshotIndex = snapIndex
 	n.appliedIndex.Store(snapIndex)
@@ -261,6 +267,7 @@ func (n *Node) handleReady(rd raft.Ready, isLeader *bool) error {
 		if newLeader {
 			n.leaderChanged.Notify()
 		}
+		n.heartbeats.Reset()
 	}
 	if rd.HardState != nil && rd.HardState.GetTerm() > n.term.Load() {
 		n.term.Store(rd.HardState.GetTerm())
@@ -404,6 +411,16 @@ func (n *Node) processMessages(ms []*raftpb.Message) []*raftpb.Message {
 				n.node.ReportSnapshot(m.GetTo(), raft.SnapshotFailure)
 			}
 			continue
+		}
+		if m.GetType() == raftpb.MsgHeartbeat && n.cfg.TickInterval > 0 {
+			if ok, exceed := n.heartbeats.Observe(m.GetTo()); !ok {
+				n.lg.Warn("leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk",
+					zap.String("to", fmt.Sprintf("%x", m.GetTo())), zap.Duration("heartbeat-interval", n.cfg.TickInterval),
+					zap.Duration("expected-duration", 2*n.cfg.TickInterval), zap.Duration("exceeded-duration", exceed))
+				if n.cfg.HeartbeatSendLate != nil {
+					n.cfg.HeartbeatSendLate()
+				}
+			}
 		}
 		keep[i] = true
 		count++

@@ -30,7 +30,7 @@ const (
 // isMeshFlag reports meshetcd's own flags (etcd has no such flag).
 func isMeshFlag(name string) bool {
 	switch name {
-	case "discovery-size", "peers", "join", "join-timeout", "mesh-password-file":
+	case "discovery-size", "discovery-timeout", "peers", "join", "join-timeout", "mesh-password-file":
 		return true
 	}
 	return false
@@ -258,6 +258,7 @@ func parseFlags(args []string, e env) (*options, error) {
 
 	// meshetcd: forming a cluster over the mesh
 	fs.IntVar(&cfg.DiscoverySize, "discovery-size", 0, "Form a new cluster of this many members by mesh discovery (with --peers); a member that finds a running cluster joins it.")
+	fs.DurationVar(&cfg.DiscoveryTimeout, "discovery-timeout", embed.DefaultJoinTimeout, "With --discovery-size: give up (exit 1, naming the members found and missing) when discovery has not formed or found a cluster within this time.")
 	fs.StringVar(&peers, "peers", "", "Comma-separated host:port of reachable members' peer addresses (mesh seeds); one is enough.")
 	fs.BoolVar(&cfg.Join, "join", false, "Join the running cluster reachable through --peers: added as a learner, promoted to voter once caught up.")
 	fs.DurationVar(&cfg.JoinTimeout, "join-timeout", embed.DefaultJoinTimeout, "With --join or --initial-cluster-state existing: give up (exit 1, naming the last reason) when no member answers within this time.")
@@ -528,8 +529,8 @@ func helpText(fs *pflag.FlagSet, kinds map[string]extraFlag) string {
 
 Every flag can also be set from the environment: --some-flag is read from
 ETCD_SOME_FLAG (MESHETCD_SOME_FLAG for meshetcd's own flags --discovery-size,
---peers, --join, --join-timeout, --mesh-password-file) when not given on the
-command line.
+--discovery-timeout, --peers, --join, --join-timeout, --mesh-password-file) when
+not given on the command line.
 The mesh secret can be given as MESHETCD_MESH_PASSWORD (never as a flag value).
 
 Forming a cluster: etcd's static --initial-cluster (peer URLs are mesh

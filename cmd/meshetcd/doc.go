@@ -13,6 +13,13 @@
 // with ephemeral keys (confidential, not authenticated, like etcd's
 // self-signed peer TLS).
 //
+// --config-file (or ETCD_CONFIG_FILE) reads etcd's YAML configuration file
+// instead (configfile.go): each key is applied as the flag of the same name
+// (the transport-security blocks as the --cert-file.../--peer-* flags), so
+// the file gets the flags' parsing, validation and refusals; as in etcd 3.7,
+// every other flag and ETCD_* variable is then ignored, except the mesh
+// secret MESHETCD_MESH_PASSWORD.
+//
 // Clusters form with etcd's static flags (--initial-cluster & co), by mesh
 // discovery (--discovery-size N --peers host:port) or by joining a running
 // cluster (--join --peers host:port); meshetcd's own flags are also read

@@ -5,7 +5,7 @@
 // ETCD_* environment variables), so scripts written for etcd run unchanged.
 // Flags meshetcd does not implement are never silently ignored: harmless
 // tuning knobs are accepted with a warning, and flags that would change
-// security (TLS, client certificate auth, auth tokens, ...) or data placement
+// security (TLS, client certificate auth, ...) or data placement
 // are refused unless left at etcd's default. Peer certificate flags are
 // refused with a pointer to the mesh secret (--mesh-password-file or
 // MESHETCD_MESH_PASSWORD), which authenticates and encrypts mesh links;

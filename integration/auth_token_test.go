@@ -221,3 +221,41 @@ func TestAuthTokenBadValues(t *testing.T) {
 		t.Errorf("user add with --bcrypt-cost 40 (etcd falls back to 10): %v", err)
 	}
 }
+
+// TestAuthTokenTTL: a simple token unused for --auth-token-ttl seconds is
+// refused with etcd's "invalid auth token"; one in use stays valid. Same
+// for both binaries.
+func TestAuthTokenTTL(t *testing.T) {
+	forEachClusterServer(t, func(t *testing.T, bin string) {
+		p := StartProc(t, ProcOptions{Bin: bin, Args: []string{"--auth-token-ttl", "2"}})
+		cli := p.Client(t)
+		enableRootAuth(t, cli)
+		put := func(token string) error {
+			tctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), rpctypes.TokenFieldNameGRPC, token), 10*time.Second)
+			defer cancel()
+			_, err := cli.Put(tctx, "k", "v")
+			return err
+		}
+		idle, err := cli.Authenticate(ctx(t), "root", "rootpw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		busy, err := cli.Authenticate(ctx(t), "root", "rootpw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := put(idle.Token); err != nil {
+			t.Fatalf("fresh token refused: %v", err)
+		}
+		// Use one token every 500 ms for 4 s (twice the TTL).
+		for i := 0; i < 8; i++ {
+			time.Sleep(500 * time.Millisecond)
+			if err := put(busy.Token); err != nil {
+				t.Fatalf("a token in use expired after %v: %v", time.Duration(i+1)*500*time.Millisecond, err)
+			}
+		}
+		if err := put(idle.Token); rpctypes.Error(err) != rpctypes.ErrInvalidAuthToken {
+			t.Errorf("token idle for 4s with --auth-token-ttl 2: %v, want %v", err, rpctypes.ErrInvalidAuthToken)
+		}
+	})
+}

@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/meshetcd/meshetcd/mesh"
 )
@@ -42,6 +43,8 @@ const (
 	DefaultLogLevel                = "info"
 	DefaultLogFormat               = "json"
 	DefaultLogOutput               = "default" // stderr, as etcd outside systemd
+	DefaultAuthToken               = "simple"
+	DefaultAuthTokenTTL            = 300 * time.Second
 
 	ClusterStateNew      = "new"
 	ClusterStateExisting = "existing"
@@ -74,6 +77,12 @@ type Config struct {
 	// An advertised URL with port 0 is replaced by the bound listener's
 	// address, so tests can use port 0 throughout.
 	AdvertiseClientURLs []url.URL
+	// ClientTLSInfo is the client certificate configuration (etcd --cert-file, --key-file, ...).
+	ClientTLSInfo transport.TLSInfo
+	// ListenMetricsURLs are extra listeners serving only /metrics and the
+	// health endpoints (etcd --listen-metrics-urls). An https:// URL uses
+	// ClientTLSInfo, as etcd does; http:// serves plaintext.
+	ListenMetricsURLs []url.URL
 	// ListenPeerURLs is where the member's mesh router listens (one
 	// http:// or https:// URL; https:// with PeerTLSInfo makes every mesh
 	// link mutual TLS, see PeerTLSInfo and MeshPassword).
@@ -198,6 +207,20 @@ type Config struct {
 	// on the client ports (etcd --enable-grpc-gateway, default true).
 	EnableGRPCGateway bool
 
+	// AuthToken is etcd's --auth-token: "simple" (the default; tokens
+	// are valid only on the member that issued them) or
+	// "jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256[,ttl=5m]" (signed
+	// tokens every member verifies). etcd's auth.NewTokenProvider checks
+	// it when the member starts.
+	AuthToken string
+	// AuthTokenTTL is the lifetime of a simple token (--auth-token-ttl);
+	// 0 means etcd's default, 300 s. JWT tokens take ttl= in AuthToken.
+	AuthTokenTTL time.Duration
+	// BcryptCost is the cost of hashing user passwords (--bcrypt-cost).
+	// As in etcd, a value outside bcrypt's [4, 31] is logged and replaced
+	// by the default, 10.
+	BcryptCost uint
+
 	// EnablePprof serves net/http/pprof under /debug/pprof/ on the client
 	// ports, like etcd.
 	EnablePprof bool
@@ -239,6 +262,9 @@ func NewConfig() Config {
 		LogLevel:                    DefaultLogLevel,
 		LogFormat:                   DefaultLogFormat,
 		LogOutputs:                  []string{DefaultLogOutput},
+		AuthToken:                   DefaultAuthToken,
+		AuthTokenTTL:                DefaultAuthTokenTTL,
+		BcryptCost:                  uint(bcrypt.DefaultCost),
 	}
 }
 
@@ -293,6 +319,9 @@ func (c *Config) Validate() error {
 	}
 	if err := checkHostURLs(c.AdvertiseClientURLs); err != nil {
 		return fmt.Errorf(`--advertise-client-urls %q must be in the format "host:port" (%w)`, urlsString(c.AdvertiseClientURLs), err)
+	}
+	if err := checkMetricsURLs(c.ListenMetricsURLs); err != nil {
+		return err
 	}
 	if err := checkBindURLs("--listen-peer-urls", httpsAsHTTP(c.ListenPeerURLs)); err != nil {
 		return err
@@ -429,6 +458,22 @@ func checkBindURLs(flag string, urls []url.URL) error {
 		}
 		if net.ParseIP(host) == nil {
 			return fmt.Errorf("expected IP in URL for binding (%s)", u.String())
+		}
+	}
+	return nil
+}
+
+// checkMetricsURLs applies etcd's bind rules to --listen-metrics-urls,
+// which may be http:// or https:// (https serves with ClientTLSInfo).
+func checkMetricsURLs(urls []url.URL) error {
+	for _, u := range urls {
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return fmt.Errorf("--listen-metrics-urls %q: URL scheme must be http or https", u.String())
+		}
+		plain := u
+		plain.Scheme = "http"
+		if err := checkBindURLs("--listen-metrics-urls", []url.URL{plain}); err != nil {
+			return err
 		}
 	}
 	return nil

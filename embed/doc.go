@@ -15,6 +15,10 @@
 // point it logs etcd's "ready to serve client requests" line, which tools
 // (and meshetcd's own integration tests) wait for.
 //
+// ListenMetricsURLs adds listeners that serve only /metrics and the health
+// endpoints, plaintext or (https://) with ClientTLSInfo, like etcd's
+// --listen-metrics-urls.
+//
 // # Members and the mesh
 //
 // Every member runs a mesh router (package mesh) listening on its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -38,6 +39,8 @@ type Member struct {
 	gs         *grpc.Server
 	listenURLs []url.URL // the bound client listener addresses
 	clientURLs []url.URL // advertised client URLs, port 0 resolved
+	// metricsURLs are the bound --listen-metrics-urls, port 0 resolved.
+	metricsURLs []url.URL
 
 	gateways []*grpcapi.Gateway // closed after the servers stop
 
@@ -117,6 +120,17 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		bound = append(bound, b)
 	}
 	advertised := resolveZeroPorts(cfg.AdvertiseClientURLs, cfg.ListenClientURLs, bound)
+	metricsLs, err := openMetricsListeners(cfg.ListenMetricsURLs, cfg.ClientTLSInfo, lg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			for _, ml := range metricsLs {
+				_ = ml.l.Close()
+			}
+		}
+	}()
 
 	kc := kvstore.Config{
 		Logger:                     lg,
@@ -138,6 +152,9 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		AutoCompactionRetention:    cfg.AutoCompactionRetention,
 		Join:                       cfg.Join,
 		DisableStrictReconfigCheck: !cfg.StrictReconfigCheck,
+		AuthToken:                  cfg.AuthToken,
+		TokenTTL:                   cfg.AuthTokenTTL,
+		BcryptCost:                 int(min(cfg.BcryptCost, math.MaxInt32)),
 	}
 
 	// The mesh router comes first: discovery, join and "existing" talk to
@@ -332,6 +349,21 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		}()
 	}
 	listeners = nil // owned by the Serve goroutines now
+	if len(metricsLs) > 0 {
+		mh := grpcapi.NewMetricsHandler(srv, gcfg)
+		for _, ml := range metricsLs {
+			lg.Info("serving metrics", zap.String("address", ml.url.String()))
+			m.metricsURLs = append(m.metricsURLs, ml.url)
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				if err := serveMetrics(serveCtx, ml.l, mh); err != nil {
+					m.fail(fmt.Errorf("serving metrics on %s: %w", ml.url.String(), err))
+				}
+			}()
+		}
+		metricsLs = nil // owned by the serving goroutines now
+	}
 	m.wg.Add(1)
 	go m.watchStop()
 
@@ -476,6 +508,12 @@ func (m *Member) ClientURLs() []url.URL {
 // ListenClientURLs are the bound client listener addresses.
 func (m *Member) ListenClientURLs() []url.URL {
 	return append([]url.URL(nil), m.listenURLs...)
+}
+
+// MetricsURLs are the bound --listen-metrics-urls listeners (port 0
+// resolved), which serve /metrics and the health endpoints only.
+func (m *Member) MetricsURLs() []url.URL {
+	return append([]url.URL(nil), m.metricsURLs...)
 }
 
 // Server is the member's state machine, for in-process callers that want to

@@ -63,7 +63,7 @@ type Config struct {
 
 	AuthToken  string        // etcd --auth-token; default "simple"
 	TokenTTL   time.Duration // simple-token lifetime; default 300s
-	BcryptCost int           // default bcrypt.DefaultCost
+	BcryptCost int           // default bcrypt.DefaultCost; out of range: etcd's warning + default
 	// AutoCompactionMode is "periodic" or "revision"; AutoCompactionRetention
 	// is a duration (periodic) or a revision count (revision). Empty/0 = off.
 	AutoCompactionMode      string

@@ -125,11 +125,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.TokenTTL == 0 {
 		c.TokenTTL = DefaultTokenTTL
 	}
+	// A cost outside bcrypt's range is left to etcd's auth.NewAuthStore,
+	// which logs it and uses the default, as etcd does.
 	if c.BcryptCost == 0 {
 		c.BcryptCost = bcrypt.DefaultCost
-	}
-	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
-		return c, fmt.Errorf("kvstore: BcryptCost %d outside [%d, %d]", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	if c.healthInterval == 0 {
 		c.healthInterval = healthInterval

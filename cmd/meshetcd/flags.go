@@ -75,7 +75,6 @@ var etcdExtraFlags = []extraFlag{
 	// member
 	{"wal-dir", "string", "", unsupported, "a dedicated WAL directory is not supported yet; the WAL lives under --data-dir"},
 	{"listen-client-http-urls", "string", "", unsupported, "separate HTTP-only client listeners are not supported yet; HTTP is served on --listen-client-urls"},
-	{"listen-metrics-urls", "string", "", unsupported, "separate metrics listeners are not supported yet; /metrics and /health are served on --listen-client-urls"},
 	{"max-snapshots", "uint", "5", harmless, "deprecated in etcd 3.6"},
 	{"max-wals", "uint", "5", harmless, ""},
 	{"initial-election-tick-advance", "bool", "true", harmless, ""},
@@ -88,7 +87,6 @@ var etcdExtraFlags = []extraFlag{
 	{"raft-write-timeout", "duration", "5s", harmless, "raft runs over the mesh, not rafthttp"},
 	{"pre-vote", "bool", "true", harmless, ""},
 	{"v2-deprecation", "string", "", harmless, "deprecated in etcd and ignored by it too"},
-	{"config-file", "string", "", unsupported, "configuration files are not supported yet; use flags or ETCD_* variables"},
 	{"feature-gates", "string", "", harmless, ""},
 	{"max-learners", "int", "1", harmless, ""},
 	{"snapshot-catchup-entries", "uint64", "5000", harmless, ""},
@@ -130,11 +128,6 @@ var etcdExtraFlags = []extraFlag{
 	{"tls-max-version", "string", "", security, "TLS is not implemented yet"},
 	{"cors", "string", "*", security, "CORS restrictions are not implemented yet"},
 	{"host-whitelist", "string", "*", security, "host whitelisting is not implemented yet"},
-
-	// auth
-	{"auth-token", "string", "simple", security, "only the default 'simple' auth token provider is available"},
-	{"bcrypt-cost", "uint", "10", security, "the bcrypt cost is not configurable yet"},
-	{"auth-token-ttl", "uint", "300", security, "the auth token TTL is not configurable yet"},
 
 	// logging, monitoring, tracing
 	{"enable-log-rotation", "bool", "false", harmless, ""},
@@ -207,8 +200,16 @@ type env interface {
 }
 
 // parseFlags parses args (without the program name) and the ETCD_*
-// environment into options. Errors are usageErrors.
+// environment into options, or, when a config file is named
+// (--config-file or ETCD_CONFIG_FILE), that file alone, as etcd does.
+// Errors are usageErrors.
 func parseFlags(args []string, e env) (*options, error) {
+	return parseArgs(args, e, "")
+}
+
+// parseArgs is parseFlags; configPath is set when args were made from
+// that config file (configFileArgs).
+func parseArgs(args []string, e env, configPath string) (*options, error) {
 	o := &options{cfg: embed.NewConfig()}
 	cfg := &o.cfg
 	fs := pflag.NewFlagSet("meshetcd", pflag.ContinueOnError)
@@ -221,11 +222,14 @@ func parseFlags(args []string, e env) (*options, error) {
 	acurls := newURLsValue(embed.DefaultAdvertiseClientURL)
 	lpurls := newURLsValue(embed.DefaultListenPeerURL)
 	apurls := newURLsValue(embed.DefaultInitialAdvertisePeerURL)
+	lmurls := &urlsValue{}
 	clusterState := &choiceValue{v: embed.ClusterStateNew, valid: []string{embed.ClusterStateNew, embed.ClusterStateExisting}}
 	var (
 		heartbeatMs, electionMs uint
+		authTokenTTL            uint
 		logger, logOutputs      string
 		peers, meshPasswordFile string
+		configFile              string
 	)
 
 	// member
@@ -245,6 +249,7 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.DurationVar(&cfg.GRPCKeepAliveTimeout, "grpc-keepalive-timeout", 20*time.Second, "Additional duration of wait before closing a non-responsive connection (0 to disable).")
 	fs.DurationVar(&cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", 0, "Duration of periodic watch progress notifications (0 means 10m).")
 	fs.DurationVar(&cfg.WarningUnaryRequestDuration, "warning-unary-request-duration", 300*time.Millisecond, "Time duration after which a warning is logged if a unary request takes more than this duration.")
+	fs.Var(lmurls, "listen-metrics-urls", "List of URLs to listen on for the metrics and health endpoints (http:// or https://; https uses the client certificate, --cert-file/--key-file).")
 
 	// clustering
 	fs.Var(apurls, "initial-advertise-peer-urls", "List of this member's peer URLs to advertise to the rest of the cluster.")
@@ -275,9 +280,15 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.BoolVar(&cfg.EnableGRPCGateway, "enable-grpc-gateway", true, "Enable the JSON gateway (/v3/...) on the client ports.")
 	fs.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "Enable runtime profiling data via HTTP server at client URL + \"/debug/pprof/\".")
 
+	// auth
+	fs.StringVar(&cfg.AuthToken, "auth-token", cfg.AuthToken, "Specify auth token specific options: 'simple', or 'jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256[,ttl=5m]'.")
+	fs.UintVar(&cfg.BcryptCost, "bcrypt-cost", cfg.BcryptCost, "Specify bcrypt algorithm cost factor for auth password hashing (4 to 31).")
+	fs.UintVar(&authTokenTTL, "auth-token-ttl", uint(embed.DefaultAuthTokenTTL.Seconds()), "The lifetime in seconds of the auth token (simple tokens; jwt takes ttl= in --auth-token).")
+
 	// unsafe
 	fs.BoolVar(&cfg.UnsafeNoFsync, "unsafe-no-fsync", false, "Disables fsync, unsafe, will cause data loss.")
 
+	fs.StringVar(&configFile, "config-file", "", "Path to the server configuration file (etcd's YAML keys plus meshetcd's). Note that if a configuration file is provided, other command line flags and environment variables will be ignored.")
 	fs.BoolVar(&o.printVersion, "version", false, "Print the version and exit.")
 	fs.BoolVarP(&o.printHelp, "help", "h", false, "Show this help and exit.")
 
@@ -299,12 +310,23 @@ func parseFlags(args []string, e env) (*options, error) {
 	if fs.NArg() != 0 {
 		return nil, usageErrorf("%q is not a valid flag", fs.Arg(0))
 	}
+	if configPath == "" {
+		if configFile == "" {
+			configFile, _ = e.Lookup(flagToEnv("config-file"))
+		}
+		if configFile != "" {
+			return parseConfigFile(configFile, fs, e)
+		}
+	}
 
 	fromEnv, err := applyEnv(fs, e, o)
 	if err != nil {
 		return nil, err
 	}
 	source := func(name string) string {
+		if configPath != "" {
+			return "--" + name + " (from " + configPath + ")"
+		}
 		if k, ok := fromEnv[name]; ok {
 			return k
 		}
@@ -356,6 +378,8 @@ func parseFlags(args []string, e env) (*options, error) {
 	cfg.ListenClientURLs = lcurls.urls
 	cfg.AdvertiseClientURLs = acurls.urls
 	cfg.ListenPeerURLs = lpurls.urls
+	cfg.ListenMetricsURLs = lmurls.urls
+	cfg.AuthTokenTTL = time.Duration(authTokenTTL) * time.Second
 	cfg.AdvertisePeerURLs = apurls.urls
 	finishPeerTLS()
 	cfg.InitialClusterState = clusterState.v
@@ -381,7 +405,8 @@ func parseFlags(args []string, e env) (*options, error) {
 	cfg.ElectionTimeout = time.Duration(electionMs) * time.Millisecond
 	// etcd: an explicit --listen-client-urls without --advertise-client-urls
 	// is an error, because the default advertised URL would point elsewhere.
-	if fs.Changed("listen-client-urls") && !fs.Changed("advertise-client-urls") {
+	// (Not for a config file: etcd keeps the default advertised URL there.)
+	if configPath == "" && fs.Changed("listen-client-urls") && !fs.Changed("advertise-client-urls") {
 		return nil, usageError{embed.ErrUnsetAdvertiseClientURLs}
 	}
 	if err := cfg.Validate(); err != nil {
@@ -389,6 +414,48 @@ func parseFlags(args []string, e env) (*options, error) {
 	}
 	return o, nil
 }
+
+// parseConfigFile parses the config file at path as the whole
+// configuration. cmdline is the command line already parsed (its flags
+// are reported as ignored); e supplies only the mesh secret.
+func parseConfigFile(path string, cmdline *pflag.FlagSet, e env) (*options, error) {
+	args, fileWarnings, err := configFileArgs(path, cmdline)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	o, err := parseArgs(args, meshSecretEnv{e}, path)
+	if err != nil {
+		return nil, err
+	}
+	// etcd's own line, then what exactly is ignored.
+	warnings := []warning{{"loaded server configuration, other configuration command line flags and environment variables will be ignored if provided", map[string]string{"path": path}, true}}
+	cmdline.Visit(func(f *pflag.Flag) {
+		if f.Name != "config-file" {
+			warnings = append(warnings, warning{"command-line flag ignored: a config file is given", map[string]string{"flag": "--" + f.Name, "config-file": path}, false})
+		}
+	})
+	for _, kv := range e.Environ() {
+		key, _, _ := strings.Cut(kv, "=")
+		if (strings.HasPrefix(key, envPrefix+"_") || strings.HasPrefix(key, meshEnvPrefix+"_")) && key != meshPasswordEnv && key != flagToEnv("config-file") {
+			warnings = append(warnings, warning{"environment variable ignored: a config file is given", map[string]string{"environment-variable": key, "config-file": path}, false})
+		}
+	}
+	o.warnings = append(append(warnings, fileWarnings...), o.warnings...)
+	return o, nil
+}
+
+// meshSecretEnv is the environment as a config file sees it: only the
+// mesh secret, which has no flag or key (see configfile.go).
+type meshSecretEnv struct{ e env }
+
+func (m meshSecretEnv) Lookup(key string) (string, bool) {
+	if key != meshPasswordEnv {
+		return "", false
+	}
+	return m.e.Lookup(key)
+}
+
+func (meshSecretEnv) Environ() []string { return nil }
 
 // applyEnv sets every flag not given on the command line from its ETCD_*
 // variable, as etcd's flags.SetFlagsFromEnv does, and records which flags

@@ -196,7 +196,7 @@ func TestSecurityFlagsRefused(t *testing.T) {
 	// The usual suspects by name, so a table edit cannot quietly drop them.
 	for _, args := range [][]string{
 		{"--cert-file", "s.crt"}, {"--key-file", "s.key"}, {"--client-cert-auth"},
-		{"--auto-tls"}, {"--auth-token", "jwt,pub-key=x"}, {"--cipher-suites", "TLS_AES_128_GCM_SHA256"},
+		{"--auto-tls"}, {"--cipher-suites", "TLS_AES_128_GCM_SHA256"},
 		{"--tls-min-version", "TLS1.3"}, {"--trusted-ca-file", "ca.crt"},
 	} {
 		mustFail(t, args, fakeEnv{}, strings.TrimPrefix(args[0], "--"))
@@ -205,7 +205,6 @@ func TestSecurityFlagsRefused(t *testing.T) {
 
 func TestUnsupportedAndHarmlessFlags(t *testing.T) {
 	mustFail(t, []string{"--wal-dir", "/tmp/wal"}, fakeEnv{}, "--wal-dir")
-	mustFail(t, []string{"--config-file", "etcd.yaml"}, fakeEnv{}, "--config-file")
 	mustFail(t, []string{"--force-new-cluster"}, fakeEnv{}, "--force-new-cluster")
 	mustFail(t, []string{"--discovery-endpoints", "http://127.0.0.1:26001", "--discovery-token", "t"}, fakeEnv{}, "discovery")
 

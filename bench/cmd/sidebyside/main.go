@@ -42,6 +42,7 @@ type config struct {
 	profileSeconds                              int
 	serverArgs                                  string
 	keepData                                    bool
+	tls                                         bool
 	lockPath                                    string
 }
 
@@ -66,6 +67,7 @@ func main() {
 	flag.StringVar(&c.profileWorkload, "profile-workload", "", "workload to run while profiling (default: the one in --workloads if it names only one, else put-100)")
 	flag.IntVar(&c.profileSeconds, "profile-seconds", 0, "CPU profile length (default 5 with --quick, else 15)")
 	flag.StringVar(&c.serverArgs, "server-args", "", "extra flags for every server of both systems (space-separated)")
+	flag.BoolVar(&c.tls, "tls", false, "client TLS for both systems: https:// client URLs, one generated CA and server certificate, --client-cert-auth; the tool connects with --cacert/--cert/--key")
 	flag.BoolVar(&c.keepData, "keep-data", false, "keep the servers' data dirs under <out>/data")
 	flag.StringVar(&c.lockPath, "lock", filepath.Join(os.TempDir(), "meshetcd-bench.lock"), "lock file that keeps two benchmark runs on one machine from overlapping (empty: no lock)")
 	flag.Parse()
@@ -109,6 +111,7 @@ type state struct {
 	notes    []string
 	started  time.Time
 	profiles []string
+	tls      *tlsFiles // nil without --tls
 }
 
 func run(c config) error {
@@ -201,6 +204,14 @@ func run(c config) error {
 		_ = os.Symlink(filepath.Base(c.out), latest)
 	}
 
+	if c.tls {
+		t, err := newTLSFiles(filepath.Join(s.dataDir, "tls"))
+		if err != nil {
+			return fmt.Errorf("generating TLS certificates: %w", err)
+		}
+		s.tls = t
+	}
+
 	// Run private copies: others rebuild bin/meshetcd and bin/etcd while we measure,
 	// and every round must run the same binary.
 	for _, sys := range []*system{s.base, s.cand} {
@@ -287,7 +298,7 @@ func (s *state) calibrate(ctx context.Context) error {
 	}
 	defer cl.stop()
 	for _, w := range need {
-		o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, w.probe, s.cfg.runTimeout)
+		o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, w.probe, s.cfg.runTimeout, s.tls.toolArgs())
 		saveRaw(filepath.Join(s.rawDir, fmt.Sprintf("calib-%s-%s.txt", s.base.name, w.name)), o)
 		if o.err != nil {
 			return fmt.Errorf("calibration %s on %s: %w", w.name, s.base.name, o.err)
@@ -325,7 +336,7 @@ func (s *state) ensurePorts() error {
 
 func (s *state) startReady(ctx context.Context, sys *system, tag string, extra []string) (*cluster, error) {
 	args := append(strings.Fields(s.cfg.serverArgs), extra...)
-	cl, err := startCluster(sys, s.cfg.members, s.portBase, s.dataDir, s.logDir, tag, args)
+	cl, err := startCluster(sys, s.cfg.members, s.portBase, s.dataDir, s.logDir, tag, args, s.tls)
 	if err != nil {
 		return nil, err
 	}
@@ -433,7 +444,7 @@ func (s *state) measure(ctx context.Context, cl *cluster, w *workload, r, order 
 	}
 	res.RSSReset = cl.resetPeakRSS()
 	cpu0, _, err0 := cl.usage()
-	o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, res.Total, s.cfg.runTimeout)
+	o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, res.Total, s.cfg.runTimeout, s.tls.toolArgs())
 	cpu1, hwm, err1 := cl.usage()
 	saveRaw(filepath.Join(s.rawDir, fmt.Sprintf("r%d-%s-%s.txt", r, cl.sys.name, w.name)), o)
 	res.Wall, res.ClientCPU = o.wall.Seconds(), o.clientCPU
@@ -505,6 +516,9 @@ func (s *state) writeResults() error {
 		fmt.Fprintf(f, ", extra: `%s`", c.serverArgs)
 	}
 	fmt.Fprintf(f, "\n- %d rounds, fresh servers and data dirs each round; workloads alternate between the systems (odd rounds %s first, even rounds %s first)\n", c.rounds, s.base.name, s.cand.name)
+	if s.tls != nil {
+		fmt.Fprintf(f, "- %s\n", s.tls.describe())
+	}
 	fmt.Fprintf(f, "- request totals (calibrated to ~%v per run on %s unless fixed):", c.duration, s.base.name)
 	for _, w := range s.ws {
 		fmt.Fprintf(f, " %s=%d", w.name, s.totals[w.name])

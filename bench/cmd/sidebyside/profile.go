@@ -51,9 +51,14 @@ func (s *state) profileOne(ctx context.Context, sys *system, w *workload, total 
 	}
 	defer cl.stop()
 	target := cl.leader(ctx)
+	tc, err := s.tls.clientConfig()
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
 	base := target.clientURL() + "/debug/pprof/"
 	// Fail fast when the server has no pprof handler.
-	if err := httpGet(ctx, base+"cmdline", io.Discard, 5*time.Second); err != nil {
+	if err := httpGet(ctx, hc, base+"cmdline", io.Discard, 5*time.Second); err != nil {
 		return fmt.Errorf("no /debug/pprof: %w", err)
 	}
 	cpuPath := filepath.Join(dir, sys.name+"-cpu-"+w.name+".pb.gz")
@@ -68,13 +73,13 @@ func (s *state) profileOne(ctx context.Context, sys *system, w *workload, total 
 			return
 		}
 		defer f.Close()
-		done <- httpGet(ctx, fmt.Sprintf("%sprofile?seconds=%d", base, s.cfg.profileSeconds), f, time.Duration(s.cfg.profileSeconds+30)*time.Second)
+		done <- httpGet(ctx, hc, fmt.Sprintf("%sprofile?seconds=%d", base, s.cfg.profileSeconds), f, time.Duration(s.cfg.profileSeconds+30)*time.Second)
 	}()
 	var cpuErr error
 	runs := 0
 loop:
 	for {
-		o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, total, s.cfg.runTimeout)
+		o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, total, s.cfg.runTimeout, s.tls.toolArgs())
 		runs++
 		saveRaw(filepath.Join(dir, fmt.Sprintf("%s-%s-run%d.txt", sys.name, w.name, runs)), o)
 		if o.err != nil {
@@ -94,7 +99,7 @@ loop:
 	if err != nil {
 		return err
 	}
-	err = httpGet(ctx, base+"heap", hf, 30*time.Second)
+	err = httpGet(ctx, hc, base+"heap", hf, 30*time.Second)
 	hf.Close()
 	if err != nil {
 		return fmt.Errorf("heap profile: %w", err)
@@ -123,14 +128,14 @@ loop:
 	return nil
 }
 
-func httpGet(ctx context.Context, url string, w io.Writer, timeout time.Duration) error {
+func httpGet(ctx context.Context, client *http.Client, url string, w io.Writer, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -32,13 +32,14 @@ type member struct {
 	name       string
 	clientPort int
 	peerPort   int
+	scheme     string // of the client URL: http, or https in a --tls run
 	cmd        *exec.Cmd
 	logPath    string
 	exited     chan struct{}
 	exitErr    error
 }
 
-func (m *member) clientURL() string { return fmt.Sprintf("http://127.0.0.1:%d", m.clientPort) }
+func (m *member) clientURL() string { return fmt.Sprintf("%s://127.0.0.1:%d", m.scheme, m.clientPort) }
 func (m *member) peerURL() string   { return fmt.Sprintf("http://127.0.0.1:%d", m.peerPort) }
 func (m *member) endpoint() string  { return fmt.Sprintf("127.0.0.1:%d", m.clientPort) }
 func (m *member) pid() int          { return m.cmd.Process.Pid }
@@ -59,6 +60,7 @@ type cluster struct {
 	dataDir string
 	started time.Time
 	ready   time.Duration
+	tls     *tlsFiles // nil: plaintext clients
 }
 
 // portsFor is the port scheme, identical for every system: system block s starts at
@@ -100,9 +102,11 @@ func portsFree(base, members int) bool {
 }
 
 // startCluster starts n members of sys with etcd's static-bootstrap flags, identical
-// for every system. extra is appended to every member's command line.
-func startCluster(sys *system, n, portBase int, dataRoot, logDir, tag string, extra []string) (*cluster, error) {
-	c := &cluster{sys: sys, dataDir: filepath.Join(dataRoot, tag+"-"+sys.name), started: time.Now()}
+// for every system. extra is appended to every member's command line. With tls,
+// client URLs are https:// and every member gets the same certificate flags.
+func startCluster(sys *system, n, portBase int, dataRoot, logDir, tag string, extra []string, tls *tlsFiles) (*cluster, error) {
+	c := &cluster{sys: sys, dataDir: filepath.Join(dataRoot, tag+"-"+sys.name), started: time.Now(), tls: tls}
+	extra = append(tls.serverArgs(), extra...)
 	if err := os.RemoveAll(c.dataDir); err != nil {
 		return nil, err
 	}
@@ -112,7 +116,7 @@ func startCluster(sys *system, n, portBase int, dataRoot, logDir, tag string, ex
 	var initial []string
 	for i := 0; i < n; i++ {
 		cp, pp := portsFor(portBase, sys.index, i)
-		m := &member{name: fmt.Sprintf("m%d", i), clientPort: cp, peerPort: pp, exited: make(chan struct{})}
+		m := &member{name: fmt.Sprintf("m%d", i), clientPort: cp, peerPort: pp, scheme: tls.scheme(), exited: make(chan struct{})}
 		c.members = append(c.members, m)
 		initial = append(initial, m.name+"="+m.peerURL())
 	}
@@ -155,11 +159,16 @@ func startCluster(sys *system, n, portBase int, dataRoot, logDir, tag string, ex
 	return c, nil
 }
 
-func newClient(eps []string) (*clientv3.Client, error) {
+func newClient(eps []string, t *tlsFiles) (*clientv3.Client, error) {
+	tc, err := t.clientConfig()
+	if err != nil {
+		return nil, err
+	}
 	return clientv3.New(clientv3.Config{
 		Endpoints:   eps,
 		DialTimeout: 2 * time.Second,
 		Logger:      zap.NewNop(),
+		TLS:         tc,
 	})
 }
 
@@ -168,7 +177,7 @@ func newClient(eps []string) (*clientv3.Client, error) {
 func (c *cluster) waitReady(ctx context.Context, timeout time.Duration, seedKey, seedVal string) error {
 	deadline := time.Now().Add(timeout)
 	var last error
-	cli, err := newClient(c.endpoints())
+	cli, err := newClient(c.endpoints(), c.tls)
 	if err != nil {
 		return err
 	}
@@ -238,7 +247,7 @@ func (c *cluster) formed(ctx context.Context, cli *clientv3.Client) error {
 // leader returns the member that is the Raft leader now (the first member if that
 // cannot be told).
 func (c *cluster) leader(ctx context.Context) *member {
-	cli, err := newClient(c.endpoints())
+	cli, err := newClient(c.endpoints(), c.tls)
 	if err != nil {
 		return c.members[0]
 	}

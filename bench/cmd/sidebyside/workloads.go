@@ -106,8 +106,9 @@ type benchOutcome struct {
 
 // runBenchmark runs the tool once against eps. It fails on a non-zero exit, a timeout,
 // unparsable output or a report with no successful request; request errors are
-// returned in sum.Errors and judged by the caller.
-func runBenchmark(ctx context.Context, bin string, eps []string, w *workload, total int, timeout time.Duration) benchOutcome {
+// returned in sum.Errors and judged by the caller. tlsArgs are the tool's
+// --cacert/--cert/--key in a --tls run.
+func runBenchmark(ctx context.Context, bin string, eps []string, w *workload, total int, timeout time.Duration, tlsArgs []string) benchOutcome {
 	args := []string{
 		"--endpoints=" + strings.Join(eps, ","),
 		"--conns=" + strconv.Itoa(w.conns),
@@ -115,6 +116,7 @@ func runBenchmark(ctx context.Context, bin string, eps []string, w *workload, to
 		"--precise",
 		"--dial-timeout=5s",
 	}
+	args = append(args, tlsArgs...)
 	args = append(args, w.args(total)...)
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

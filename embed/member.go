@@ -201,7 +201,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 			kc.Join = true
 		}
 	}
-	kc.Mesh = router
+	kc.Peers = meshPeers(lg, router, kc.PeerURLs.StringSlice())
 
 	// A joining member asks the cluster for its membership over the mesh;
 	// bound that (JoinTimeout) so a refused or isolated joiner fails with

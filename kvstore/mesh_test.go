@@ -23,7 +23,7 @@ import (
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
 	"github.com/meshetcd/meshetcd/meshconn"
-	"github.com/meshetcd/meshetcd/raftnode"
+	"github.com/meshetcd/meshetcd/peer"
 )
 
 var meshTestPSK = bytes.Repeat([]byte{5}, 32)
@@ -127,7 +127,7 @@ func (c *meshCluster) stopAll() {
 // other member's address.
 func (c *meshCluster) meshRouterConfig(i int, seeds []string) mesh.Config {
 	cfg := mesh.DefaultConfig()
-	name, err := raftnode.PeerNameFromURLs([]string{peerURL(i)})
+	name, err := peer.NameFromURLs([]string{peerURL(i)})
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func (c *meshCluster) meshRouterConfig(i int, seeds []string) mesh.Config {
 	cfg.BackoffMax = 500 * time.Millisecond
 	cfg.AuthFailureBackoff = 500 * time.Millisecond
 	cfg.HandshakeTimeout = 2 * time.Second
-	cfg.MaxDatagramSize = MeshMaxDatagramSize(Config{})
+	cfg.MaxDatagramSize = peer.MaxDatagramSize(Config{}.EffectiveMaxSizePerMsg())
 	cfg.Logger = zaptest.NewLogger(c.t, zaptest.Level(zapcore.ErrorLevel)).Named(fmt.Sprintf("mesh%d", i))
 	if seeds == nil {
 		for j := 0; j < len(c.cfgs); j++ {
@@ -171,9 +171,19 @@ func (c *meshCluster) startRouter(i int, seeds []string) *mesh.Router {
 	return r
 }
 
+// meshPeers is Config.Peers for a member on router r.
+func meshPeers(r *mesh.Router, cfg Config) func(PeerHost) (Peers, error) {
+	return func(h PeerHost) (Peers, error) {
+		return peer.New(peer.Config{Logger: cfg.Logger, Router: r, Host: h, PeerURLs: cfg.PeerURLs.StringSlice()})
+	}
+}
+
+// meshStats are s's raft traffic counters over the mesh.
+func meshStats(s *Server) peer.RaftStats { return s.peers.(*peer.Transport).Stats() }
+
 func (c *meshCluster) startMember(i int, ctx context.Context) error {
 	cfg := c.cfgs[i]
-	cfg.Mesh = c.routers[i]
+	cfg.Peers = meshPeers(c.routers[i], cfg)
 	s, err := New(ctx, cfg)
 	if err != nil {
 		return err
@@ -314,7 +324,7 @@ func TestMeshClusterReplicatesAndForwards(t *testing.T) {
 	if err := f.MoveLeader(ctx, uint64(c.members[lead].MemberID()), uint64(f.MemberID())); err == nil {
 		t.Fatal("MoveLeader on a follower succeeded")
 	}
-	st := f.tr.Stats()
+	st := meshStats(f)
 	if st.Sent == 0 || st.Received == 0 {
 		t.Fatalf("mesh transport stats %+v: nothing went over the mesh", st)
 	}
@@ -584,10 +594,10 @@ func TestMeshSnapshotThroughRelay(t *testing.T) {
 	if err != nil || r.Count != 60 {
 		t.Fatalf("caught-up member has %v, %v; want 60 keys", r, err)
 	}
-	if got := m.tr.Stats().SnapshotsReceived; got == 0 {
+	if got := meshStats(m).SnapshotsReceived; got == 0 {
 		t.Fatal("the lagging member caught up without a snapshot; the test did not test snapshots")
 	}
-	if c.members[a].tr.Stats().SnapshotsSent == 0 && c.members[a].Leader() == c.members[a].MemberID() {
+	if meshStats(c.members[a]).SnapshotsSent == 0 && c.members[a].Leader() == c.members[a].MemberID() {
 		t.Fatal("leader reports no snapshot sent")
 	}
 	mustPut(t, m, "after-snapshot", "ok")
@@ -648,7 +658,7 @@ func TestMeshJoinAsLearnerAndPromote(t *testing.T) {
 	// A second join with the same peer URLs (a lost answer, retried) gets
 	// the same id rather than a second member, but a started member's URLs
 	// cannot be taken over.
-	if _, err := lead.handleJoin(ctx, c.routers[3].Name(), []byte(`{"name":"m3","peerURLs":["`+peerURL(3)+`"]}`)); !errors.Is(err, membership.ErrPeerURLexists) {
+	if _, err := lead.handleJoin(ctx, string(c.routers[3].Name()), []byte(`{"name":"m3","peerURLs":["`+peerURL(3)+`"]}`)); !errors.Is(err, membership.ErrPeerURLexists) {
 		t.Fatalf("join with the URLs of a started member: err = %v, want ErrPeerURLexists", err)
 	}
 }
@@ -747,7 +757,7 @@ func TestMeshForeignPeersCannotDisturb(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Stop()
-	pc, err := meshconn.Listen(r, meshconn.DefaultRaftChannel, meshconn.PacketConfig{})
+	pc, err := meshconn.Listen(r, peer.RaftChannel, meshconn.PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -757,7 +767,7 @@ func TestMeshForeignPeersCannotDisturb(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		pc.WriteTo([]byte{0xff, 0xff, byte(i), 0x01, 0x02}, dst)
 	}
-	eventually(t, 10*time.Second, "garbage counted as malformed", func() bool { return c.members[0].tr.Stats().Malformed > 0 })
+	eventually(t, 10*time.Second, "garbage counted as malformed", func() bool { return meshStats(c.members[0]).Malformed > 0 })
 	mustPut(t, c.members[0], "after-garbage", "ok")
 	mustPut(t, c.members[c.leader()], "after-foreigners", "ok")
 	if n := len(c.members[0].Members()); n != 3 {
@@ -775,7 +785,7 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	// A join that reaches a follower is forwarded to the leader.
 	f0 := c.members[o[0]]
 	joinReq := []byte(`{"name":"m7","peerURLs":["` + peerURL(7) + `"]}`)
-	b, err := f0.handleJoin(ctx, mesh.PeerName(peerURL(7)[len("http://"):]), joinReq)
+	b, err := f0.handleJoin(ctx, peerURL(7)[len("http://"):], joinReq)
 	if err != nil {
 		t.Fatalf("join through a follower: %v", err)
 	}
@@ -805,10 +815,10 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	// strict reconfiguration refuses to remove the other, active, follower:
 	// with one member down that would leave no active quorum.
 	downID := c.members[o[0]].MemberID()
-	downPeer := c.routers[o[0]].Name()
 	c.kill(o[0])
 	eventually(t, waitTimeout, "the leader sees the killed member inactive", func() bool {
-		return lead.tr.ActiveSince(downPeer).IsZero()
+		since, _ := lead.peers.ActiveSince(uint64(downID))
+		return since.IsZero()
 	})
 	if _, err := lead.RemoveMember(ctx, uint64(c.members[o[1]].MemberID())); !errors.Is(err, servererrors.ErrUnhealthy) {
 		t.Fatalf("removing an active member while another is down: err = %v, want ErrUnhealthy", err)

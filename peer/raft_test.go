@@ -1,10 +1,11 @@
-package raftnode
+package peer
 
 import (
 	"bytes"
 	"context"
-	"path/filepath"
+	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,13 +13,16 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
-	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
 	"github.com/meshetcd/meshetcd/meshconn"
+	"github.com/meshetcd/meshetcd/raftnode"
 )
+
+// waitTimeout is generous: tests share two cores with other work.
+const waitTimeout = 30 * time.Second
 
 func TestPeerNameFromURLs(t *testing.T) {
 	for _, tc := range []struct {
@@ -35,7 +39,7 @@ func TestPeerNameFromURLs(t *testing.T) {
 		{urls: []string{"unix"}, err: "no host:port"},
 		{urls: []string{"http://%zz"}, err: "invalid"},
 	} {
-		got, err := PeerNameFromURLs(tc.urls)
+		got, err := NameFromURLs(tc.urls)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("PeerNameFromURLs(%v) = %q, %v; want error containing %q", tc.urls, got, err, tc.err)
@@ -45,41 +49,6 @@ func TestPeerNameFromURLs(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("PeerNameFromURLs(%v) = %q, %v; want %q", tc.urls, got, err, tc.want)
 		}
-	}
-}
-
-func TestRequiredMessageSizeCoversAFullBatch(t *testing.T) {
-	// A batch of tiny entries is where protobuf framing costs most.
-	const maxSize = 64 << 10
-	m := &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: new(uint64(1)), From: new(uint64(2)),
-		Term: new(uint64(1 << 40)), LogTerm: new(uint64(1 << 40)), Index: new(uint64(1 << 50)), Commit: new(uint64(1 << 50))}
-	size := 0
-	for i := uint64(0); size <= maxSize; i++ {
-		e := &raftpb.Entry{Term: new(uint64(1 << 40)), Index: new(1<<50 + i), Type: raftpb.EntryNormal.Enum()}
-		size += proto.Size(e)
-		m.Entries = append(m.Entries, e)
-	}
-	if got, limit := proto.Size(m), RequiredMessageSize(maxSize); got > limit {
-		t.Fatalf("a batch of %d tiny entries marshals to %d bytes > RequiredMessageSize %d", len(m.Entries), got, limit)
-	}
-}
-
-// sizedTransport is a Transport with a message size limit.
-type sizedTransport struct{ max int }
-
-func (sizedTransport) Send([]*raftpb.Message)      {}
-func (t sizedTransport) MaxMessageSize() int       { return t.max }
-func (sizedTransport) SendSnapshot(m snap.Message) { m.CloseWithError(nil) }
-
-func TestCreateRefusesTooSmallTransport(t *testing.T) {
-	dir := t.TempDir()
-	_, err := Create(Config{
-		WALDir: filepath.Join(dir, "wal"), SnapDir: filepath.Join(dir, "snap"),
-		MaxSizePerMsg: 2 << 20,
-		Transport:     sizedTransport{max: 1 << 20},
-	}, Bootstrap{NodeID: 1, ClusterID: 1})
-	if err == nil || !strings.Contains(err.Error(), "MaxDatagramSize") {
-		t.Fatalf("Create with a 1 MiB transport and MaxSizePerMsg 2 MiB: err = %v; want a clear size error", err)
 	}
 }
 
@@ -97,7 +66,7 @@ func meshPair(t *testing.T) (a, b *mesh.Router) {
 		cfg.Seeds = seeds
 		cfg.DeadTimeout = 2 * time.Second
 		cfg.BackoffMin, cfg.BackoffMax = 50*time.Millisecond, 500*time.Millisecond
-		cfg.MaxDatagramSize = MeshMaxDatagramSize(DefaultMaxSizePerMsg)
+		cfg.MaxDatagramSize = MaxDatagramSize(raftnode.DefaultMaxSizePerMsg)
 		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel))
 		r, err := mesh.New(cfg)
 		if err != nil {
@@ -121,36 +90,48 @@ func meshPair(t *testing.T) (a, b *mesh.Router) {
 	return a, b
 }
 
+// fakeRaft is a Raft host that records what it was handed.
+type fakeRaft struct {
+	id        uint64
+	mu        sync.Mutex
+	processed []*raftpb.Message
+	unreach   []uint64
+}
+
+func (f *fakeRaft) ID() uint64                  { return f.id }
+func (f *fakeRaft) IsIDRemoved(uint64) bool     { return false }
+func (f *fakeRaft) ReportSnapshot(uint64, bool) {}
+func (f *fakeRaft) SaveSnapshotDB(r io.Reader, _ uint64) (int64, error) {
+	return io.Copy(io.Discard, r)
+}
+func (f *fakeRaft) Process(_ context.Context, m *raftpb.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.processed = append(f.processed, m)
+	return nil
+}
+func (f *fakeRaft) ReportUnreachable(id uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unreach = append(f.unreach, id)
+}
+
 // TestMeshTransportDropsGarbage feeds undecodable and misaddressed
-// datagrams to a bound transport: they are counted, never stepped, and
-// the node keeps running.
+// datagrams to a running transport: they are counted, never processed.
 func TestMeshTransportDropsGarbage(t *testing.T) {
 	a, b := meshPair(t)
-	tr, err := NewMeshTransport(MeshTransportConfig{Router: a})
+	host := &fakeRaft{id: 1}
+	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host,
+		Resolve: func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if got, want := tr.MaxMessageSize(), RequiredMessageSize(DefaultMaxSizePerMsg); got < want {
-		t.Fatalf("MaxMessageSize %d < required %d with MeshMaxDatagramSize", got, want)
+	if got, want := tr.MaxMessageSize(), raftnode.RequiredMessageSize(raftnode.DefaultMaxSizePerMsg); got < want {
+		t.Fatalf("MaxMessageSize %d < required %d with MaxDatagramSize", got, want)
 	}
-	dir := t.TempDir()
-	n, err := Create(Config{
-		Logger: zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)),
-		WALDir: filepath.Join(dir, "wal"), SnapDir: filepath.Join(dir, "snap"),
-		Transport:    tr,
-		PeerResolver: func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 },
-	}, Bootstrap{NodeID: 1, ClusterID: 1, Peers: nil})
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := &recordingApplier{node: n}
-	if err := n.Start(app); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Stop()
 
-	pc, err := meshconn.Listen(b, meshconn.DefaultRaftChannel, meshconn.PacketConfig{})
+	pc, err := meshconn.Listen(b, RaftChannel, meshconn.PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,13 +153,20 @@ func TestMeshTransportDropsGarbage(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n.Err() != nil {
-		t.Fatalf("node failed: %v", n.Err())
+	host.mu.Lock()
+	if len(host.processed) != 0 {
+		t.Fatalf("garbage was processed: %v", host.processed)
 	}
+	host.mu.Unlock()
 
 	// A message to an unknown member is reported, not sent.
 	tr.Send([]*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(7)), From: new(uint64(1))}})
 	if st := tr.Stats(); st.SendFailed != 1 {
 		t.Fatalf("send to an unknown member: stats %+v, want one failure", st)
+	}
+	host.mu.Lock()
+	defer host.mu.Unlock()
+	if len(host.unreach) != 1 || host.unreach[0] != 7 {
+		t.Fatalf("unreachable reports %v, want [7]", host.unreach)
 	}
 }

@@ -1,4 +1,4 @@
-package peerrpc
+package peer
 
 import (
 	"context"
@@ -49,7 +49,7 @@ func (s fakeSender) Send(dst mesh.PeerName, payload []byte) error {
 
 func newEndpoint(t *testing.T, nw *fakeNet, name mesh.PeerName, maxConc int) *Endpoint {
 	t.Helper()
-	e, err := New(Config{MaxConcurrent: maxConc, Open: func(h mesh.DatagramHandler) (Sender, error) {
+	e, err := NewEndpoint(EndpointConfig{MaxConcurrent: maxConc, Open: func(h mesh.DatagramHandler) (sender, error) {
 		nw.mu.Lock()
 		nw.handlers[name] = h
 		nw.mu.Unlock()
@@ -62,7 +62,13 @@ func newEndpoint(t *testing.T, nw *fakeNet, name mesh.PeerName, maxConc int) *En
 	return e
 }
 
-var errSentinel = errors.New("etcdserver: not leader")
+// codedSentinel is a handler error with a wire code.
+type codedSentinel struct{ msg string }
+
+func (e codedSentinel) Error() string         { return e.msg }
+func (e codedSentinel) PeerErrorCode() uint16 { return 7 }
+
+var errSentinel = codedSentinel{"etcdserver: not leader"}
 
 func TestCallAndErrors(t *testing.T) {
 	nw := &fakeNet{handlers: map[mesh.PeerName]mesh.DatagramHandler{}}

@@ -90,7 +90,9 @@ func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram 
 }
 
 // meshDatagramSize is the datagram limit raft needs for this config.
-func meshDatagramSize(kc kvstore.Config) int { return peer.MaxDatagramSize(kc.EffectiveMaxSizePerMsg()) }
+func meshDatagramSize(kc kvstore.Config) int {
+	return peer.MaxDatagramSize(kc.EffectiveMaxSizePerMsg())
+}
 
 // meshPeers is kvstore.Config.Peers for a member on router: its one door
 // to the other members over the mesh.

@@ -136,12 +136,12 @@ func BenchmarkDatagramRTTUnderBulk(b *testing.B) {
 	for _, relay := range []bool{false, true} {
 		b.Run(map[bool]string{false: "direct", true: "relay"}[relay], func(b *testing.B) {
 			src, dst := tcpRouters(b, relay, true, nil)
-			bs, err := NewBulk(src, DefaultBulkChannel, BulkConfig{})
+			bs, err := NewBulk(src, testBulkChannel, BulkConfig{})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer bs.Close()
-			bd, err := NewBulk(dst, DefaultBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
+			bd, err := NewBulk(dst, testBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
 				_, err := io.Copy(io.Discard, in.Body)
 				return err
 			}})
@@ -171,11 +171,11 @@ func BenchmarkDatagramRTTUnderBulk(b *testing.B) {
 // echoPair opens PacketConns on src and dst, dst echoing; close them with
 // the returned func. A channel id can be opened once per router.
 func echoPair(b *testing.B, src, dst *mesh.Router) (ps *PacketConn, to MeshAddr, closeFn func()) {
-	ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
+	ps, err := Listen(src, testPacketChannel, PacketConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
+	pd, err := Listen(dst, testPacketChannel, PacketConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -222,12 +222,12 @@ func benchRTT(b *testing.B, ps *PacketConn, to MeshAddr, size int) {
 func BenchmarkDatagramThroughput(b *testing.B) {
 	const inflight, every = 512, 64
 	benchTopologies(b, func(b *testing.B, src, dst *mesh.Router) {
-		ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
+		ps, err := Listen(src, testPacketChannel, PacketConfig{})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer ps.Close()
-		pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
+		pd, err := Listen(dst, testPacketChannel, PacketConfig{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -338,12 +338,12 @@ func BenchmarkBulkTransfer(b *testing.B) {
 						c.BulkRate = 1 << 40
 					}
 				})
-				bs, err := NewBulk(src, DefaultBulkChannel, BulkConfig{})
+				bs, err := NewBulk(src, testBulkChannel, BulkConfig{})
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer bs.Close()
-				bd, err := NewBulk(dst, DefaultBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
+				bd, err := NewBulk(dst, testBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
 					_, err := io.Copy(io.Discard, in.Body)
 					return err
 				}})

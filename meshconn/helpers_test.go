@@ -5,6 +5,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/mesh"
+)
+
+// The channel ids these tests open (members use the peer package's).
+const (
+	testPacketChannel mesh.ChannelID = 32
+	testBulkChannel   mesh.ChannelID = 33
 )
 
 // eventually polls cond until it holds or d passes.

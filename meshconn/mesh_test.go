@@ -77,11 +77,11 @@ func memLine(t *testing.T) (nw *memnet.Network, a, b, c *mesh.Router) {
 
 func TestPacketConnThroughRelay(t *testing.T) {
 	_, a, _, c := memLine(t)
-	pa, err := Listen(a, DefaultRaftChannel, PacketConfig{})
+	pa, err := Listen(a, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := Listen(c, DefaultRaftChannel, PacketConfig{})
+	pc, err := Listen(c, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,11 +203,11 @@ func TestBulk64MiBThroughRelayBoundedMemory(t *testing.T) {
 	_, a, _, c := memLine(t)
 	const size = 64 << 20
 	got := make(chan received, 1)
-	bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got)})
+	bc, err := NewBulk(c, testBulkChannel, BulkConfig{Handler: hashingHandler(got)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{})
+	ba, err := NewBulk(a, testBulkChannel, BulkConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,12 +255,12 @@ func TestBulkFailsWhenReceiverDies(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			nw, a, _, c := memLine(t)
 			got := make(chan received, 1)
-			bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got), IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+			bc, err := NewBulk(c, testBulkChannel, BulkConfig{Handler: hashingHandler(got), IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer bc.Close()
-			ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+			ba, err := NewBulk(a, testBulkChannel, BulkConfig{IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -308,12 +308,12 @@ func TestBulkFailsWhenReceiverDies(t *testing.T) {
 // must be intact and unique.
 func TestPacketConnThroughLossyRelay(t *testing.T) {
 	nw, a, _, c := memLine(t)
-	pa, err := Listen(a, DefaultRaftChannel, PacketConfig{})
+	pa, err := Listen(a, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pa.Close()
-	pc, err := Listen(c, DefaultRaftChannel, PacketConfig{})
+	pc, err := Listen(c, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,13 +358,13 @@ func TestBulkThroughLossyRelay(t *testing.T) {
 	nw, a, _, c := memLine(t)
 	got := make(chan received, 1)
 	cfg := BulkConfig{Handler: hashingHandler(got), ChunkSize: 32 << 10, RetransmitTimeout: 100 * time.Millisecond, NoRouteGrace: 10 * time.Second}
-	bc, err := NewBulk(c, DefaultBulkChannel, cfg)
+	bc, err := NewBulk(c, testBulkChannel, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer bc.Close()
 	cfg.Handler = nil
-	ba, err := NewBulk(a, DefaultBulkChannel, cfg)
+	ba, err := NewBulk(a, testBulkChannel, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

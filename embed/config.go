@@ -137,7 +137,7 @@ type Config struct {
 	// true): refuse membership changes that could lose quorum.
 	StrictReconfigCheck bool
 	// MeshTransport is how the mesh router dials and listens; nil means
-	// TCP. StartCluster uses an in-memory mesh/memnet network.
+	// TCP. StartCluster sets it from ClusterOptions.Network.
 	MeshTransport mesh.Transport
 	// MeshTuning, when set, adjusts the mesh router's configuration after
 	// meshetcd filled it in (timeouts for a WAN, test speed-ups).

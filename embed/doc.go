@@ -76,7 +76,10 @@
 //
 // # Clusters in one process
 //
-// StartCluster runs n members in the process, on an in-memory network
-// (mesh/memnet, with Cut/Heal/Partition for tests) or on loopback TCP, and
-// returns a client connected to all of them; see ExampleStartCluster.
+// StartCluster runs n members in the process, on loopback TCP or, with
+// ClusterOptions.Network (embedtest.NewNetwork(), mesh/memnet), on an in-memory
+// network with Cut/Heal/Partition for tests, and returns a client
+// connected to all of them; see ExampleStartCluster. The in-memory network
+// is an option rather than a dependency, so the meshetcd binary does not
+// link it.
 package embed

@@ -20,6 +20,7 @@ import (
 	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/lease"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
 	"github.com/meshetcd/meshetcd/meshconn"
@@ -265,17 +266,6 @@ func containsInt(xs []int, x int) bool {
 		}
 	}
 	return false
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestMeshClusterReplicatesAndForwards(t *testing.T) {
@@ -532,7 +522,7 @@ func testPartialConnectivity(t *testing.T, fault string) {
 		c.nw.Blackhole(hostName(a), hostName(cc))
 	}
 	cut := time.Now()
-	eventually(t, 10*time.Second, "A routes to C through B", func() bool {
+	testutil.Eventually(t, 10*time.Second, "A routes to C through B", func() bool {
 		for _, r := range c.routers[a].Status().Routes {
 			if r.Dest == c.routers[cc].Name() {
 				return r.NextHop == c.routers[b].Name()
@@ -638,7 +628,7 @@ func TestMeshJoinAsLearnerAndPromote(t *testing.T) {
 		t.Fatalf("joined member is %+v on the leader; want a learner", m)
 	}
 	c.waitReady(3)
-	eventually(t, waitTimeout, "the joined member is promoted to a voter", func() bool {
+	testutil.Eventually(t, waitTimeout, "the joined member is promoted to a voter", func() bool {
 		m := lead.cluster.Member(j.MemberID())
 		return m != nil && !m.IsLearner && !j.IsLearner()
 	})
@@ -737,7 +727,7 @@ func TestMeshForeignPeersCannotDisturb(t *testing.T) {
 		if err == nil {
 			t.Fatalf("%s: a member on a foreign mesh joined the cluster", tc.name)
 		}
-		eventually(t, 10*time.Second, tc.name+": handshake refused and logged in status", func() bool {
+		testutil.Eventually(t, 10*time.Second, tc.name+": handshake refused and logged in status", func() bool {
 			return len(c.routers[0].Status().HandshakeFailures) > 0 || len(r.Status().HandshakeFailures) > 0
 		})
 		if r.Reachable(c.routers[0].Name()) || c.routers[0].Reachable(r.Name()) {
@@ -763,11 +753,11 @@ func TestMeshForeignPeersCannotDisturb(t *testing.T) {
 	}
 	defer pc.Close()
 	dst := meshconn.MeshAddr{Peer: c.routers[0].Name()}
-	eventually(t, 10*time.Second, "garbage sender reaches m0", func() bool { return r.Reachable(dst.Peer) })
+	testutil.Eventually(t, 10*time.Second, "garbage sender reaches m0", func() bool { return r.Reachable(dst.Peer) })
 	for i := 0; i < 100; i++ {
 		pc.WriteTo([]byte{0xff, 0xff, byte(i), 0x01, 0x02}, dst)
 	}
-	eventually(t, 10*time.Second, "garbage counted as malformed", func() bool { return meshStats(c.members[0]).Malformed > 0 })
+	testutil.Eventually(t, 10*time.Second, "garbage counted as malformed", func() bool { return meshStats(c.members[0]).Malformed > 0 })
 	mustPut(t, c.members[0], "after-garbage", "ok")
 	mustPut(t, c.members[c.leader()], "after-foreigners", "ok")
 	if n := len(c.members[0].Members()); n != 3 {
@@ -816,7 +806,7 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	// with one member down that would leave no active quorum.
 	downID := c.members[o[0]].MemberID()
 	c.kill(o[0])
-	eventually(t, waitTimeout, "the leader sees the killed member inactive", func() bool {
+	testutil.Eventually(t, waitTimeout, "the leader sees the killed member inactive", func() bool {
 		since, _ := lead.peers.ActiveSince(uint64(downID))
 		return since.IsZero()
 	})

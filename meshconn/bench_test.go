@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
@@ -70,7 +71,7 @@ func tcpRouters(tb testing.TB, relay, encrypted bool, tweak func(*mesh.Config)) 
 	b := start("b", newTr())
 	if !relay {
 		a := start("a", newTr(), b.ListenAddr())
-		eventually(tb, 20*time.Second, "a reaches b", func() bool { return a.Reachable("b") && b.Reachable("a") })
+		testutil.Eventually(tb, 20*time.Second, "a reaches b", func() bool { return a.Reachable("b") && b.Reachable("a") })
 		return a, b
 	}
 	ta, tc := newTr(), newTr()
@@ -78,7 +79,7 @@ func tcpRouters(tb testing.TB, relay, encrypted bool, tweak func(*mesh.Config)) 
 	ta.refuse(c.ListenAddr())
 	a := start("a", ta, b.ListenAddr())
 	tc.refuse(a.ListenAddr())
-	eventually(tb, 20*time.Second, "a reaches c", func() bool { return a.Reachable("c") && c.Reachable("a") })
+	testutil.Eventually(tb, 20*time.Second, "a reaches c", func() bool { return a.Reachable("c") && c.Reachable("a") })
 	return a, c
 }
 

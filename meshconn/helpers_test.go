@@ -15,18 +15,6 @@ const (
 	testBulkChannel   mesh.ChannelID = 33
 )
 
-// eventually polls cond until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // ourGoroutines returns the stacks of goroutines running this package's
 // production code (test goroutines are not counted).
 func ourGoroutines() []string {

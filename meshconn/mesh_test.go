@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
 )
@@ -69,7 +70,7 @@ func memLine(t *testing.T) (nw *memnet.Network, a, b, c *mesh.Router) {
 	b = start("b")
 	a = start("a", "b")
 	c = start("c", "b")
-	eventually(t, 20*time.Second, "a and c reach each other via b", func() bool {
+	testutil.Eventually(t, 20*time.Second, "a and c reach each other via b", func() bool {
 		return a.Reachable("c") && c.Reachable("a")
 	})
 	return nw, a, b, c

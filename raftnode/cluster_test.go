@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/raft/v3"
 
 	"github.com/meshetcd/meshetcd/internal/raftnet"
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // testCluster is size members on one raft-message network.
@@ -51,7 +52,7 @@ func startCluster(t *testing.T, size int) *testCluster {
 func (c *testCluster) leader(t *testing.T) int {
 	t.Helper()
 	lead := -1
-	waitFor(t, "an agreed leader", func() bool {
+	testutil.Eventually(t, waitTimeout, "an agreed leader", func() bool {
 		var id uint64
 		for _, n := range c.nodes {
 			if n == nil {
@@ -93,7 +94,7 @@ func (c *testCluster) proposeAndWait(t *testing.T, i int, prefix string, count i
 		if c.nodes[j] == nil {
 			continue
 		}
-		waitFor(t, fmt.Sprintf("member %d applies %s", j+1, last), func() bool {
+		testutil.Eventually(t, waitTimeout, fmt.Sprintf("member %d applies %s", j+1, last), func() bool {
 			_, data, _ := a.snapshot()
 			return slices.Contains(data, last)
 		})

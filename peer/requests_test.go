@@ -191,3 +191,28 @@ func TestSequentialCallsNeverBusy(t *testing.T) {
 		}
 	}
 }
+
+// Errors cross the wire as codes: an error with the same text but no (or
+// another) code does not match, and an uncoded error carries code 0.
+func TestErrorsCrossAsCodes(t *testing.T) {
+	nw := &fakeNet{handlers: map[mesh.PeerName]mesh.DatagramHandler{}}
+	a := newEndpoint(t, nw, "a", 4)
+	b := newEndpoint(t, nw, "b", 4)
+	b.Handle(1, func(context.Context, mesh.PeerName, []byte) ([]byte, error) {
+		return nil, fmt.Errorf("wrapped: %w", errSentinel)
+	})
+	b.Handle(2, func(context.Context, mesh.PeerName, []byte) ([]byte, error) {
+		return nil, errors.New(errSentinel.Error()) // same text, no code
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := a.Call(ctx, "b", 1, nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != errSentinel.PeerErrorCode() || !errors.Is(err, errSentinel) {
+		t.Fatalf("wrapped coded error = %#v; want code %d matching the sentinel", err, errSentinel.PeerErrorCode())
+	}
+	_, err = a.Call(ctx, "b", 2, nil)
+	if !errors.As(err, &re) || re.Code != 0 || errors.Is(err, errSentinel) || err.Error() != errSentinel.Error() {
+		t.Fatalf("uncoded error with the sentinel's text = %#v; want code 0, text kept, no match", err)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
+	"github.com/meshetcd/meshetcd/mesh/meshtest"
 	"github.com/meshetcd/meshetcd/meshconn"
 	"github.com/meshetcd/meshetcd/peer"
 )
@@ -127,25 +128,17 @@ func (c *meshCluster) stopAll() {
 // meshRouterConfig is a router config for member i; seeds default to every
 // other member's address.
 func (c *meshCluster) meshRouterConfig(i int, seeds []string) mesh.Config {
-	cfg := mesh.DefaultConfig()
 	name, err := peer.NameFromURLs([]string{peerURL(i)})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	cfg.Name = name
+	cfg := meshtest.Config(c.t, name)
 	cfg.NickName = fmt.Sprintf("m%d", i)
 	cfg.ClusterLabel = meshTestLabel
 	cfg.PSK = meshTestPSK
 	cfg.Transport = c.nw.Host(hostName(i))
 	cfg.ListenAddr = hostAddr(i)
-	cfg.HeartbeatInterval = 100 * time.Millisecond
-	cfg.DeadTimeout = 2 * time.Second
-	cfg.BackoffMin = 50 * time.Millisecond
-	cfg.BackoffMax = 500 * time.Millisecond
-	cfg.AuthFailureBackoff = 500 * time.Millisecond
-	cfg.HandshakeTimeout = 2 * time.Second
 	cfg.MaxDatagramSize = peer.MaxDatagramSize(Config{}.EffectiveMaxSizePerMsg())
-	cfg.Logger = zaptest.NewLogger(c.t, zaptest.Level(zapcore.ErrorLevel)).Named(fmt.Sprintf("mesh%d", i))
 	if seeds == nil {
 		for j := 0; j < len(c.cfgs); j++ {
 			if j != i {

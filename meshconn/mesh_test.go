@@ -15,32 +15,19 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
-
 	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
+	"github.com/meshetcd/meshetcd/mesh/meshtest"
 )
 
-var testPSK = bytes.Repeat([]byte{9}, 32)
-
-// meshConfig is tuned for a loaded 2-core machine under -race: quick
-// heartbeats, a dead timeout generous enough not to flap.
+// meshConfig is meshtest's router config, encrypted or plaintext.
 func meshConfig(t testing.TB, name string, encrypted bool) mesh.Config {
-	cfg := mesh.DefaultConfig()
-	cfg.Name = mesh.PeerName(name)
+	cfg := meshtest.Config(t, mesh.PeerName(name))
 	cfg.ClusterLabel = "meshconn-test"
-	if encrypted {
-		cfg.PSK = testPSK
-	} else {
-		cfg.InsecurePlaintext = true
+	if !encrypted {
+		cfg.PSK, cfg.InsecurePlaintext = nil, true
 	}
-	cfg.HeartbeatInterval = 100 * time.Millisecond
-	cfg.DeadTimeout = 2 * time.Second
-	cfg.BackoffMin = 50 * time.Millisecond
-	cfg.BackoffMax = 500 * time.Millisecond
-	cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name)
 	return cfg
 }
 

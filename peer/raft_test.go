@@ -1,7 +1,6 @@
 package peer
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"strings"
@@ -9,14 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
 	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/meshetcd/meshetcd/mesh"
-	"github.com/meshetcd/meshetcd/mesh/memnet"
+	"github.com/meshetcd/meshetcd/mesh/meshtest"
 	"github.com/meshetcd/meshetcd/meshconn"
 	"github.com/meshetcd/meshetcd/raftnode"
 )
@@ -52,41 +49,20 @@ func TestPeerNameFromURLs(t *testing.T) {
 	}
 }
 
-// meshPair starts two routers on memnet.
+// meshPair starts two connected routers on an in-memory network.
 func meshPair(t *testing.T) (a, b *mesh.Router) {
 	t.Helper()
-	nw := memnet.New()
+	nw := meshtest.NewNetwork(t)
 	start := func(name string, seeds ...string) *mesh.Router {
-		cfg := mesh.DefaultConfig()
-		cfg.Name = mesh.PeerName(name)
-		cfg.ClusterLabel = "raftnode-test"
-		cfg.PSK = bytes.Repeat([]byte{3}, 32)
-		cfg.Transport = nw.Host(name)
+		cfg := meshtest.Config(t, mesh.PeerName(name))
 		cfg.ListenAddr = name + ":2380"
 		cfg.Seeds = seeds
-		cfg.DeadTimeout = 2 * time.Second
-		cfg.BackoffMin, cfg.BackoffMax = 50*time.Millisecond, 500*time.Millisecond
 		cfg.MaxDatagramSize = MaxDatagramSize(raftnode.DefaultMaxSizePerMsg)
-		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel))
-		r, err := mesh.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Stop() })
-		return r
+		return nw.Start(name, cfg)
 	}
 	a = start("a")
 	b = start("b", "a:2380")
-	deadline := time.Now().Add(waitTimeout)
-	for !a.Reachable("b") || !b.Reachable("a") {
-		if time.Now().After(deadline) {
-			t.Fatal("routers never connected")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	meshtest.WaitConnected(t, waitTimeout, a, b)
 	return a, b
 }
 

@@ -41,7 +41,7 @@ func TestImportRules(t *testing.T) {
 		{"peer", []string{"kvstore", "grpcapi", "embed"}, "the member transport is built from interfaces, not from the state machine"},
 		{"mesh", []string{"raftnode", "kvstore", "peer", "meshconn"}, "the mesh knows nothing of raft"},
 		{"meshconn", []string{"raftnode", "kvstore", "peer"}, "meshconn is a generic datagram and bulk transport"},
-		{"cmd/meshetcd", []string{"mesh/memnet", "embed/embedtest", "internal/raftnet", "internal/testutil"}, "test doubles stay out of the binary"},
+		{"cmd/meshetcd", []string{"mesh/memnet", "mesh/meshtest", "embed/embedtest", "internal/raftnet", "internal/testutil"}, "test doubles stay out of the binary"},
 	} {
 		got := deps(t, rule.pkg)
 		for _, b := range rule.banned {

@@ -210,8 +210,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		MaxSizePerMsg:          cfg.MaxSizePerMsg,
 		UnsafeNoFsync:          cfg.UnsafeNoFsync,
 		Transport:              cfg.Transport,
-		// Raft only asks once the node runs, when s.cluster exists.
-		IsIDRemoved: func(id uint64) bool { return s.cluster.IsIDRemoved(types.ID(id)) },
+		// Answers false until the member runs (peerHost gates on s.running).
+		IsIDRemoved: peerHost{s}.IsIDRemoved,
 	}
 	clusterID, err := s.bootstrap(ctx, raftCfg, haveWAL, joining)
 	if err != nil {

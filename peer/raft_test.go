@@ -39,12 +39,12 @@ func TestPeerNameFromURLs(t *testing.T) {
 		got, err := NameFromURLs(tc.urls)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("PeerNameFromURLs(%v) = %q, %v; want error containing %q", tc.urls, got, err, tc.err)
+				t.Errorf("NameFromURLs(%v) = %q, %v; want error containing %q", tc.urls, got, err, tc.err)
 			}
 			continue
 		}
 		if err != nil || got != tc.want {
-			t.Errorf("PeerNameFromURLs(%v) = %q, %v; want %q", tc.urls, got, err, tc.want)
+			t.Errorf("NameFromURLs(%v) = %q, %v; want %q", tc.urls, got, err, tc.want)
 		}
 	}
 }

@@ -272,8 +272,9 @@ func (t *RaftTransport) readLoop() {
 			continue
 		}
 		if m.GetTo() != n.ID() || m.GetType() == raftpb.MsgSnap {
-			// A misrouted message (a peer name reused by another member)
-			// or a snapshot without its database: never step it.
+			// A misrouted message (a peer name reused by another member,
+			// or the member is not running yet: ID 0) or a snapshot
+			// without its database: never step it.
 			t.misaddressed.Add(1)
 			continue
 		}

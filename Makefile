@@ -4,9 +4,9 @@ BIN     := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
 
 # Packages with goroutines and shared state run under the race detector.
-RACE_PKGS := ./internal/... ./mesh/... ./meshconn/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
+RACE_PKGS := ./internal/... ./mesh/... ./meshconn/... ./peer/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
 
-.PHONY: all build run etcdctl etcdutl test test-unit test-integration test-diff bench soak fuzz clean
+.PHONY: all build run etcdctl etcdutl test test-unit test-integration test-diff bench soak fuzz clean check-imports
 
 all: build
 
@@ -53,6 +53,11 @@ test-unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 5m ./cmd/...
+
+## check-imports: the import rules (go list -deps): kvstore and raftnode never reach mesh/meshconn/peer,
+## the binary links no test doubles (mesh/memnet, embed/embedtest); also part of test-unit (./internal/...)
+check-imports:
+	$(GO) test -count=1 -run TestImportRules ./internal/archtest/
 
 # etcd 3.7.3 (bin/etcd) is built for the differential, metric-name and migration tests.
 test-integration: build etcdctl etcdutl etcd chromium

@@ -15,17 +15,34 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/meshetcd/meshetcd/mesh/memnet"
+	"github.com/meshetcd/meshetcd/mesh"
 )
 
+// Network is an in-memory network for a cluster's meshes, with fault
+// injection; embedtest.NewNetwork() (mesh/memnet) is one. Each member gets
+// its own host on it (Cluster.HostName). It is an option, not a
+// dependency, so that the shipped binary does not carry test doubles.
+type Network interface {
+	// Host is the mesh transport of the host named name.
+	Host(name string) mesh.Transport
+	// Cut breaks the link between hosts a and b; Heal restores it.
+	Cut(a, b string)
+	Heal(a, b string)
+	// Partition cuts every link between hosts in different groups.
+	Partition(groups ...[]string)
+	// HealAll removes every fault.
+	HealAll()
+}
+
 // ClusterOptions shapes an in-process cluster (StartCluster). The zero value
-// is a good default: members on an in-memory network, static bootstrap, a
-// temporary data directory removed by Close.
+// is a good default: members on loopback TCP (free ports), static
+// bootstrap, a temporary data directory removed by Close.
 type ClusterOptions struct {
-	// Loopback runs the mesh over real TCP on 127.0.0.1 (free ports)
-	// instead of the in-memory network; fault injection is then
-	// unavailable.
-	Loopback bool
+	// Network runs the meshes on an in-memory network instead of loopback
+	// TCP, for fault injection (Cut, Heal, Partition, HealAll):
+	// ClusterOptions{Network: embedtest.NewNetwork()}. nil: loopback TCP,
+	// where the fault methods do nothing.
+	Network Network
 	// Discovery forms the cluster by mesh discovery (--discovery-size n,
 	// each member seeded with the previous one) instead of etcd's static
 	// --initial-cluster.
@@ -49,7 +66,7 @@ type ClusterOptions struct {
 // methods are safe for concurrent use.
 type Cluster struct {
 	opts   ClusterOptions
-	nw     *memnet.Network // nil with Loopback
+	nw     Network // nil on loopback TCP
 	dir    string
 	ownDir bool
 	token  string
@@ -68,12 +85,9 @@ func StartCluster(ctx context.Context, n int, opts ClusterOptions) (c *Cluster, 
 	if n < 1 {
 		return nil, fmt.Errorf("embed: StartCluster needs at least one member, got %d", n)
 	}
-	c = &Cluster{opts: opts, dir: opts.DataDir, token: opts.Token}
+	c = &Cluster{opts: opts, nw: opts.Network, dir: opts.DataDir, token: opts.Token}
 	if c.token == "" {
 		c.token = DefaultInitialClusterToken
-	}
-	if !opts.Loopback {
-		c.nw = memnet.New()
 	}
 	if c.dir == "" {
 		if c.dir, err = os.MkdirTemp("", "meshetcd-cluster-"); err != nil {
@@ -236,10 +250,9 @@ func (c *Cluster) Join(ctx context.Context) (*Member, error) {
 // creation order), the name fault injection uses.
 func (c *Cluster) HostName(i int) string { return "10.0.0." + strconv.Itoa(i+1) }
 
-// Network is the in-memory network the members' meshes run on, for fault
-// injection beyond Cut/Heal/Partition (blackholes, delays, loss); nil
-// with Loopback.
-func (c *Cluster) Network() *memnet.Network { return c.nw }
+// Network is the in-memory network the members' meshes run on
+// (ClusterOptions.Network); nil on loopback TCP.
+func (c *Cluster) Network() Network { return c.nw }
 
 // Cut breaks the mesh link between members i and j (0-based, creation
 // order), like a firewall: the mesh routes around it through the others.

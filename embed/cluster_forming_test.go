@@ -271,7 +271,7 @@ func TestRestartIgnoresBootstrapFlags(t *testing.T) {
 }
 
 func TestStartClusterLoopback(t *testing.T) {
-	c := startTestCluster(t, 3, ClusterOptions{Loopback: true, MeshPassword: "secret", Token: "loop"})
+	c := startTestClusterOn(t, 3, ClusterOptions{MeshPassword: "secret", Token: "loop"})
 	checkOneCluster(t, c, 3)
 	st := c.Members()[0].MeshStatus()
 	if !st.Encrypted || st.ClusterLabel != "loop" || !strings.HasPrefix(string(st.Name), "127.0.0.1:") {

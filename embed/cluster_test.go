@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/meshetcd/meshetcd/embed/embedtest"
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
@@ -23,6 +24,16 @@ func clusterCtx(t *testing.T) context.Context {
 }
 
 func startTestCluster(t *testing.T, n int, opts ClusterOptions) *Cluster {
+	t.Helper()
+	if opts.Network == nil {
+		opts.Network = embedtest.NewNetwork()
+	}
+	return startTestClusterOn(t, n, opts)
+}
+
+// startTestClusterOn starts n members as opts say (nil Network: loopback
+// TCP).
+func startTestClusterOn(t *testing.T, n int, opts ClusterOptions) *Cluster {
 	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel))
@@ -156,7 +167,8 @@ func TestStartClusterThreeMembers(t *testing.T) {
 func TestStartClusterFailsFast(t *testing.T) {
 	start := time.Now()
 	c, err := StartCluster(context.Background(), 3, ClusterOptions{
-		Logger: zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)),
+		Network: embedtest.NewNetwork(),
+		Logger:  zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)),
 		Configure: func(i int, cfg *Config) {
 			if i == 1 {
 				cfg.MaxTxnOps = 0 // invalid

@@ -168,7 +168,7 @@ type Config struct {
 	// in etcd; PeerAutoTLS is ignored when a certificate is given.
 	PeerTLSInfo transport.TLSInfo
 	// MeshTransport is how the mesh router dials and listens; nil means
-	// TCP. StartCluster uses an in-memory mesh/memnet network.
+	// TCP. StartCluster sets it from ClusterOptions.Network.
 	MeshTransport mesh.Transport
 	// MeshTuning, when set, adjusts the mesh router's configuration after
 	// meshetcd filled it in (timeouts for a WAN, test speed-ups).

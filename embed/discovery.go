@@ -16,11 +16,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/meshetcd/meshetcd/mesh"
+	"github.com/meshetcd/meshetcd/peer"
 )
-
-// discoveryChannel is the mesh gossip channel of member announcements.
-// kvstore and raftnode use 32..34.
-const discoveryChannel mesh.ChannelID = 48
 
 // discoveryConflictGrace is how long a member that sees more than
 // --discovery-size candidates and no cluster yet waits for one to appear
@@ -258,7 +255,7 @@ func newDiscovery(lg *zap.Logger, own announcement, start time.Time) *discovery 
 
 // register opens the discovery channel on r (before r starts).
 func (d *discovery) register(r *mesh.Router) error {
-	ch, err := r.NewGossip(discoveryChannel, "discovery", d)
+	ch, err := r.NewGossip(peer.DiscoveryChannel, "discovery", d)
 	if err != nil {
 		return fmt.Errorf("discovery channel: %w", err)
 	}

@@ -24,13 +24,36 @@
 // Every member runs a mesh router (package mesh) listening on its
 // ListenPeerURLs, advertising its AdvertisePeerURLs, with the cluster token
 // as mesh cluster label and host:port of its first sorted advertised peer
-// URL as mesh peer name; its seeds are the other members' peer URLs and
-// Peers. Raft (raftnode's MeshTransport) and the peer requests (kvstore)
-// run over it; the datagram limit comes from kvstore.MeshMaxDatagramSize,
-// so --max-request-bytes < raft MaxSizePerMsg < mesh datagram limit. The
-// router's status is served as JSON at /mesh/status on every client URL.
-// Close stops serving clients, then kvstore (a leader hands leadership
-// over), then the router.
+// URL as mesh peer name (peer.NameFromURLs); its seeds are the other
+// members' peer URLs and Peers. The member's one door to the others is a
+// peer.Transport on that router: raft messages, snapshots and the peer
+// requests (lease forwarding, promote, join) all go through it, and kvstore
+// and raftnode see it only through the interfaces they define. The
+// datagram limit is peer.MaxDatagramSize(kvstore.Config.
+// EffectiveMaxSizePerMsg()), so --max-request-bytes < raft MaxSizePerMsg <
+// mesh datagram limit. The router's status is served as JSON at
+// /mesh/status on every client URL. Close stops serving clients, then
+// kvstore (a leader hands leadership over), then the router.
+//
+// The wiring, in the order StartMember does it:
+//
+//	name, _ := peer.NameFromURLs(advertisePeerURLs)
+//	mcfg := mesh.DefaultConfig()
+//	mcfg.Name = name // peer.New checks it against PeerURLs
+//	mcfg.ClusterLabel = initialClusterToken
+//	mcfg.ListenAddr, mcfg.Seeds = listenPeerHostPort, otherPeerHostPorts
+//	mcfg.MaxDatagramSize = peer.MaxDatagramSize(kcfg.EffectiveMaxSizePerMsg())
+//	r, _ := mesh.New(mcfg)
+//	_ = r.Start(ctx)
+//	kcfg.Peers = func(h kvstore.PeerHost) (kvstore.Peers, error) {
+//		return peer.New(peer.Config{Router: r, Host: h, PeerURLs: advertisePeerURLs})
+//	}
+//	kcfg.Join = joinFlag // or InitialClusterState = "existing"
+//	s, err := kvstore.New(ctx, kcfg) // ctx bounds a join's wait for the cluster
+//	g := grpcapi.NewGRPCServer(s, gcfg) // then serve clients
+//	...
+//	s.Stop() // first: hands over leadership, closes the peer transport
+//	r.Stop() // then the router
 //
 // # Forming a cluster
 //
@@ -57,7 +80,10 @@
 //
 // # Clusters in one process
 //
-// StartCluster runs n members in the process, on an in-memory network
-// (mesh/memnet, with Cut/Heal/Partition for tests) or on loopback TCP, and
-// returns a client connected to all of them; see ExampleStartCluster.
+// StartCluster runs n members in the process, on loopback TCP or, with
+// ClusterOptions.Network (embedtest.NewNetwork(), mesh/memnet), on an in-memory
+// network with Cut/Heal/Partition for tests, and returns a client
+// connected to all of them; see ExampleStartCluster. The in-memory network
+// is an option rather than a dependency, so the meshetcd binary does not
+// link it.
 package embed

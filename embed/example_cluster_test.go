@@ -9,16 +9,18 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/meshetcd/meshetcd/embed"
+	"github.com/meshetcd/meshetcd/embed/embedtest"
 )
 
 // ExampleStartCluster runs a 3-member cluster inside the process (on an
-// in-memory mesh) and uses it for an ephemeral lock: the lock lives in a
-// lease-backed session, so it disappears with its holder.
+// in-memory mesh; leave Network out for loopback TCP) and uses it for an
+// ephemeral lock: the lock lives in a lease-backed session, so it
+// disappears with its holder.
 func ExampleStartCluster() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	c, err := embed.StartCluster(ctx, 3, embed.ClusterOptions{})
+	c, err := embed.StartCluster(ctx, 3, embed.ClusterOptions{Network: embedtest.NewNetwork()})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -247,7 +247,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 			kc.Join = true
 		}
 	}
-	kc.Mesh = router
+	kc.Peers = meshPeers(lg, router, kc.PeerURLs.StringSlice())
 	// The member's own series (etcd_server_*, meshetcd_mesh_*) live in a
 	// registry of their own, served on /metrics beside the process-wide
 	// default registry: several members of one process must not collide.

@@ -11,18 +11,18 @@ import (
 
 	"github.com/meshetcd/meshetcd/kvstore"
 	"github.com/meshetcd/meshetcd/mesh"
-	"github.com/meshetcd/meshetcd/raftnode"
+	"github.com/meshetcd/meshetcd/peer"
 )
 
 // meshPeerName is the member's mesh name: host:port of its first sorted
-// advertised peer URL (the decided rule; raftnode resolves members the
-// same way from the membership).
+// advertised peer URL (the peer package resolves members the same way from
+// the membership).
 func meshPeerName(cfg *Config) (mesh.PeerName, error) {
-	return raftnode.PeerNameFromURLs(urlStrings(cfg.AdvertisePeerURLs))
+	return peer.NameFromURLs(urlStrings(cfg.AdvertisePeerURLs))
 }
 
 // routerConfig turns a member's configuration into its mesh router's.
-// datagram is the size raft needs (kvstore.MeshMaxDatagramSize), so that
+// datagram is the size raft needs (meshDatagramSize), so that
 // --max-request-bytes < raft MaxSizePerMsg < mesh datagram limit.
 func routerConfig(cfg *Config, lg *zap.Logger, ic map[string][]string, datagram int) (mesh.Config, error) {
 	name, err := meshPeerName(cfg)
@@ -100,7 +100,17 @@ func meshNickName(name string) string {
 }
 
 // meshDatagramSize is the datagram limit raft needs for this config.
-func meshDatagramSize(kc kvstore.Config) int { return kvstore.MeshMaxDatagramSize(kc) }
+func meshDatagramSize(kc kvstore.Config) int {
+	return peer.MaxDatagramSize(kc.EffectiveMaxSizePerMsg())
+}
+
+// meshPeers is kvstore.Config.Peers for a member on router: its one door
+// to the other members over the mesh.
+func meshPeers(lg *zap.Logger, router *mesh.Router, peerURLs []string) func(kvstore.PeerHost) (kvstore.Peers, error) {
+	return func(h kvstore.PeerHost) (kvstore.Peers, error) {
+		return peer.New(peer.Config{Logger: lg, Router: router, Host: h, PeerURLs: peerURLs})
+	}
+}
 
 // minMeshDeadTimeout is the shortest dead-link timeout derived from a short
 // election timeout.

@@ -24,7 +24,7 @@ func TestRouterConfigFromMemberConfig(t *testing.T) {
 		"b": {"http://10.0.0.2:2381", "http://10.0.0.1:2381"},
 		"c": {"http://10.0.0.3:2380"},
 	}
-	mc, err := routerConfig(&cfg, zap.NewNop(), ic, kvstore.MeshMaxDatagramSize(kvstore.Config{MaxRequestBytes: cfg.MaxRequestBytes}))
+	mc, err := routerConfig(&cfg, zap.NewNop(), ic, meshDatagramSize(kvstore.Config{MaxRequestBytes: cfg.MaxRequestBytes}))
 	if err != nil {
 		t.Fatal(err)
 	}

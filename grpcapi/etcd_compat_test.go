@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +24,8 @@ import (
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // etcdBin finds a real etcd 3.7.3 server binary to compare against.
@@ -42,20 +43,10 @@ func etcdBin(t *testing.T) string {
 	return ""
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startEtcd runs a fresh single-member etcd and returns its client address.
 func startEtcd(t *testing.T, bin string) string {
 	t.Helper()
-	client, peer := freePort(t), freePort(t)
+	client, peer := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin,
 		"--data-dir", t.TempDir(),

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/meshetcd/meshetcd/embed"
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // writeJWTKeys writes a fresh key pair for sign-method (RS256 or ES256) as
@@ -201,8 +202,8 @@ func TestAuthTokenBadValues(t *testing.T) {
 	}
 	forEachClusterServer(t, func(t *testing.T, bin string) {
 		for _, tc := range bad {
-			peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-			client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+			peer := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+			client := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
 			code, out := RunOnce(t, bin, nil, "--name", "a", "--data-dir", filepath.Join(t.TempDir(), "a.data"),
 				"--listen-client-urls", client, "--advertise-client-urls", client,
 				"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "a="+peer,

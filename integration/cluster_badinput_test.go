@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // A member with another --initial-cluster-token or another mesh secret is
@@ -46,8 +48,8 @@ func TestClusterRefusesWrongTokenOrSecret(t *testing.T) {
 			}
 			// A process of its own (not part of c.Members).
 			m := &Member{c: c, Idx: 99, Name: "intruder"}
-			m.PeerURL = "http://127.0.0.1:" + strconv.Itoa(freePort(t))
-			m.ClientURL = "http://127.0.0.1:" + strconv.Itoa(freePort(t))
+			m.PeerURL = "http://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
+			m.ClientURL = "http://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
 			args := tc.args
 			if args == nil {
 				ic := []string{"intruder=" + m.PeerURL}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // Multi-member cluster harness: members are real processes of the binary
@@ -25,38 +26,6 @@ import (
 
 // soak reports whether the long randomized runs are enabled (make soak).
 func soak() bool { return os.Getenv("MESHETCD_SOAK") == "1" }
-
-// Ports for static bootstrap (peer URLs must be known before start). The
-// range 30000–31999 is ours; a per-process offset keeps parallel `go test`
-// processes apart, and each port is checked free before use.
-var ports struct {
-	mu   sync.Mutex
-	next int
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ports.mu.Lock()
-	defer ports.mu.Unlock()
-	if ports.next == 0 {
-		ports.next = 30000 + (os.Getpid()%20)*100
-	}
-	for tries := 0; tries < 2000; tries++ {
-		p := ports.next
-		ports.next++
-		if ports.next > 31999 {
-			ports.next = 30000
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		_ = l.Close()
-		return p
-	}
-	t.Fatalf("no free port in 30000-31999")
-	return 0
-}
 
 // ClusterOptions configures StartCluster. Zero values are fine.
 type ClusterOptions struct {
@@ -127,8 +96,8 @@ func (c *Cluster) newMember(i int) *Member {
 		m.PeerURL = fmt.Sprintf("%s://%s:30380", c.Opts.peerScheme(), m.Host.IP)
 		m.ClientURL = fmt.Sprintf("http://%s:30379", m.Host.IP)
 	} else {
-		m.PeerURL = fmt.Sprintf("%s://127.0.0.1:%d", c.Opts.peerScheme(), freePort(c.t))
-		m.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(c.t))
+		m.PeerURL = fmt.Sprintf("%s://127.0.0.1:%d", c.Opts.peerScheme(), testutil.FreePort(c.t))
+		m.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(c.t))
 	}
 	return m
 }
@@ -484,8 +453,8 @@ func (c *Cluster) StartExtra(t testing.TB, host *NSHost, wait bool, args ...stri
 		m.PeerURL = fmt.Sprintf("%s://%s:30380", c.Opts.peerScheme(), host.IP)
 		m.ClientURL = fmt.Sprintf("http://%s:30379", host.IP)
 	} else {
-		m.PeerURL = fmt.Sprintf("%s://127.0.0.1:%d", c.Opts.peerScheme(), freePort(t))
-		m.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		m.PeerURL = fmt.Sprintf("%s://127.0.0.1:%d", c.Opts.peerScheme(), testutil.FreePort(t))
+		m.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
 	}
 	c.Members = append(c.Members, m)
 	m.Proc = c.procFor(m, append(c.memberArgs(m, "", ""), args...))

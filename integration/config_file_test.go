@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // TestConfigFileLikeEtcd starts each binary from the same kind of YAML
@@ -22,9 +24,9 @@ func TestConfigFileLikeEtcd(t *testing.T) {
 		if err := os.WriteFile(secret, []byte("config-file-secret\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		metrics := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		client := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+		peer := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+		metrics := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
 		yaml := fmt.Sprintf(`# etcd.conf.yml as etcd documents it
 name: 'cfgmember'
 data-dir: %s

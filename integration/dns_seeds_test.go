@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // TestPeersDNSNameSeedsEveryAddress: --peers takes a DNS name and dials every
@@ -63,7 +65,7 @@ func TestPeersDNSNameSeedsEveryAddress(t *testing.T) {
 	for i, ip := range ips {
 		m := &Member{c: c, Idx: i, Name: fmt.Sprintf("dns%d", i),
 			PeerURL:   fmt.Sprintf("http://%s:%d", ip, port),
-			ClientURL: fmt.Sprintf("http://%s:%d", ip, freePort(t))}
+			ClientURL: fmt.Sprintf("http://%s:%d", ip, testutil.FreePort(t))}
 		c.Members = append(c.Members, m)
 		p := c.procFor(m, append(c.memberArgs(m, "", ""), "--discovery-size", "3", "--peers", fmt.Sprintf("%s:%d", name, port), "--discovery-timeout", "20s"))
 		p.args = append([]string{"-m", "--", "sh", "-c", `mount --bind "$0" /etc/hosts && shift && exec "$@"`, hosts, "--", p.bin}, p.args...)
@@ -87,7 +89,7 @@ func TestPeersDNSNameSeedsEveryAddress(t *testing.T) {
 func sharedFreePort(t *testing.T, ips []string) int {
 	t.Helper()
 	for tries := 0; tries < 50; tries++ {
-		p := freePort(t)
+		p := testutil.FreePort(t)
 		free := true
 		for _, ip := range ips {
 			l, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(p)))

@@ -110,7 +110,7 @@ func TestInProcessFaultsSoak(t *testing.T) {
 	end := time.Now().Add(dur)
 	for round := 0; time.Now().Before(end); round++ {
 		l := c.WaitLeader(t)
-		nw := ec.Network()
+		nw := faults(ec)
 		switch rng.Intn(5) {
 		case 0:
 			cut := randomConnected(rng, 5)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshetcd/meshetcd/internal/pki"
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // TestListenMetricsURLs: --listen-metrics-urls with an http:// and an
@@ -45,8 +46,8 @@ func TestListenMetricsURLs(t *testing.T) {
 		return resp.StatusCode, string(b), err
 	}
 	forEachClusterServer(t, func(t *testing.T, bin string) {
-		plain := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		secure := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+		plain := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+		secure := fmt.Sprintf("https://127.0.0.1:%d", testutil.FreePort(t))
 		args := []string{"--listen-metrics-urls", plain + "," + secure, "--cert-file", certFile, "--key-file", keyFile}
 		if bin == bins.meshetcd {
 			// Refusals come before validation: an invalid heartbeat makes

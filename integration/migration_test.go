@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -67,8 +68,8 @@ func TestEtcdutlOnMeshetcdData(t *testing.T) {
 	t.Run("snapshot-restore", func(t *testing.T) {
 		// A fresh one-member cluster from the snapshot: new member and
 		// cluster ids (etcdutl derives them from its flags), same data.
-		peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		peer := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+		client := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
 		dataDir := filepath.Join(t.TempDir(), "restored")
 		initial := "restored=" + peer
 		runEtcdutl(t, "snapshot", "restore", snap, "--name", "restored", "--data-dir", dataDir,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshetcd/meshetcd/internal/pki"
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
@@ -132,8 +133,8 @@ func TestPeerTLSClusterRefusesBadCertificates(t *testing.T) {
 	var procs []*Proc
 	for _, b := range bad {
 		m := &Member{c: c, Idx: 99, Name: b.name}
-		m.PeerURL = "https://127.0.0.1:" + strconv.Itoa(freePort(t))
-		m.ClientURL = "http://127.0.0.1:" + strconv.Itoa(freePort(t))
+		m.PeerURL = "https://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
+		m.ClientURL = "http://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
 		args := append([]string{"--name", m.Name, "--data-dir", filepath.Join(dir, b.name+".data"),
 			"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
 			"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
@@ -244,7 +245,7 @@ func TestPeerTLSBadFilesLikeEtcd(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			forEachClusterServer(t, func(t *testing.T, bin string) {
-				port, cport := freePort(t), freePort(t)
+				port, cport := testutil.FreePort(t), testutil.FreePort(t)
 				peer := "https://127.0.0.1:" + strconv.Itoa(port)
 				client := "http://127.0.0.1:" + strconv.Itoa(cport)
 				args := append([]string{"--name", "m0", "--data-dir", filepath.Join(t.TempDir(), "d"),

@@ -14,7 +14,6 @@ import (
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 	"go.uber.org/zap"
 
-	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/raftnode"
 )
 
@@ -74,29 +73,29 @@ type Config struct {
 	// member per registry; Stop unregisters them.
 	MetricsRegisterer prometheus.Registerer
 
-	// Transport carries raft messages to other members. nil is valid for a
-	// one-member cluster (it sends nothing). Leave it nil when Mesh is set.
+	// Transport carries raft messages to other members when there is no
+	// Peers (tests: a raft-message-only network); nil is valid for a
+	// one-member cluster (it sends nothing). Leave it nil when Peers is set.
 	Transport raftnode.Transport
 
-	// Mesh is this member's running mesh router. When set, New opens a
-	// raftnode.MeshTransport and a peer-request endpoint on it (channels
-	// 32, 33, 34), uses them for raft, forwarding (lease keepalive and
-	// time-to-live, learner promotion) and the join/existing bootstrap, and
-	// closes them in Stop; the router itself stays the caller's. Its name
-	// must be raftnode.PeerNameFromURLs(PeerURLs) and its MaxDatagramSize at
-	// least MeshMaxDatagramSize(cfg). A router serves one New: its channels
-	// cannot be registered twice.
-	Mesh *mesh.Router
-	// Join (needs Mesh; ignored when DataDir holds a WAL): ask any reachable
-	// member over the mesh to add this member (Name, PeerURLs) as a
-	// learner, start with an empty log, catch up, and promote itself to a
-	// voter once the leader deems it ready. InitialCluster is ignored.
-	// New's ctx bounds the wait for the cluster's answer.
+	// Peers connects this member to the others (embed: peer.New on the
+	// member's mesh router). New calls it once with the member as the
+	// transport sees it, uses the result for raft, forwarding (lease
+	// keepalive and time-to-live, learner promotion) and the join/existing
+	// bootstrap, and closes it in Stop. nil: a member without a network
+	// (a follower answers lease requests with ErrNotPrimary, and strict
+	// reconfiguration checks that need connectivity are skipped).
+	Peers func(host PeerHost) (Peers, error)
+	// Join (needs Peers; ignored when DataDir holds a WAL): ask any reachable
+	// member to add this member (Name, PeerURLs) as a learner, start with
+	// an empty log, catch up, and promote itself to a voter once the leader
+	// deems it ready. InitialCluster is ignored. New's ctx bounds the wait
+	// for the cluster's answer.
 	Join bool
 	// With InitialClusterState "existing" and no WAL (etcd's flow after
-	// `etcdctl member add`), New asks any reachable member over the mesh
-	// for the cluster id and members (needs Mesh), finds itself by
-	// PeerURLs, and starts with an empty log as that member.
+	// `etcdctl member add`), New asks any reachable member for the cluster
+	// id and members (needs Peers), finds itself by PeerURLs, and starts
+	// with an empty log as that member.
 
 	// DisableStrictReconfigCheck is etcd's --strict-reconfig-check=false:
 	// membership changes are no longer refused when they would leave too

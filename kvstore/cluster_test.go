@@ -5,183 +5,27 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/lease"
-	"go.etcd.io/raft/v3/raftpb"
 
-	"github.com/meshetcd/meshetcd/raftnode"
+	"github.com/meshetcd/meshetcd/internal/raftnet"
 )
-
-// memNetwork connects in-process members: one FIFO queue and delivery
-// goroutine per destination, like a mesh link. Members register after New;
-// messages to unregistered (or stopped) members are dropped and reported.
-type memNetwork struct {
-	mu      sync.Mutex
-	nodes   map[uint64]*raftnode.Node
-	queues  map[uint64]chan *raftpb.Message
-	stopc   chan struct{}
-	wg      sync.WaitGroup
-	stopped bool
-	// dropProps: this many forwarded proposals (MsgProp) are lost
-	// silently, like a datagram a relaying mesh member drops.
-	dropProps atomic.Int32
-}
-
-func newMemNetwork(t *testing.T) *memNetwork {
-	n := &memNetwork{nodes: map[uint64]*raftnode.Node{}, queues: map[uint64]chan *raftpb.Message{}, stopc: make(chan struct{})}
-	t.Cleanup(n.stop)
-	return n
-}
-
-func (n *memNetwork) stop() {
-	n.mu.Lock()
-	if !n.stopped {
-		n.stopped = true
-		close(n.stopc)
-	}
-	n.mu.Unlock()
-	n.wg.Wait()
-}
-
-func (n *memNetwork) register(node *raftnode.Node) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.nodes[node.ID()] = node
-	if _, ok := n.queues[node.ID()]; ok {
-		return
-	}
-	q := make(chan *raftpb.Message, 4096)
-	n.queues[node.ID()] = q
-	n.wg.Add(1)
-	go func(id uint64) {
-		defer n.wg.Done()
-		for {
-			select {
-			case m := <-q:
-				if dst := n.node(id); dst != nil {
-					_ = dst.Step(context.Background(), m)
-				}
-			case <-n.stopc:
-				return
-			}
-		}
-	}(node.ID())
-}
-
-// takeDrop reports whether to lose this MsgProp (see dropProps).
-func (n *memNetwork) takeDrop() bool {
-	for {
-		v := n.dropProps.Load()
-		if v <= 0 {
-			return false
-		}
-		if n.dropProps.CompareAndSwap(v, v-1) {
-			return true
-		}
-	}
-}
-
-func (n *memNetwork) unregister(id uint64) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.nodes, id)
-}
-
-func (n *memNetwork) node(id uint64) *raftnode.Node {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.nodes[id]
-}
-
-// transport is one member's view of the network.
-type memTransport struct {
-	net  *memNetwork
-	self uint64
-}
-
-func (t *memTransport) reporter() raftnode.Reporter {
-	if t.self == 0 {
-		return nil
-	}
-	if n := t.net.node(t.self); n != nil {
-		return n
-	}
-	return nil
-}
-
-func (t *memTransport) Send(msgs []*raftpb.Message) {
-	for _, m := range msgs {
-		if m.GetType() == raftpb.MsgProp && t.net.takeDrop() {
-			continue
-		}
-		t.net.mu.Lock()
-		q, ok := t.net.queues[m.GetTo()]
-		_, alive := t.net.nodes[m.GetTo()]
-		t.net.mu.Unlock()
-		delivered := false
-		if ok && alive {
-			select {
-			case q <- m:
-				delivered = true
-			default:
-			}
-		}
-		if !delivered {
-			if r := t.reporter(); r != nil {
-				r.ReportUnreachable(m.GetTo())
-			}
-		}
-	}
-}
-
-func (t *memTransport) SendSnapshot(m snap.Message) {
-	to := m.GetTo()
-	t.net.mu.Lock()
-	stopped := t.net.stopped
-	if !stopped {
-		t.net.wg.Add(1)
-	}
-	t.net.mu.Unlock()
-	if stopped {
-		m.CloseWithError(errors.New("network stopped"))
-		return
-	}
-	go func() {
-		defer t.net.wg.Done()
-		err := func() error {
-			dst := t.net.node(to)
-			if dst == nil {
-				return fmt.Errorf("member %x unreachable", to)
-			}
-			if _, err := dst.Snapshotter().SaveDBFrom(m.ReadCloser, m.Snapshot.GetMetadata().GetIndex()); err != nil {
-				return err
-			}
-			return dst.Step(context.Background(), m.Message)
-		}()
-		m.CloseWithError(err)
-		if r := t.reporter(); r != nil {
-			r.ReportSnapshot(to, err != nil)
-		}
-	}()
-}
 
 type testCluster struct {
 	t       *testing.T
-	net     *memNetwork
+	net     *raftnet.Network
 	cfgs    []Config
 	members []*Server
 }
 
 func newTestCluster(t *testing.T, size int, mutate func(*Config)) *testCluster {
-	c := &testCluster{t: t, net: newMemNetwork(t)}
+	c := &testCluster{t: t, net: raftnet.New()}
+	t.Cleanup(c.net.Close)
 	initial := ""
 	for i := 0; i < size; i++ {
 		if i > 0 {
@@ -219,20 +63,18 @@ func newTestCluster(t *testing.T, size int, mutate func(*Config)) *testCluster {
 }
 
 func (c *testCluster) start(i int) {
-	tr := &memTransport{net: c.net}
 	cfg := c.cfgs[i]
-	cfg.Transport = tr
+	cfg.Transport = c.net.Transport()
 	s, err := New(context.Background(), cfg)
 	if err != nil {
 		c.t.Fatalf("start member %d: %v", i, err)
 	}
-	tr.self = s.Raft().ID()
-	c.net.register(s.Raft())
+	c.net.Register(s.r)
 	c.members[i] = s
 }
 
 func (c *testCluster) stop(i int) {
-	c.net.unregister(c.members[i].Raft().ID())
+	c.net.Unregister(c.members[i].r.ID())
 	c.members[i].Stop()
 	c.members[i] = nil
 }
@@ -368,7 +210,7 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	mustPut(t, m, "after-snapshot", "ok")
 	m.Stop()
 	c.members[lagging] = nil
-	c.net.unregister(m.Raft().ID())
+	c.net.Unregister(m.r.ID())
 	// And it restarts from the installed snapshot database.
 	c.start(lagging)
 	c.waitReady(lagging)
@@ -427,7 +269,7 @@ func TestClusterMembershipChanges(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("removed member kept running")
 	}
-	c.net.unregister(f.Raft().ID())
+	c.net.Unregister(f.r.ID())
 	c.members[fi] = nil
 	mustPut(t, c.members[c.leader()], "after-removal", "ok")
 	if _, err := lead.MemberList(ctx, &pb.MemberListRequest{Linearizable: true}); err != nil {
@@ -446,14 +288,14 @@ func TestClusterLostForwardedProposalIsRetried(t *testing.T) {
 		t.Fatalf("Put on follower: %v", err)
 	}
 	// The proposal and its first retry are lost.
-	c.net.dropProps.Store(2)
+	c.net.DropProposals(2)
 	start := time.Now()
 	_, err := f.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")})
 	took := time.Since(start)
 	if err != nil {
 		t.Fatalf("Put on follower with its proposal lost: %v (after %v)", err, took)
 	}
-	if n := c.net.dropProps.Load(); n != 0 {
+	if n := c.net.ProposalDropsLeft(); n != 0 {
 		t.Fatalf("%d proposal drops left: the test lost nothing", n)
 	}
 	// The retries come after 5 heartbeats and then an election timeout

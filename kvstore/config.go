@@ -15,8 +15,6 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3compactor"
 	"go.etcd.io/etcd/server/v3/storage/datadir"
-
-	"github.com/meshetcd/meshetcd/raftnode"
 )
 
 // Defaults, as etcd's embed.Config defaults.
@@ -133,20 +131,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.healthInterval == 0 {
 		c.healthInterval = healthInterval
 	}
-	if c.Mesh != nil && c.Transport != nil {
-		return c, errors.New("kvstore: set either Mesh or Transport, not both")
+	if c.Peers != nil && c.Transport != nil {
+		return c, errors.New("kvstore: set either Peers or Transport, not both")
 	}
-	if c.Join && c.Mesh == nil {
-		return c, errors.New("kvstore: Join needs Mesh (the join request travels over the mesh)")
-	}
-	if c.Mesh != nil {
-		want, err := raftnode.PeerNameFromURLs(c.PeerURLs.StringSlice())
-		if err != nil {
-			return c, fmt.Errorf("kvstore: mesh peer name: %w", err)
-		}
-		if got := c.Mesh.Name(); got != want {
-			return c, fmt.Errorf("kvstore: the mesh router is named %q but this member's peer name must be %q (host:port of its first sorted peer URL)", got, want)
-		}
+	if c.Join && c.Peers == nil {
+		return c, errors.New("kvstore: Join needs Peers (the join request travels to the other members)")
 	}
 	if _, err := c.autoCompactionRetention(); err != nil {
 		return c, err
@@ -198,17 +187,18 @@ func (c Config) autoCompactionRetention() (time.Duration, error) {
 	return d, nil
 }
 
-// MeshMaxDatagramSize is the mesh.Config.MaxDatagramSize a member with this
-// config needs (defaults applied): any raft message, the largest request
-// included, fits one datagram. embed sets it on the member's router.
-func MeshMaxDatagramSize(c Config) int {
+// EffectiveMaxSizePerMsg is the raft MaxSizePerMsg a member with this
+// config uses (defaults applied): any raft message, the largest request
+// included, stays within it. embed sizes the member's mesh datagrams from
+// it (peer.MaxDatagramSize).
+func (c Config) EffectiveMaxSizePerMsg() uint64 {
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	if c.MaxSizePerMsg == 0 {
 		c.MaxSizePerMsg = uint64(c.MaxRequestBytes) + raftMessageOverhead
 	}
-	return raftnode.MeshMaxDatagramSize(c.MaxSizePerMsg)
+	return c.MaxSizePerMsg
 }
 
 func (c Config) memberDir() string   { return datadir.ToMemberDir(c.DataDir) }

@@ -42,7 +42,7 @@ func TestRetriedRequestAppliedOnce(t *testing.T) {
 	}
 	proposeAndSettle := func(s *Server) {
 		t.Helper()
-		if err := s.Raft().Propose(testCtx(t), data); err != nil {
+		if err := s.r.Propose(testCtx(t), data); err != nil {
 			t.Fatal(err)
 		}
 		// A barrier write behind it: once it is applied, so is the copy.

@@ -27,24 +27,31 @@
 // Request validation (key sizes, txn limits, sort options) is grpcapi's job,
 // as it is v3rpc's in etcd: the apply chain trusts proposals.
 //
-// # Members over the mesh
+// # Other members
 //
-// Config.Mesh is the member's running mesh router; New opens the raft
-// transport (raftnode.MeshTransport, channels 32 and 33) and a peer-request
-// endpoint (kvstore/peerrpc, channel 34) on it and closes them in Stop. The
-// peer requests are what etcd sends over HTTP on the peer port: a
-// follower forwards LeaseRenew and LeaseTimeToLive to the leader (each try
-// given up after an election timeout or at a leader change, since a dead
-// leader never answers over the mesh; retried until the request timeout,
-// like etcd's waitLeader → forward → retry loop), PromoteMember is
+// kvstore talks to the other members only through Peers, an interface it
+// defines and addresses by member id; embed builds it with the peer
+// package over the mesh (Config.Peers), handing New a factory that New
+// calls with the member as the transport sees it (PeerHost: etcd's
+// rafthttp.Raft plus the membership). Without Config.Peers a member uses
+// noPeers: raft goes to Config.Transport if any, nothing is forwarded and
+// connectivity is unknown. The peer requests are what etcd sends over HTTP
+// on the peer port (forward.go calls them, peer_handlers.go serves them):
+// a follower forwards LeaseRenew and LeaseTimeToLive to the leader (each
+// try given up after an election timeout or at a leader change, since a
+// dead leader never answers over the mesh; retried until the request
+// timeout, like etcd's waitLeader → forward → retry loop), PromoteMember is
 // forwarded to the leader, a removed member that missed its removal is
-// told so and stops (Err() == ErrRemoved), and a new member bootstraps:
+// told so and stops (Err() == ErrRemoved). Errors a handler returns cross
+// the wire as codes (peerErrors), never as text. A new member bootstraps
+// in one of three modes (bootstrap.go):
 //
-//   - InitialClusterState "new": the static initial cluster, as before.
+//   - a WAL exists: restart from it; bootstrap flags are ignored.
+//   - InitialClusterState "new": the static initial cluster.
 //   - InitialClusterState "existing" (after `etcdctl member add`): ask any
-//     reachable mesh peer for the cluster id and members, find ourselves by
+//     reachable peer for the cluster id and members, find ourselves by
 //     PeerURLs, start with an empty log as that member.
-//   - Join: ask any reachable mesh peer to add us (forwarded to the leader)
+//   - Join: ask any reachable peer to add us (forwarded to the leader)
 //     as a learner, start with an empty log, and promote ourselves once
 //     the leader finds us caught up (Match ≥ 90 % of its own, started
 //     voters keep a quorum).
@@ -66,23 +73,5 @@
 // members from the membership and active ones from mesh reachability held
 // for 5 s, a member that applies its own removal stops. Stop hands
 // leadership to the most up-to-date reachable voter first; HardStop does
-// not. embed wires a member like this:
-//
-//	name, _ := raftnode.PeerNameFromURLs(peerURLs.StringSlice())
-//	mcfg := mesh.DefaultConfig()
-//	mcfg.Name = name                                   // must match, New checks
-//	mcfg.ClusterLabel = initialClusterToken
-//	mcfg.ListenAddr, mcfg.Seeds = listenPeerHostPort, otherPeerHostPorts
-//	mcfg.MaxDatagramSize = kvstore.MeshMaxDatagramSize(kcfg) // New checks it
-//	r, _ := mesh.New(mcfg)
-//	_ = r.Start(ctx)
-//	kcfg.Mesh = r
-//	kcfg.Join = joinFlag // or InitialClusterState = "existing"
-//	s, err := kvstore.New(ctx, kcfg) // ctx bounds a join's wait for the cluster
-//	...
-//	s.Stop()  // first: hands over leadership, closes the transport
-//	r.Stop()  // then the router
-//
-// Tests and one-member clusters may instead pass a raftnode.Transport in
-// Config.Transport (bound to Server.Raft once New returns).
+// not. embed/doc.go shows how a member is wired.
 package kvstore

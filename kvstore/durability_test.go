@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +15,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/raftnode"
 )
 
@@ -131,7 +131,7 @@ func TestCorruptWAL(t *testing.T) {
 				mustPut(t, s, fmt.Sprintf("k%02d", i), "v")
 			}
 			s.Stop()
-			seg, end := lastWALSegment(t, filepath.Join(dir, "member", "wal"))
+			seg, end := testutil.LastWALSegment(t, filepath.Join(dir, "member", "wal"))
 			tt.corrupt(t, seg, end)
 
 			s, err := New(context.Background(), testConfig(t, dir))
@@ -165,25 +165,6 @@ func TestCorruptWAL(t *testing.T) {
 			}
 		})
 	}
-}
-
-func lastWALSegment(t *testing.T, walDir string) (string, int64) {
-	t.Helper()
-	names, err := filepath.Glob(filepath.Join(walDir, "*.wal"))
-	if err != nil || len(names) == 0 {
-		t.Fatalf("no WAL segments in %s: %v", walDir, err)
-	}
-	sort.Strings(names)
-	last := names[len(names)-1]
-	b, err := os.ReadFile(last)
-	if err != nil {
-		t.Fatal(err)
-	}
-	end := int64(len(b))
-	for end > 0 && b[end-1] == 0 {
-		end--
-	}
-	return last, end
 }
 
 const crashChildEnv = "KVSTORE_CRASH_CHILD_DIR"

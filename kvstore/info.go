@@ -14,8 +14,6 @@ import (
 	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/storage/backend"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
-
-	"github.com/meshetcd/meshetcd/raftnode"
 )
 
 func (s *Server) MemberID() types.ID  { return s.memberID }
@@ -211,12 +209,6 @@ func (r readServer) FirstCommitInTermNotify() <-chan struct{} {
 	return r.s.firstCommitInTerm.Receive()
 }
 func (r readServer) Done() <-chan struct{} { return r.s.stopping }
-
-// Raft is this member's raft node, for wiring a transport: incoming
-// messages go to Raft().Step, delivery failures to its Reporter methods,
-// and a received snapshot's database to Raft().Snapshotter().SaveDBFrom
-// before its message is stepped.
-func (s *Server) Raft() *raftnode.Node { return s.r }
 
 // transferLeadershipOnShutdown hands leadership to the most up-to-date
 // voter that is recently active in raft and reachable on the mesh, before a

@@ -99,9 +99,6 @@ func (s *Server) LeaseRenew(ctx context.Context, id lease.LeaseID) (int64, error
 		}
 		// Demoted meanwhile: forward to the new leader.
 	}
-	if s.peers == nil {
-		return -1, lease.ErrNotPrimary
-	}
 	return s.forwardLeaseRenew(ctx, id)
 }
 
@@ -202,8 +199,6 @@ func (s *Server) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveReque
 		if err == nil {
 			resp.Header = s.newHeader()
 		}
-	} else if s.peers == nil {
-		return nil, lease.ErrNotPrimary
 	} else {
 		resp, err = s.forwardLeaseTimeToLive(ctx, r)
 	}

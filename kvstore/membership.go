@@ -136,7 +136,7 @@ func (s *Server) PromoteMember(ctx context.Context, id uint64) ([]*Member, error
 		return nil, err
 	}
 	ms, err := s.promoteMember(ctx, id)
-	if !errors.Is(err, servererrors.ErrNotLeader) || s.peers == nil {
+	if !errors.Is(err, servererrors.ErrNotLeader) {
 		return ms, err
 	}
 	return s.forwardPromote(ctx, id)

@@ -20,10 +20,12 @@ import (
 	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/lease"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
+	"github.com/meshetcd/meshetcd/mesh/meshtest"
 	"github.com/meshetcd/meshetcd/meshconn"
-	"github.com/meshetcd/meshetcd/raftnode"
+	"github.com/meshetcd/meshetcd/peer"
 )
 
 var meshTestPSK = bytes.Repeat([]byte{5}, 32)
@@ -126,25 +128,17 @@ func (c *meshCluster) stopAll() {
 // meshRouterConfig is a router config for member i; seeds default to every
 // other member's address.
 func (c *meshCluster) meshRouterConfig(i int, seeds []string) mesh.Config {
-	cfg := mesh.DefaultConfig()
-	name, err := raftnode.PeerNameFromURLs([]string{peerURL(i)})
+	name, err := peer.NameFromURLs([]string{peerURL(i)})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	cfg.Name = name
+	cfg := meshtest.Config(c.t, name)
 	cfg.NickName = fmt.Sprintf("m%d", i)
 	cfg.ClusterLabel = meshTestLabel
 	cfg.PSK = meshTestPSK
 	cfg.Transport = c.nw.Host(hostName(i))
 	cfg.ListenAddr = hostAddr(i)
-	cfg.HeartbeatInterval = 100 * time.Millisecond
-	cfg.DeadTimeout = 2 * time.Second
-	cfg.BackoffMin = 50 * time.Millisecond
-	cfg.BackoffMax = 500 * time.Millisecond
-	cfg.AuthFailureBackoff = 500 * time.Millisecond
-	cfg.HandshakeTimeout = 2 * time.Second
-	cfg.MaxDatagramSize = MeshMaxDatagramSize(Config{})
-	cfg.Logger = zaptest.NewLogger(c.t, zaptest.Level(zapcore.ErrorLevel)).Named(fmt.Sprintf("mesh%d", i))
+	cfg.MaxDatagramSize = peer.MaxDatagramSize(Config{}.EffectiveMaxSizePerMsg())
 	if seeds == nil {
 		for j := 0; j < len(c.cfgs); j++ {
 			if j != i {
@@ -171,9 +165,19 @@ func (c *meshCluster) startRouter(i int, seeds []string) *mesh.Router {
 	return r
 }
 
+// meshPeers is Config.Peers for a member on router r.
+func meshPeers(r *mesh.Router, cfg Config) func(PeerHost) (Peers, error) {
+	return func(h PeerHost) (Peers, error) {
+		return peer.New(peer.Config{Logger: cfg.Logger, Router: r, Host: h, PeerURLs: cfg.PeerURLs.StringSlice()})
+	}
+}
+
+// meshStats are s's raft traffic counters over the mesh.
+func meshStats(s *Server) peer.RaftStats { return s.peers.(*peer.Transport).Stats() }
+
 func (c *meshCluster) startMember(i int, ctx context.Context) error {
 	cfg := c.cfgs[i]
-	cfg.Mesh = c.routers[i]
+	cfg.Peers = meshPeers(c.routers[i], cfg)
 	s, err := New(ctx, cfg)
 	if err != nil {
 		return err
@@ -257,17 +261,6 @@ func containsInt(xs []int, x int) bool {
 	return false
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestMeshClusterReplicatesAndForwards(t *testing.T) {
 	c := newMeshCluster(t, 3, nil)
 	ctx := testCtx(t)
@@ -314,7 +307,7 @@ func TestMeshClusterReplicatesAndForwards(t *testing.T) {
 	if err := f.MoveLeader(ctx, uint64(c.members[lead].MemberID()), uint64(f.MemberID())); err == nil {
 		t.Fatal("MoveLeader on a follower succeeded")
 	}
-	st := f.tr.Stats()
+	st := meshStats(f)
 	if st.Sent == 0 || st.Received == 0 {
 		t.Fatalf("mesh transport stats %+v: nothing went over the mesh", st)
 	}
@@ -522,7 +515,7 @@ func testPartialConnectivity(t *testing.T, fault string) {
 		c.nw.Blackhole(hostName(a), hostName(cc))
 	}
 	cut := time.Now()
-	eventually(t, 10*time.Second, "A routes to C through B", func() bool {
+	testutil.Eventually(t, 10*time.Second, "A routes to C through B", func() bool {
 		for _, r := range c.routers[a].Status().Routes {
 			if r.Dest == c.routers[cc].Name() {
 				return r.NextHop == c.routers[b].Name()
@@ -584,10 +577,10 @@ func TestMeshSnapshotThroughRelay(t *testing.T) {
 	if err != nil || r.Count != 60 {
 		t.Fatalf("caught-up member has %v, %v; want 60 keys", r, err)
 	}
-	if got := m.tr.Stats().SnapshotsReceived; got == 0 {
+	if got := meshStats(m).SnapshotsReceived; got == 0 {
 		t.Fatal("the lagging member caught up without a snapshot; the test did not test snapshots")
 	}
-	if c.members[a].tr.Stats().SnapshotsSent == 0 && c.members[a].Leader() == c.members[a].MemberID() {
+	if meshStats(c.members[a]).SnapshotsSent == 0 && c.members[a].Leader() == c.members[a].MemberID() {
 		t.Fatal("leader reports no snapshot sent")
 	}
 	mustPut(t, m, "after-snapshot", "ok")
@@ -628,7 +621,7 @@ func TestMeshJoinAsLearnerAndPromote(t *testing.T) {
 		t.Fatalf("joined member is %+v on the leader; want a learner", m)
 	}
 	c.waitReady(3)
-	eventually(t, waitTimeout, "the joined member is promoted to a voter", func() bool {
+	testutil.Eventually(t, waitTimeout, "the joined member is promoted to a voter", func() bool {
 		m := lead.cluster.Member(j.MemberID())
 		return m != nil && !m.IsLearner && !j.IsLearner()
 	})
@@ -648,7 +641,7 @@ func TestMeshJoinAsLearnerAndPromote(t *testing.T) {
 	// A second join with the same peer URLs (a lost answer, retried) gets
 	// the same id rather than a second member, but a started member's URLs
 	// cannot be taken over.
-	if _, err := lead.handleJoin(ctx, c.routers[3].Name(), []byte(`{"name":"m3","peerURLs":["`+peerURL(3)+`"]}`)); !errors.Is(err, membership.ErrPeerURLexists) {
+	if _, err := lead.handleJoin(ctx, string(c.routers[3].Name()), []byte(`{"name":"m3","peerURLs":["`+peerURL(3)+`"]}`)); !errors.Is(err, membership.ErrPeerURLexists) {
 		t.Fatalf("join with the URLs of a started member: err = %v, want ErrPeerURLexists", err)
 	}
 }
@@ -727,7 +720,7 @@ func TestMeshForeignPeersCannotDisturb(t *testing.T) {
 		if err == nil {
 			t.Fatalf("%s: a member on a foreign mesh joined the cluster", tc.name)
 		}
-		eventually(t, 10*time.Second, tc.name+": handshake refused and logged in status", func() bool {
+		testutil.Eventually(t, 10*time.Second, tc.name+": handshake refused and logged in status", func() bool {
 			return len(c.routers[0].Status().HandshakeFailures) > 0 || len(r.Status().HandshakeFailures) > 0
 		})
 		if r.Reachable(c.routers[0].Name()) || c.routers[0].Reachable(r.Name()) {
@@ -747,17 +740,17 @@ func TestMeshForeignPeersCannotDisturb(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Stop()
-	pc, err := meshconn.Listen(r, meshconn.DefaultRaftChannel, meshconn.PacketConfig{})
+	pc, err := meshconn.Listen(r, peer.RaftChannel, meshconn.PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
 	dst := meshconn.MeshAddr{Peer: c.routers[0].Name()}
-	eventually(t, 10*time.Second, "garbage sender reaches m0", func() bool { return r.Reachable(dst.Peer) })
+	testutil.Eventually(t, 10*time.Second, "garbage sender reaches m0", func() bool { return r.Reachable(dst.Peer) })
 	for i := 0; i < 100; i++ {
 		pc.WriteTo([]byte{0xff, 0xff, byte(i), 0x01, 0x02}, dst)
 	}
-	eventually(t, 10*time.Second, "garbage counted as malformed", func() bool { return c.members[0].tr.Stats().Malformed > 0 })
+	testutil.Eventually(t, 10*time.Second, "garbage counted as malformed", func() bool { return meshStats(c.members[0]).Malformed > 0 })
 	mustPut(t, c.members[0], "after-garbage", "ok")
 	mustPut(t, c.members[c.leader()], "after-foreigners", "ok")
 	if n := len(c.members[0].Members()); n != 3 {
@@ -775,7 +768,7 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	// A join that reaches a follower is forwarded to the leader.
 	f0 := c.members[o[0]]
 	joinReq := []byte(`{"name":"m7","peerURLs":["` + peerURL(7) + `"]}`)
-	b, err := f0.handleJoin(ctx, mesh.PeerName(peerURL(7)[len("http://"):]), joinReq)
+	b, err := f0.handleJoin(ctx, peerURL(7)[len("http://"):], joinReq)
 	if err != nil {
 		t.Fatalf("join through a follower: %v", err)
 	}
@@ -805,10 +798,10 @@ func TestMeshRemovedMemberStops(t *testing.T) {
 	// strict reconfiguration refuses to remove the other, active, follower:
 	// with one member down that would leave no active quorum.
 	downID := c.members[o[0]].MemberID()
-	downPeer := c.routers[o[0]].Name()
 	c.kill(o[0])
-	eventually(t, waitTimeout, "the leader sees the killed member inactive", func() bool {
-		return lead.tr.ActiveSince(downPeer).IsZero()
+	testutil.Eventually(t, waitTimeout, "the leader sees the killed member inactive", func() bool {
+		since, _ := lead.peers.ActiveSince(uint64(downID))
+		return since.IsZero()
 	})
 	if _, err := lead.RemoveMember(ctx, uint64(c.members[o[1]].MemberID())); !errors.Is(err, servererrors.ErrUnhealthy) {
 		t.Fatalf("removing an active member while another is down: err = %v, want ErrUnhealthy", err)

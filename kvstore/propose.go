@@ -187,11 +187,7 @@ func (r *retryTimer) stop() { r.t.Stop() }
 // over the mesh, the next route change: the events after which a pending
 // proposal may have been lost.
 func (s *Server) proposalLossNotify() (leader, route <-chan struct{}) {
-	leader = s.r.LeaderChangedNotify()
-	if s.tr != nil {
-		route = s.tr.RouteChangedNotify()
-	}
-	return leader, route
+	return s.r.LeaderChangedNotify(), s.peers.RouteChangedNotify()
 }
 
 // parseProposeCtxErr maps a proposal's context error like etcd does.

@@ -18,7 +18,6 @@ import (
 	"go.etcd.io/etcd/pkg/v3/notify"
 	"go.etcd.io/etcd/pkg/v3/wait"
 	"go.etcd.io/etcd/server/v3/auth"
-	"go.etcd.io/etcd/server/v3/etcdserver/api"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3alarm"
@@ -32,10 +31,7 @@ import (
 	"go.etcd.io/etcd/server/v3/storage/backend"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 	"go.etcd.io/etcd/server/v3/storage/schema"
-	"go.etcd.io/raft/v3"
-	"go.etcd.io/raft/v3/raftpb"
 
-	"github.com/meshetcd/meshetcd/kvstore/peerrpc"
 	"github.com/meshetcd/meshetcd/raftnode"
 )
 
@@ -68,9 +64,11 @@ type Server struct {
 
 	r    *raftnode.Node
 	read *read.Read
-	// tr and peers exist when the member runs over the mesh (Config.Mesh).
-	tr    *raftnode.MeshTransport
-	peers *peerrpc.Endpoint
+	// peers connect this member to the others (noPeers without Config.Peers).
+	peers Peers
+	// running is set once s.r, s.cluster and s.memberID exist: from then
+	// on the peers may deliver to raft (peerHost).
+	running atomic.Bool
 	// bootPeers are the members a joining member learned before applying
 	// any membership; immutable after New.
 	bootPeers map[types.ID][]string
@@ -155,8 +153,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	}
 	haveWAL := raftnode.WALExists(cfg.walDir())
 	joining := !haveWAL && (cfg.Join || cfg.InitialClusterState == clusterStateExisting)
-	if joining && cfg.Mesh == nil {
-		return nil, errors.New("kvstore: joining an existing cluster (InitialClusterState \"existing\") needs Mesh to reach its members")
+	if joining && cfg.Peers == nil {
+		return nil, errors.New("kvstore: joining an existing cluster (InitialClusterState \"existing\") needs Peers to reach its members")
 	}
 
 	s := &Server{
@@ -172,16 +170,17 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	closers = append(closers, s.cancel)
-	if cfg.Mesh != nil {
-		if err := s.startMesh(); err != nil {
-			return nil, err
+	s.peers = noPeers{}
+	if cfg.Peers != nil {
+		if s.peers, err = cfg.Peers(peerHost{s}); err != nil {
+			return nil, fmt.Errorf("kvstore: connect to the other members: %w", err)
 		}
-		closers = append(closers, s.closeMesh)
-		cfg.Transport = s.tr
+		closers = append(closers, s.closePeers)
+		cfg.Transport = s.peers
 	}
 
 	// Backend and consistent index first: a restart needs the ConfState
-	// and applied index they hold (etcd-reuse §1.2, §4.4).
+	// and applied index they hold, as in etcd's bootstrap (server/etcdserver/bootstrap.go).
 	s.ci = cindex.NewConsistentIndex(nil)
 	s.beHooks = serverstorage.NewBackendHooks(lg, s.ci)
 	be, err := openBackend(cfg, s.beHooks)
@@ -216,70 +215,14 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 		MaxSizePerMsg:          cfg.MaxSizePerMsg,
 		UnsafeNoFsync:          cfg.UnsafeNoFsync,
 		Transport:              cfg.Transport,
-		// Raft only asks once the node runs, when s.cluster exists.
-		IsIDRemoved: func(id uint64) bool { return s.cluster.IsIDRemoved(types.ID(id)) },
+		// Answers false until the member runs (peerHost gates on s.running).
+		IsIDRemoved: peerHost{s}.IsIDRemoved,
 		// Heartbeats flow once the node runs, after the metrics exist.
 		HeartbeatSendLate: func() { s.metrics.heartbeatFailures.Inc() },
 	}
-	if s.tr != nil {
-		raftCfg.PeerResolver = s.resolvePeer
-	}
-	var clusterID types.ID
-	if haveWAL {
-		cs, err := confStateFromBackend(lg, be)
-		if err != nil {
-			return nil, err
-		}
-		s.r, err = raftnode.Restart(raftCfg, raftnode.Recovery{ConfState: cs, AppliedIndex: s.ci.ConsistentIndex()})
-		if err != nil {
-			return nil, fmt.Errorf("kvstore: restart raft from %s: %w", cfg.walDir(), err)
-		}
-		s.memberID, clusterID = types.ID(s.r.ID()), types.ID(s.r.ClusterID())
-		s.cluster = membership.NewCluster(lg, membership.WithMaxLearners(cfg.MaxLearners))
-		s.cluster.SetID(s.memberID, clusterID)
-		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
-		s.cluster.Recover(api.UpdateCapability)
-	} else if joining {
-		// etcd's bootstrapExistingClusterNoWAL: learn our id and the
-		// cluster from a member, then start with an empty log; the leader
-		// sends the log (or a snapshot) including the membership.
-		var info clusterInfo
-		if cfg.Join {
-			info, err = joinCluster(ctx, cfg, s.peers)
-		} else {
-			info, err = fetchExistingCluster(ctx, cfg, s.peers)
-		}
-		if err != nil {
-			return nil, err
-		}
-		s.memberID, clusterID = info.MemberID, info.ClusterID
-		s.bootPeers = map[types.ID][]string{}
-		for _, m := range info.Members {
-			s.bootPeers[m.ID] = m.PeerURLs
-		}
-		s.cluster = membership.NewCluster(lg, membership.WithMaxLearners(cfg.MaxLearners))
-		s.r, err = raftnode.Create(raftCfg, raftnode.Bootstrap{NodeID: uint64(s.memberID), ClusterID: uint64(clusterID)})
-		if err != nil {
-			return nil, fmt.Errorf("kvstore: create raft member: %w", err)
-		}
-		s.cluster.SetID(s.memberID, clusterID)
-		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
-		lg.Info("joining an existing cluster with an empty log",
-			zap.String("member-id", s.memberID.String()), zap.String("cluster-id", clusterID.String()),
-			zap.Int("members", len(info.Members)), zap.Bool("as-learner", cfg.Join))
-	} else {
-		cl, peers, err := newClusterMembership(cfg)
-		if err != nil {
-			return nil, err
-		}
-		s.cluster = cl
-		s.memberID, clusterID = cl.MemberByName(cfg.Name).ID, cl.ID()
-		s.r, err = raftnode.Create(raftCfg, raftnode.Bootstrap{NodeID: uint64(s.memberID), ClusterID: uint64(clusterID), Peers: peers})
-		if err != nil {
-			return nil, fmt.Errorf("kvstore: create raft member: %w", err)
-		}
-		s.cluster.SetID(s.memberID, clusterID)
-		s.cluster.SetBackend(schema.NewMembershipBackend(lg, be))
+	clusterID, err := s.bootstrap(ctx, raftCfg, haveWAL, joining)
+	if err != nil {
+		return nil, err
 	}
 	closers = append(closers, s.r.Stop)
 	s.reqIDGen = idutil.NewGenerator(uint16(s.memberID), time.Now())
@@ -322,10 +265,11 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	}
 	s.uberApply = s.newUberApplier()
 	s.lessor.SetCheckpointer(s.checkpointLease)
-	// Installed last so no constructor above runs it (etcd-reuse §7.2).
+	// Installed last so no constructor above runs it (as etcd's NewServer does).
 	be.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook(be))
 
 	s.read = read.NewRead(readServer{s}, s.r)
+	s.running.Store(true)
 	if err := s.r.Start(applier{s}); err != nil {
 		return nil, fmt.Errorf("kvstore: start raft: %w", err)
 	}
@@ -337,8 +281,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	s.goAttach(s.revokeExpiredLeasesLoop)
 	s.goAttach(s.publish)
 	s.goAttach(s.monitorStorageVersion)
-	s.serveMesh()
-	if cfg.Join && s.peers != nil {
+	s.servePeers()
+	if cfg.Join {
 		// Also after a restart: a learner that joined keeps asking until it
 		// is a voter (the loop ends at once for a voter).
 		s.goAttach(s.promoteLoop)
@@ -412,45 +356,6 @@ func openBackend(cfg Config, hooks backend.Hooks) (be backend.Backend, err error
 	return backend.New(bcfg), nil
 }
 
-// newClusterMembership derives member and cluster ids from the initial
-// cluster exactly as etcd does, and the raft peers whose conf-change
-// entries will add the members when applied.
-func newClusterMembership(cfg Config) (*membership.RaftCluster, []raft.Peer, error) {
-	cl, err := membership.NewClusterFromURLsMap(cfg.Logger, cfg.InitialClusterToken, cfg.InitialCluster, membership.WithMaxLearners(cfg.MaxLearners))
-	if err != nil {
-		return nil, nil, fmt.Errorf("kvstore: initial cluster %s: %w", cfg.InitialCluster, err)
-	}
-	self := cl.MemberByName(cfg.Name)
-	if self == nil {
-		return nil, nil, fmt.Errorf("kvstore: member %q is not in the initial cluster %s", cfg.Name, cfg.InitialCluster)
-	}
-	var peers []raft.Peer
-	for _, id := range cl.MemberIDs() {
-		ctx, err := memberJSON(cl.Member(id))
-		if err != nil {
-			return nil, nil, err
-		}
-		peers = append(peers, raft.Peer{ID: uint64(id), Context: ctx})
-	}
-	return cl, peers, nil
-}
-
-// confStateFromBackend is etcd's buildConfStateFromV3store.
-func confStateFromBackend(lg *zap.Logger, be backend.Backend) (*raftpb.ConfState, error) {
-	mb := schema.NewMembershipBackend(lg, be)
-	mb.MustCreateBackendBuckets()
-	members, _ := mb.MustReadMembersFromBackend()
-	cs := &raftpb.ConfState{}
-	for _, m := range members {
-		if m.IsLearner {
-			cs.Learners = append(cs.Learners, uint64(m.ID))
-		} else {
-			cs.Voters = append(cs.Voters, uint64(m.ID))
-		}
-	}
-	return cs, nil
-}
-
 func (s *Server) newUberApplier() apply.UberApplier {
 	return apply.NewUberApplier(apply.ApplierOptions{
 		Logger:               s.lg,
@@ -472,7 +377,7 @@ func (s *Server) newUberApplier() apply.UberApplier {
 
 // txPostLockInsideApplyHook moves the applying index into the consistent
 // index once an apply takes be's batch lock, so the index lands in the same
-// bbolt commit as the data (etcd-reuse §2.1), and with them the record of
+// bbolt commit as the data (etcd's getTxPostLockInsideApplyHook), and with them the record of
 // the request being applied (dedupe.go).
 func (s *Server) txPostLockInsideApplyHook(be backend.Backend) func() {
 	return func() {
@@ -569,7 +474,7 @@ func (s *Server) HardStop() {
 		s.wg.Wait()
 		// Raft goes before the state machine so no apply runs on closed stores.
 		s.r.Stop()
-		s.closeMesh()
+		s.closePeers()
 		// In-flight local reads see stopping and return; then nothing
 		// touches the stores again.
 		s.storesMu.Lock()

@@ -308,7 +308,7 @@ func TestAutoCompactionPeriodic(t *testing.T) {
 func TestRaftStoppingStopsMember(t *testing.T) {
 	s := startServer(t, testConfig(t, t.TempDir()))
 	defer s.Stop()
-	s.Raft().Stop()
+	s.r.Stop()
 	select {
 	case <-s.StopNotify():
 	case <-time.After(waitTimeout):

@@ -9,7 +9,7 @@ import (
 
 // PeerName identifies a peer uniquely within one mesh. It is chosen by the
 // user of the router (meshetcd uses host:port of the member's first sorted
-// advertised peer URL, see raftnode.PeerNameFromURLs); 1..64 bytes,
+// advertised peer URL, see peer.NameFromURLs); 1..64 bytes,
 // printable ASCII without spaces or '/'.
 type PeerName string
 

@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // A relay drops a frame whose hop budget is spent instead of letting it
@@ -54,15 +56,15 @@ func TestBlockedHandlerDoesNotStallConnection(t *testing.T) {
 	}
 	stuck, _ := a.NewDatagramChannel(20, "stuck", PriorityInteractive, func(PeerName, []byte) {})
 	fine, _ := a.NewDatagramChannel(21, "fine", PriorityInteractive, func(PeerName, []byte) {})
-	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	for i := 0; i < 3*b.cfg.InboundQueueLen/2; i++ {
 		_ = stuck.Send("b", []byte("x"))
 	}
-	eventually(t, waitLong, "the other channel still delivers", func() bool {
+	testutil.Eventually(t, waitLong, "the other channel still delivers", func() bool {
 		_ = fine.Send("b", []byte("ok"))
 		return ib.has("a:ok")
 	})
-	eventually(t, waitLong, "the stuck channel drops instead of blocking", func() bool {
+	testutil.Eventually(t, waitLong, "the stuck channel drops instead of blocking", func() bool {
 		for _, ch := range b.Status().Channels {
 			if ch.Name == "stuck" && ch.Dropped > 0 {
 				return true
@@ -117,7 +119,7 @@ func TestChurnConverges(t *testing.T) {
 		time.Sleep(time.Duration(20+rng.IntN(80)) * time.Millisecond)
 	}
 	c.net.HealAll()
-	eventually(t, 60*time.Second, "one topology, everyone reachable", func() bool {
+	testutil.Eventually(t, 60*time.Second, "one topology, everyone reachable", func() bool {
 		ref := topologyView(c.routers[names[0]])
 		for _, r := range c.routers {
 			if topologyView(r) != ref || len(r.routes.Load().next) != n-1 {

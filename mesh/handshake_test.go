@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
 )
 
@@ -213,7 +214,7 @@ func TestWrongSecretAndLabelRefusedInLiveMesh(t *testing.T) {
 	c.start("b", nil, "a")
 	bad := c.start("evil", func(cfg *Config) { cfg.PSK = bytes.Repeat([]byte{1}, 32) }, "a")
 	other := c.start("other", func(cfg *Config) { cfg.ClusterLabel = "another-cluster" }, "a")
-	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	hasFailure := func(r *Router, want error) bool {
 		for _, f := range r.Status().HandshakeFailures {
 			if strings.Contains(f.Error, want.Error()) {
@@ -222,10 +223,10 @@ func TestWrongSecretAndLabelRefusedInLiveMesh(t *testing.T) {
 		}
 		return false
 	}
-	eventually(t, waitLong, "ErrAuth in status on both sides", func() bool {
+	testutil.Eventually(t, waitLong, "ErrAuth in status on both sides", func() bool {
 		return hasFailure(a, ErrAuth) && hasFailure(bad, ErrAuth)
 	})
-	eventually(t, waitLong, "ErrWrongCluster in status on both sides", func() bool {
+	testutil.Eventually(t, waitLong, "ErrWrongCluster in status on both sides", func() bool {
 		return hasFailure(a, ErrWrongCluster) && hasFailure(other, ErrWrongCluster)
 	})
 	for _, p := range a.Status().Peers {
@@ -328,7 +329,7 @@ func TestGarbageOnMeshPortClosesOnlyThatConnection(t *testing.T) {
 	ib := &inbox{}
 	testChannel(t, b, ib)
 	ch := testChannel(t, a, nil)
-	eventually(t, waitLong, "a→b after garbage", func() bool {
+	testutil.Eventually(t, waitLong, "a→b after garbage", func() bool {
 		_ = ch.Send("b", []byte("still alive"))
 		return ib.has("a:still alive")
 	})
@@ -360,11 +361,11 @@ func TestLoopbackTCPRelayAndRestart(t *testing.T) {
 	ic := &inbox{}
 	testChannel(t, c, ic)
 	cha := testChannel(t, a, nil)
-	eventually(t, waitLong, "a reaches c through b", func() bool {
+	testutil.Eventually(t, waitLong, "a reaches c through b", func() bool {
 		hop, ok := a.routes.Load().nextHop("c")
 		return ok && hop == "b"
 	})
-	eventually(t, waitLong, "a→c over TCP via b", func() bool {
+	testutil.Eventually(t, waitLong, "a→c over TCP via b", func() bool {
 		_ = cha.Send("c", []byte("relayed"))
 		return ic.has("a:relayed")
 	})
@@ -377,9 +378,9 @@ func TestLoopbackTCPRelayAndRestart(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitLong, "a loses c", func() bool { return !a.Reachable("c") })
+	testutil.Eventually(t, waitLong, "a loses c", func() bool { return !a.Reachable("c") })
 	c2 := startTCPRouter(t, "c", limit1, b.ListenAddr())
-	eventually(t, waitLong, "a reaches the new c", func() bool {
+	testutil.Eventually(t, waitLong, "a reaches the new c", func() bool {
 		return a.Reachable("c") && a.routes.Load().uids["c"] == c2.UID() && c2.UID() != oldUID
 	})
 }
@@ -393,7 +394,7 @@ func TestLoopbackTCPConvergence(t *testing.T) {
 		prev := routers[len(routers)-1]
 		routers = append(routers, startTCPRouter(t, fmt.Sprintf("t%d", i), nil, prev.ListenAddr()))
 	}
-	eventually(t, 60*time.Second, "8 TCP peers in one topology, full mesh", func() bool {
+	testutil.Eventually(t, 60*time.Second, "8 TCP peers in one topology, full mesh", func() bool {
 		ref := topologyView(first)
 		for _, r := range routers {
 			if topologyView(r) != ref || len(r.routes.Load().next) != n-1 || len(r.Status().Connections) != n-1 {
@@ -408,7 +409,7 @@ func TestLoopbackTCPConvergence(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range routers[:n-1] {
-		eventually(t, waitLong, "stopped peer unreachable", func() bool { return !r.Reachable(last.Name()) })
+		testutil.Eventually(t, waitLong, "stopped peer unreachable", func() bool { return !r.Reachable(last.Name()) })
 	}
 }
 
@@ -484,7 +485,7 @@ func TestEphemeralMeshStatus(t *testing.T) {
 	ephemeral := func(cfg *Config) { cfg.PSK = nil; cfg.EphemeralEncryption = true }
 	a := c.start("a", ephemeral)
 	c.start("b", ephemeral, "a")
-	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	st := a.Status()
 	if !st.Encrypted || st.Encryption != EncryptionEphemeral {
 		t.Fatalf("router status: encrypted %v, encryption %q", st.Encrypted, st.Encryption)

@@ -118,17 +118,6 @@ func testChannel(t *testing.T, r *Router, in *inbox) *DatagramChannel {
 }
 
 // eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // topologyView renders what r knows: each peer with its established
 // connections, to compare views between routers.
 func topologyView(r *Router) string {

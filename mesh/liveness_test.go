@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // A neighbour that stops reading must not hold up traffic to anyone else:
@@ -21,7 +23,7 @@ func TestStalledPeerDoesNotBlockOthers(t *testing.T) {
 	testChannel(t, c.routers["b"], ib)
 	testChannel(t, c.routers["c"], ic)
 	ch := testChannel(t, a, nil)
-	eventually(t, waitLong, "a reaches b and c", func() bool { return a.Reachable("b") && a.Reachable("c") })
+	testutil.Eventually(t, waitLong, "a reaches b and c", func() bool { return a.Reachable("b") && a.Reachable("c") })
 
 	c.net.StallReads("b", true)
 	big := bytes.Repeat([]byte{1}, 256<<10)
@@ -44,14 +46,14 @@ func TestStalledPeerDoesNotBlockOthers(t *testing.T) {
 	}
 	for i := 0; i < 20; i++ {
 		msg := fmt.Sprintf("m%d", i)
-		eventually(t, waitLong, "a→c while b is stalled", func() bool {
+		testutil.Eventually(t, waitLong, "a→c while b is stalled", func() bool {
 			_ = ch.Send("c", []byte(msg))
 			return ic.has("a:" + msg)
 		})
 	}
-	eventually(t, waitLong, "a drops the connection to the stalled b", func() bool { return a.connFor("b") == nil })
+	testutil.Eventually(t, waitLong, "a drops the connection to the stalled b", func() bool { return a.connFor("b") == nil })
 	c.net.StallReads("b", false)
-	eventually(t, waitLong, "b comes back", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "b comes back", func() bool { return a.Reachable("b") })
 }
 
 // A link that goes silent without a reset is detected by the heartbeat
@@ -68,18 +70,18 @@ func TestBlackholedLinkIsRoutedAround(t *testing.T) {
 	ib := &inbox{}
 	testChannel(t, c.routers["b"], ib)
 	ch := testChannel(t, a, nil)
-	eventually(t, waitLong, "a routes to b directly", func() bool {
+	testutil.Eventually(t, waitLong, "a routes to b directly", func() bool {
 		hop, ok := a.routes.Load().nextHop("b")
 		return ok && hop == "b" && a.Reachable("relay") && c.routers["b"].Reachable("relay")
 	})
 	c.net.Blackhole("a", "b")
 	cut := time.Now()
-	eventually(t, waitLong, "a routes to b via relay", func() bool {
+	testutil.Eventually(t, waitLong, "a routes to b via relay", func() bool {
 		hop, ok := a.routes.Load().nextHop("b")
 		return ok && hop == "relay"
 	})
 	t.Logf("rerouted %v after the blackhole", time.Since(cut))
-	eventually(t, waitLong, "a→b delivered via relay", func() bool {
+	testutil.Eventually(t, waitLong, "a→b delivered via relay", func() bool {
 		_ = ch.Send("b", []byte("around"))
 		return ib.has("a:around")
 	})
@@ -95,7 +97,7 @@ func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 	ib := &inbox{}
 	testChannel(t, c.routers["b"], ib)
 	ch := testChannel(t, a, nil)
-	eventually(t, waitLong, "a routes to b directly, relay connected to both", func() bool {
+	testutil.Eventually(t, waitLong, "a routes to b directly, relay connected to both", func() bool {
 		hop, ok := a.routes.Load().nextHop("b")
 		return ok && hop == "b" && a.Reachable("relay") && c.routers["b"].connFor("relay") != nil
 	})
@@ -107,14 +109,14 @@ func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}
-	eventually(t, waitLong, "frames queued for b", func() bool {
+	testutil.Eventually(t, waitLong, "frames queued for b", func() bool {
 		conn := a.connFor("b")
 		return conn != nil && conn.queuedBytes.Load() > 0
 	})
 	c.net.Cut("a", "b")
 	c.net.StallReads("b", false)
-	eventually(t, waitLong, "queued frames rerouted", func() bool { return a.Status().Counters["rerouted"] > 0 })
-	eventually(t, waitLong, "rerouted frames delivered to b", func() bool {
+	testutil.Eventually(t, waitLong, "queued frames rerouted", func() bool { return a.Status().Counters["rerouted"] > 0 })
+	testutil.Eventually(t, waitLong, "rerouted frames delivered to b", func() bool {
 		ib.mu.Lock()
 		defer ib.mu.Unlock()
 		return len(ib.msgs) > 0

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 const waitLong = 20 * time.Second
@@ -40,12 +42,12 @@ func lineCluster(t *testing.T, tweak func(*Config)) (*cluster, map[string]*inbox
 func TestLineUnicastAndBroadcast(t *testing.T) {
 	c, inboxes, chans := lineCluster(t, nil)
 	a := c.routers["a"]
-	eventually(t, waitLong, "a reaches d", func() bool { return a.Reachable("d") })
+	testutil.Eventually(t, waitLong, "a reaches d", func() bool { return a.Reachable("d") })
 	if hop, _ := a.routes.Load().nextHop("d"); hop != "b" {
 		t.Fatalf("next hop a→d = %q, want b", hop)
 	}
 	// Datagrams are best effort; resend until one arrives.
-	eventually(t, waitLong, "a→d datagram delivered through b and c", func() bool {
+	testutil.Eventually(t, waitLong, "a→d datagram delivered through b and c", func() bool {
 		_ = chans["a"].Send("d", []byte("hello"))
 		return inboxes["d"].has("a:hello")
 	})
@@ -56,7 +58,7 @@ func TestLineUnicastAndBroadcast(t *testing.T) {
 		t.Fatal("b forwarded nothing")
 	}
 	// And back: d→a.
-	eventually(t, waitLong, "d→a datagram", func() bool {
+	testutil.Eventually(t, waitLong, "d→a datagram", func() bool {
 		_ = chans["d"].Send("a", []byte("back"))
 		return inboxes["a"].has("d:back")
 	})
@@ -76,14 +78,14 @@ func TestLineUnicastAndBroadcast(t *testing.T) {
 	// spanning trees agree.
 	for _, n := range []string{"a", "b", "c", "d"} {
 		r := c.routers[n]
-		eventually(t, waitLong, n+" has routes to all", func() bool {
+		testutil.Eventually(t, waitLong, n+" has routes to all", func() bool {
 			return len(r.Status().Routes) == 3
 		})
 	}
 	gcs["b"].GossipBroadcast(broadcastMsg("from-b"))
 	for _, n := range []string{"a", "c", "d"} {
 		g := counters[n]
-		eventually(t, waitLong, n+" got broadcast", func() bool { return g.broadcasts("b", "from-b") == 1 })
+		testutil.Eventually(t, waitLong, n+" got broadcast", func() bool { return g.broadcasts("b", "from-b") == 1 })
 	}
 	time.Sleep(300 * time.Millisecond) // give duplicates a chance to show up
 	for _, n := range []string{"a", "c", "d"} {
@@ -107,14 +109,14 @@ func TestCutLinkReroutesAndHeals(t *testing.T) {
 	c.start("d", nil, "a")
 	c.start("c", nil, "b", "d")
 	b := c.routers["b"]
-	eventually(t, waitLong, "b routes to c directly", func() bool {
+	testutil.Eventually(t, waitLong, "b routes to c directly", func() bool {
 		hop, ok := b.routes.Load().nextHop("c")
 		return ok && hop == "c"
 	})
 	events, cancel := b.SubscribeRoutes(16)
 	defer cancel()
 	c.net.Cut("b", "c")
-	eventually(t, waitLong, "b reroutes to c via a", func() bool {
+	testutil.Eventually(t, waitLong, "b reroutes to c via a", func() bool {
 		hop, ok := b.routes.Load().nextHop("c")
 		return ok && hop == "a"
 	})
@@ -129,11 +131,11 @@ func TestCutLinkReroutesAndHeals(t *testing.T) {
 		}
 	}
 	c.net.Heal("b", "c")
-	eventually(t, waitLong, "b reconnects to c", func() bool {
+	testutil.Eventually(t, waitLong, "b reconnects to c", func() bool {
 		hop, ok := b.routes.Load().nextHop("c")
 		return ok && hop == "c"
 	})
-	eventually(t, waitLong, "all views converge", func() bool {
+	testutil.Eventually(t, waitLong, "all views converge", func() bool {
 		v := topologyView(c.routers["a"])
 		for _, r := range c.routers {
 			if topologyView(r) != v {
@@ -198,7 +200,7 @@ func TestRestartedPeerIsNewIncarnation(t *testing.T) {
 	oldUID := b.UID()
 	events, cancel := a.SubscribeRoutes(16)
 	defer cancel()
-	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	c.stop("b")
 	b2 := c.start("b", nil, "a")
 	if b2.UID() == oldUID {
@@ -209,7 +211,7 @@ func TestRestartedPeerIsNewIncarnation(t *testing.T) {
 		select {
 		case ev := <-events:
 			if ev.Peer == "b" && ev.Reachable && ev.UID == b2.UID() {
-				eventually(t, waitLong, "a's topology holds the new incarnation", func() bool {
+				testutil.Eventually(t, waitLong, "a's topology holds the new incarnation", func() bool {
 					a.mu.Lock()
 					defer a.mu.Unlock()
 					rec := a.topo.records["b"]
@@ -231,19 +233,19 @@ func TestPartitionHealsWithoutReseeding(t *testing.T) {
 	c.start("c", tweak, "a")
 	c.start("d", tweak, "c")
 	for _, r := range c.routers {
-		eventually(t, waitLong, "full reachability", func() bool { return len(r.routes.Load().next) == 3 })
+		testutil.Eventually(t, waitLong, "full reachability", func() bool { return len(r.routes.Load().next) == 3 })
 	}
 	c.net.Partition([]string{"a", "b"}, []string{"c", "d"})
 	a, d := c.routers["a"], c.routers["d"]
-	eventually(t, waitLong, "a loses c and d", func() bool { return !a.Reachable("c") && !a.Reachable("d") })
-	eventually(t, waitLong, "a collects d into a tombstone", func() bool {
+	testutil.Eventually(t, waitLong, "a loses c and d", func() bool { return !a.Reachable("c") && !a.Reachable("d") })
+	testutil.Eventually(t, waitLong, "a collects d into a tombstone", func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		_, ok := a.topo.tombstones["d"]
 		return ok
 	})
 	c.net.HealAll()
-	eventually(t, waitLong, "a reaches d again", func() bool { return a.Reachable("d") && d.Reachable("a") })
+	testutil.Eventually(t, waitLong, "a reaches d again", func() bool { return a.Reachable("d") && d.Reachable("a") })
 }
 
 // countingGossiper counts broadcasts by (src, payload).

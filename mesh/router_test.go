@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
 )
 
@@ -51,7 +52,7 @@ func TestPasswordModeConnects(t *testing.T) {
 	}
 	a := c.start("a", pw)
 	c.start("b", pw, "a")
-	eventually(t, waitLong, "password-derived keys agree", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "password-derived keys agree", func() bool { return a.Reachable("b") })
 }
 
 func TestSimultaneousDialKeepsOneConnection(t *testing.T) {
@@ -60,7 +61,7 @@ func TestSimultaneousDialKeepsOneConnection(t *testing.T) {
 			c := newCluster(t)
 			a := c.start("a", nil, "b")
 			b := c.start("b", nil, "a")
-			eventually(t, waitLong, "one agreed connection each way", func() bool {
+			testutil.Eventually(t, waitLong, "one agreed connection each way", func() bool {
 				sa, sb := a.Status(), b.Status()
 				return len(sa.Connections) == 1 && len(sb.Connections) == 1 &&
 					sa.Connections[0].State == "established" && sb.Connections[0].State == "established" &&
@@ -79,7 +80,7 @@ func TestNameCollisionIsRefusedLoudly(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil)
 	x1 := c.start("x1", func(cfg *Config) { cfg.Name = "x" }, "a")
-	eventually(t, waitLong, "a reaches the first x", func() bool { return a.Reachable("x") })
+	testutil.Eventually(t, waitLong, "a reaches the first x", func() bool { return a.Reachable("x") })
 	x2 := c.start("x2", func(cfg *Config) { cfg.Name = "x" }, "a")
 	collision := func() bool {
 		for _, f := range a.Status().HandshakeFailures {
@@ -89,7 +90,7 @@ func TestNameCollisionIsRefusedLoudly(t *testing.T) {
 		}
 		return x1.Status().NameCollision != "" || x2.Status().NameCollision != ""
 	}
-	eventually(t, waitLong, "the collision is reported", collision)
+	testutil.Eventually(t, waitLong, "the collision is reported", collision)
 	// No version war: x's record at a settles down.
 	version := func() uint64 {
 		a.mu.Lock()
@@ -126,13 +127,13 @@ func TestAcceptFloodIsThrottled(t *testing.T) {
 			nc.Close()
 		}
 	}()
-	eventually(t, waitLong, "throttle engaged", func() bool { return a.Status().Counters["accept_throttled"] > 0 })
+	testutil.Eventually(t, waitLong, "throttle engaged", func() bool { return a.Status().Counters["accept_throttled"] > 0 })
 	if n := a.Status().Counters["accept_throttled"]; n > 40 {
 		t.Fatalf("throttled %d of 40 connections", n)
 	}
 	// The router still accepts a real peer once tokens refill.
 	b := startTCPRouter(t, "b", nil, a.ListenAddr())
-	eventually(t, waitLong, "b connects after the flood", func() bool { return a.Reachable("b") && b.Reachable("a") })
+	testutil.Eventually(t, waitLong, "b connects after the flood", func() bool { return a.Reachable("b") && b.Reachable("a") })
 }
 
 func TestTokenBucket(t *testing.T) {
@@ -158,7 +159,7 @@ func TestStatusHandlerServesJSON(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil)
 	c.start("b", nil, "a")
-	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	srv := httptest.NewServer(a.StatusHandler())
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL + "/mesh/status")
@@ -227,7 +228,7 @@ func TestSendErrors(t *testing.T) {
 	if err := loop.Send("a", []byte("me")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitLong, "loopback delivery", func() bool { return self.has("a:me") })
+	testutil.Eventually(t, waitLong, "loopback delivery", func() bool { return self.has("a:me") })
 	c.stop("a")
 	if err := ch.Send("b", []byte("x")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("send after Stop: %v", err)
@@ -302,7 +303,7 @@ func TestStatusUsesTheConfiguredClock(t *testing.T) {
 	clock := &offsetClock{}
 	a := c.start("a", func(cfg *Config) { cfg.Clock = clock })
 	c.start("b", nil, "a")
-	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	clock.offset.Store(int64(time.Hour))
 	st := a.Status()
 	if len(st.Connections) == 0 || !strings.HasPrefix(st.Connections[0].Since, "1h0m") {

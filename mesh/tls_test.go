@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshetcd/meshetcd/internal/pki"
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -92,7 +93,7 @@ func TestTLSGoodCertificatesConnect(t *testing.T) {
 	a := c.start("a", withTLS(mustTLS(t, p.member("a"))))
 	b := c.start("b", withTLS(mustTLS(t, p.member("b"))), "a")
 	d := c.start("d", withTLS(mustTLS(t, p.member("d"))), "a")
-	eventually(t, 10*time.Second, "a, b, d reach each other", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a, b, d reach each other", func() bool {
 		return a.Reachable("b") && a.Reachable("d") && b.Reachable("d") && d.Reachable("a")
 	})
 	if got := connectionEncryption(a, "b"); got != EncryptionTLS {
@@ -186,7 +187,7 @@ func TestTLSBadCertificatesRefused(t *testing.T) {
 				withTLS(tc.x)(cfg)
 				cfg.AuthFailureBackoff = 50 * time.Millisecond // keep redialling
 			}, "a")
-			eventually(t, 10*time.Second, "a refuses x at least twice", func() bool {
+			testutil.Eventually(t, 10*time.Second, "a refuses x at least twice", func() bool {
 				n := 0
 				for _, f := range a.Status().HandshakeFailures {
 					if f.Reason == tc.reason && f.Direction == "inbound" {
@@ -212,7 +213,7 @@ func TestTLSDialledAddressMustMatchCertificate(t *testing.T) {
 	c := newCluster(t)
 	c.start("a", withTLS(mustTLS(t, wrong)))
 	x := c.start("x", withTLS(mustTLS(t, p.member("x"))), "a")
-	eventually(t, 10*time.Second, "x refuses a's certificate", func() bool {
+	testutil.Eventually(t, 10*time.Second, "x refuses a's certificate", func() bool {
 		for _, f := range x.Status().HandshakeFailures {
 			if f.Reason == reasonHostname && f.Direction == "outbound" {
 				return true
@@ -236,14 +237,14 @@ func TestTLSWithSecretAndModeMismatch(t *testing.T) {
 	}
 	a := c.start("a", both("a", testPSK))
 	b := c.start("b", both("b", testPSK), "a")
-	eventually(t, 10*time.Second, "a reaches b with TLS and the secret", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, 10*time.Second, "a reaches b with TLS and the secret", func() bool { return a.Reachable("b") })
 	if got := connectionEncryption(b, "a"); got != EncryptionTLSPSK {
 		t.Errorf("encryption %q, want %q", got, EncryptionTLSPSK)
 	}
 	x := c.start("x", both("x", bytes.Repeat([]byte{9}, 32)), "a")
 	z := c.start("z", withTLS(mustTLS(t, p.member("z"))), "a") // TLS without the secret
 	c.start("y", nil, "a")                                     // the mesh secret, no TLS
-	eventually(t, 10*time.Second, "x refused for its secret, y for lacking TLS", func() bool {
+	testutil.Eventually(t, 10*time.Second, "x refused for its secret, y for lacking TLS", func() bool {
 		var secret, mode bool
 		for _, f := range x.Status().HandshakeFailures {
 			secret = secret || f.Reason == "mesh secret mismatch"
@@ -255,7 +256,7 @@ func TestTLSWithSecretAndModeMismatch(t *testing.T) {
 		}
 		return secret && mode
 	})
-	eventually(t, 10*time.Second, "z refused for lacking the secret", func() bool {
+	testutil.Eventually(t, 10*time.Second, "z refused for lacking the secret", func() bool {
 		for _, f := range z.Status().HandshakeFailures {
 			if f.Reason == "encryption mode mismatch" && strings.Contains(f.Error, "only one also has the mesh secret") {
 				return true
@@ -313,7 +314,7 @@ func TestTLSCertificateRotation(t *testing.T) {
 		withTLS(mustTLS(t, xInfo))(cfg)
 		cfg.AuthFailureBackoff = 50 * time.Millisecond
 	}, "a")
-	eventually(t, 10*time.Second, "a refuses x's expired certificate", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a refuses x's expired certificate", func() bool {
 		for _, f := range a.Status().HandshakeFailures {
 			if f.Reason == reasonExpired {
 				return true
@@ -322,7 +323,7 @@ func TestTLSCertificateRotation(t *testing.T) {
 		return false
 	})
 	p.issue("x", pki.Request{CommonName: "member", DNSNames: []string{"x"}}) // same files, renewed
-	eventually(t, 10*time.Second, "x joins with its renewed certificate", func() bool { return a.Reachable("x") && x.Reachable("a") })
+	testutil.Eventually(t, 10*time.Second, "x joins with its renewed certificate", func() bool { return a.Reachable("x") && x.Reachable("a") })
 }
 
 // A TLS link to a peer that stopped reading is dropped as fast as a
@@ -344,7 +345,7 @@ func TestTLSStalledPeerDroppedPromptly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
+	testutil.Eventually(t, waitLong, "a reaches b", func() bool { return a.Reachable("b") })
 	c.net.StallReads("b", true)
 	stalled := time.Now()
 	big := bytes.Repeat([]byte{1}, 256<<10)
@@ -353,7 +354,7 @@ func TestTLSStalledPeerDroppedPromptly(t *testing.T) {
 			break
 		}
 	}
-	eventually(t, waitLong, "a drops the connection to the stalled b", func() bool { return a.connFor("b") == nil })
+	testutil.Eventually(t, waitLong, "a drops the connection to the stalled b", func() bool { return a.connFor("b") == nil })
 	if d := time.Since(stalled); d > 4*time.Second {
 		t.Errorf("dropping the stalled TLS link took %v; the dead timeout is 700 ms", d)
 	}
@@ -388,10 +389,10 @@ func TestTLSClientSANCheck(t *testing.T) {
 		t.Fatal("NewTLSConfig left etcd's client SAN check off")
 	}
 	b := c.start("b", tcp(loopback("b", "127.0.0.1"), a.ListenAddr()))
-	eventually(t, waitLong, "b, whose certificate names 127.0.0.1, joins", func() bool { return a.Reachable("b") && b.Reachable("a") })
+	testutil.Eventually(t, waitLong, "b, whose certificate names 127.0.0.1, joins", func() bool { return a.Reachable("b") && b.Reachable("a") })
 
 	x := c.start("x", tcp(loopback("x", "10.99.0.1"), a.ListenAddr()))
-	eventually(t, waitLong, "a refuses x, whose certificate names only 10.99.0.1", func() bool {
+	testutil.Eventually(t, waitLong, "a refuses x, whose certificate names only 10.99.0.1", func() bool {
 		for _, f := range a.Status().HandshakeFailures {
 			if f.Reason == reasonSourceAddr {
 				return true
@@ -399,7 +400,7 @@ func TestTLSClientSANCheck(t *testing.T) {
 		}
 		return false
 	})
-	eventually(t, waitLong, "x learns that a refused its certificate", func() bool {
+	testutil.Eventually(t, waitLong, "x learns that a refused its certificate", func() bool {
 		for _, f := range x.Status().HandshakeFailures {
 			if f.Reason == reasonRemoteRefuse {
 				return true
@@ -417,5 +418,5 @@ func TestTLSClientSANCheck(t *testing.T) {
 	c2 := newCluster(t)
 	a2 := c2.start("a2", tcp(skipping))
 	y := c2.start("y", tcp(loopback("y", "10.99.0.2"), a2.ListenAddr()))
-	eventually(t, waitLong, "with the check skipped, y joins", func() bool { return a2.Reachable("y") && y.Reachable("a2") })
+	testutil.Eventually(t, waitLong, "with the check skipped, y joins", func() bool { return a2.Reachable("y") && y.Reachable("a2") })
 }

@@ -17,7 +17,9 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 
 	"github.com/meshetcd/meshetcd/internal/pki"
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
+	"github.com/meshetcd/meshetcd/mesh/meshtest"
 )
 
 // Benchmarks run over real routers on loopback TCP. Report them with the
@@ -73,7 +75,7 @@ func tcpRouters(tb testing.TB, relay, encrypted bool, tweak func(*mesh.Config)) 
 	b := start("b", newTr())
 	if !relay {
 		a := start("a", newTr(), b.ListenAddr())
-		eventually(tb, 20*time.Second, "a reaches b", func() bool { return a.Reachable("b") && b.Reachable("a") })
+		testutil.Eventually(tb, 20*time.Second, "a reaches b", func() bool { return a.Reachable("b") && b.Reachable("a") })
 		return a, b
 	}
 	ta, tc := newTr(), newTr()
@@ -81,7 +83,7 @@ func tcpRouters(tb testing.TB, relay, encrypted bool, tweak func(*mesh.Config)) 
 	ta.refuse(c.ListenAddr())
 	a := start("a", ta, b.ListenAddr())
 	tc.refuse(a.ListenAddr())
-	eventually(tb, 20*time.Second, "a reaches c", func() bool { return a.Reachable("c") && c.Reachable("a") })
+	testutil.Eventually(tb, 20*time.Second, "a reaches c", func() bool { return a.Reachable("c") && c.Reachable("a") })
 	return a, c
 }
 
@@ -139,12 +141,12 @@ func BenchmarkDatagramRTTUnderBulk(b *testing.B) {
 	for _, relay := range []bool{false, true} {
 		b.Run(map[bool]string{false: "direct", true: "relay"}[relay], func(b *testing.B) {
 			src, dst := tcpRouters(b, relay, true, nil)
-			bs, err := NewBulk(src, DefaultBulkChannel, BulkConfig{})
+			bs, err := NewBulk(src, testBulkChannel, BulkConfig{})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer bs.Close()
-			bd, err := NewBulk(dst, DefaultBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
+			bd, err := NewBulk(dst, testBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
 				_, err := io.Copy(io.Discard, in.Body)
 				return err
 			}})
@@ -174,11 +176,11 @@ func BenchmarkDatagramRTTUnderBulk(b *testing.B) {
 // echoPair opens PacketConns on src and dst, dst echoing; close them with
 // the returned func. A channel id can be opened once per router.
 func echoPair(b *testing.B, src, dst *mesh.Router) (ps *PacketConn, to MeshAddr, closeFn func()) {
-	ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
+	ps, err := Listen(src, testPacketChannel, PacketConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
+	pd, err := Listen(dst, testPacketChannel, PacketConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -237,9 +239,9 @@ func BenchmarkLinkSecurity(b *testing.B) {
 		tweak func(*mesh.Config)
 	}{
 		{"plaintext", nil},
-		{"psk", func(c *mesh.Config) { c.InsecurePlaintext, c.PSK = false, testPSK }},
+		{"psk", func(c *mesh.Config) { c.InsecurePlaintext, c.PSK = false, meshtest.PSK }},
 		{"tls", func(c *mesh.Config) { c.InsecurePlaintext, c.TLS = false, tc }},
-		{"tls+psk", func(c *mesh.Config) { c.InsecurePlaintext, c.TLS, c.PSK = false, tc, testPSK }},
+		{"tls+psk", func(c *mesh.Config) { c.InsecurePlaintext, c.TLS, c.PSK = false, tc, meshtest.PSK }},
 	} {
 		b.Run(mode.name, func(b *testing.B) {
 			src, dst := tcpRouters(b, false, false, mode.tweak)
@@ -278,12 +280,12 @@ func benchTLSConfig(b *testing.B) *mesh.TLSConfig {
 // window of unacknowledged ones.
 func datagramThroughput(b *testing.B, src, dst *mesh.Router) {
 	const inflight, every = 512, 64
-	ps, err := Listen(src, DefaultRaftChannel, PacketConfig{})
+	ps, err := Listen(src, testPacketChannel, PacketConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer ps.Close()
-	pd, err := Listen(dst, DefaultRaftChannel, PacketConfig{})
+	pd, err := Listen(dst, testPacketChannel, PacketConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -393,12 +395,12 @@ func BenchmarkBulkTransfer(b *testing.B) {
 						c.BulkRate = 1 << 40
 					}
 				})
-				bs, err := NewBulk(src, DefaultBulkChannel, BulkConfig{})
+				bs, err := NewBulk(src, testBulkChannel, BulkConfig{})
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer bs.Close()
-				bd, err := NewBulk(dst, DefaultBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
+				bd, err := NewBulk(dst, testBulkChannel, BulkConfig{Handler: func(ctx context.Context, in *Incoming) error {
 					_, err := io.Copy(io.Discard, in.Body)
 					return err
 				}})

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
@@ -235,7 +236,7 @@ func TestBulkSenderDiesMidway(t *testing.T) {
 		errc := make(chan error, 1)
 		go func() { errc <- a.Send(ctx, "b", []byte("meta"), body) }()
 		<-body.reached
-		eventually(t, 5*time.Second, "the spool file", func() bool {
+		testutil.Eventually(t, 5*time.Second, "the spool file", func() bool {
 			ents, _ := os.ReadDir(dir)
 			return len(ents) == 1
 		})
@@ -251,7 +252,7 @@ func TestBulkSenderDiesMidway(t *testing.T) {
 		if err := <-errc; err == nil || how == "cancel" && !errors.Is(err, context.Canceled) {
 			t.Fatalf("%s: Send: %v; want context.Canceled", how, err)
 		}
-		eventually(t, 10*time.Second, how+": spool file removed", func() bool {
+		testutil.Eventually(t, 10*time.Second, how+": spool file removed", func() bool {
 			ents, _ := os.ReadDir(dir)
 			return len(ents) == 0
 		})

@@ -13,6 +13,12 @@ import (
 	"github.com/meshetcd/meshetcd/meshconn"
 )
 
+// The channel ids both ends agree on (members use the peer package's).
+const (
+	raftChannel mesh.ChannelID = 32
+	bulkChannel mesh.ChannelID = 33
+)
+
 // Two peers on an in-memory network: Raft messages as datagrams, and a
 // snapshot as a bulk transfer whose Send returns nil only once the
 // receiver accepted it.
@@ -42,8 +48,8 @@ func Example() {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	pa, _ := meshconn.Listen(a, meshconn.DefaultRaftChannel, meshconn.PacketConfig{})
-	pb, _ := meshconn.Listen(b, meshconn.DefaultRaftChannel, meshconn.PacketConfig{})
+	pa, _ := meshconn.Listen(a, raftChannel, meshconn.PacketConfig{})
+	pb, _ := meshconn.Listen(b, raftChannel, meshconn.PacketConfig{})
 	defer pa.Close()
 	defer pb.Close()
 	if _, err := pa.WriteTo([]byte("MsgApp"), meshconn.MeshAddr{Peer: "b"}); err != nil {
@@ -54,8 +60,8 @@ func Example() {
 	n, from, err := pb.ReadFrom(buf)
 	fmt.Println(string(buf[:n]), "from", from, err)
 
-	ba, _ := meshconn.NewBulk(a, meshconn.DefaultBulkChannel, meshconn.BulkConfig{})
-	bb, _ := meshconn.NewBulk(b, meshconn.DefaultBulkChannel, meshconn.BulkConfig{
+	ba, _ := meshconn.NewBulk(a, bulkChannel, meshconn.BulkConfig{})
+	bb, _ := meshconn.NewBulk(b, bulkChannel, meshconn.BulkConfig{
 		Handler: func(ctx context.Context, in *meshconn.Incoming) error {
 			n, err := io.Copy(io.Discard, in.Body) // e.g. snap.SaveDBFrom(in.Body, index)
 			fmt.Printf("got %q and %d bytes from %s\n", in.Meta, n, in.Src)

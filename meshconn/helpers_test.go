@@ -5,19 +5,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshetcd/meshetcd/mesh"
 )
 
-// eventually polls cond until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// The channel ids these tests open (members use the peer package's).
+const (
+	testPacketChannel mesh.ChannelID = 32
+	testBulkChannel   mesh.ChannelID = 33
+)
 
 // ourGoroutines returns the stacks of goroutines running this package's
 // production code (test goroutines are not counted).

@@ -4,12 +4,6 @@ import (
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
-// Suggested channel ids for the Raft transport; both ends must agree.
-const (
-	DefaultRaftChannel mesh.ChannelID = 32
-	DefaultBulkChannel mesh.ChannelID = 33
-)
-
 // Listen opens a PacketConn on a new interactive-priority datagram channel id of r.
 func Listen(r *mesh.Router, id mesh.ChannelID, cfg PacketConfig) (*PacketConn, error) {
 	return newPacketConn(r.Name(), func(h mesh.DatagramHandler) (channel, error) {

@@ -15,31 +15,19 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
-
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/mesh/memnet"
+	"github.com/meshetcd/meshetcd/mesh/meshtest"
 )
 
-var testPSK = bytes.Repeat([]byte{9}, 32)
-
-// meshConfig is tuned for a loaded 2-core machine under -race: quick
-// heartbeats, a dead timeout generous enough not to flap.
+// meshConfig is meshtest's router config, encrypted or plaintext.
 func meshConfig(t testing.TB, name string, encrypted bool) mesh.Config {
-	cfg := mesh.DefaultConfig()
-	cfg.Name = mesh.PeerName(name)
+	cfg := meshtest.Config(t, mesh.PeerName(name))
 	cfg.ClusterLabel = "meshconn-test"
-	if encrypted {
-		cfg.PSK = testPSK
-	} else {
-		cfg.InsecurePlaintext = true
+	if !encrypted {
+		cfg.PSK, cfg.InsecurePlaintext = nil, true
 	}
-	cfg.HeartbeatInterval = 100 * time.Millisecond
-	cfg.DeadTimeout = 2 * time.Second
-	cfg.BackoffMin = 50 * time.Millisecond
-	cfg.BackoffMax = 500 * time.Millisecond
-	cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name)
 	return cfg
 }
 
@@ -69,7 +57,7 @@ func memLine(t *testing.T) (nw *memnet.Network, a, b, c *mesh.Router) {
 	b = start("b")
 	a = start("a", "b")
 	c = start("c", "b")
-	eventually(t, 20*time.Second, "a and c reach each other via b", func() bool {
+	testutil.Eventually(t, 20*time.Second, "a and c reach each other via b", func() bool {
 		return a.Reachable("c") && c.Reachable("a")
 	})
 	return nw, a, b, c
@@ -77,11 +65,11 @@ func memLine(t *testing.T) (nw *memnet.Network, a, b, c *mesh.Router) {
 
 func TestPacketConnThroughRelay(t *testing.T) {
 	_, a, _, c := memLine(t)
-	pa, err := Listen(a, DefaultRaftChannel, PacketConfig{})
+	pa, err := Listen(a, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := Listen(c, DefaultRaftChannel, PacketConfig{})
+	pc, err := Listen(c, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,11 +191,11 @@ func TestBulk64MiBThroughRelayBoundedMemory(t *testing.T) {
 	_, a, _, c := memLine(t)
 	const size = 64 << 20
 	got := make(chan received, 1)
-	bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got)})
+	bc, err := NewBulk(c, testBulkChannel, BulkConfig{Handler: hashingHandler(got)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{})
+	ba, err := NewBulk(a, testBulkChannel, BulkConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,12 +243,12 @@ func TestBulkFailsWhenReceiverDies(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			nw, a, _, c := memLine(t)
 			got := make(chan received, 1)
-			bc, err := NewBulk(c, DefaultBulkChannel, BulkConfig{Handler: hashingHandler(got), IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+			bc, err := NewBulk(c, testBulkChannel, BulkConfig{Handler: hashingHandler(got), IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer bc.Close()
-			ba, err := NewBulk(a, DefaultBulkChannel, BulkConfig{IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
+			ba, err := NewBulk(a, testBulkChannel, BulkConfig{IdleTimeout: 5 * time.Second, NoRouteGrace: time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -308,12 +296,12 @@ func TestBulkFailsWhenReceiverDies(t *testing.T) {
 // must be intact and unique.
 func TestPacketConnThroughLossyRelay(t *testing.T) {
 	nw, a, _, c := memLine(t)
-	pa, err := Listen(a, DefaultRaftChannel, PacketConfig{})
+	pa, err := Listen(a, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pa.Close()
-	pc, err := Listen(c, DefaultRaftChannel, PacketConfig{})
+	pc, err := Listen(c, testPacketChannel, PacketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,13 +346,13 @@ func TestBulkThroughLossyRelay(t *testing.T) {
 	nw, a, _, c := memLine(t)
 	got := make(chan received, 1)
 	cfg := BulkConfig{Handler: hashingHandler(got), ChunkSize: 32 << 10, RetransmitTimeout: 100 * time.Millisecond, NoRouteGrace: 10 * time.Second}
-	bc, err := NewBulk(c, DefaultBulkChannel, cfg)
+	bc, err := NewBulk(c, testBulkChannel, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer bc.Close()
 	cfg.Handler = nil
-	ba, err := NewBulk(a, DefaultBulkChannel, cfg)
+	ba, err := NewBulk(a, testBulkChannel, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

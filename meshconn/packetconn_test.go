@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshetcd/meshetcd/internal/testutil"
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
@@ -60,7 +61,7 @@ func TestPacketConnIntactOrNotAtAll(t *testing.T) {
 	n.setFaults(0, 0, 0, 0)
 	// An undamaged marker flushes anything held back for reordering; the
 	// receiver may still be draining a full queue.
-	eventually(t, 10*time.Second, "the end marker to be queued", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the end marker to be queued", func() bool {
 		_, err := a.WriteTo([]byte("end-marker"), MeshAddr{"b"})
 		if err != nil && !errors.Is(err, mesh.ErrQueueFull) {
 			t.Fatal(err)
@@ -148,7 +149,7 @@ func TestPacketConnReadDeadline(t *testing.T) {
 
 	// An expired deadline wins over queued data, as on a socket.
 	a.WriteTo([]byte("x"), MeshAddr{"b"})
-	eventually(t, 5*time.Second, "datagram queued", func() bool { return b.Stats().Received == 1 })
+	testutil.Eventually(t, 5*time.Second, "datagram queued", func() bool { return b.Stats().Received == 1 })
 	if _, _, err := b.ReadFrom(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("ReadFrom with expired deadline: %v", err)
 	}
@@ -280,7 +281,7 @@ func TestPacketConnDropsNewestWhenFull(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Second, "all datagrams handled", func() bool {
+	testutil.Eventually(t, 5*time.Second, "all datagrams handled", func() bool {
 		st := b.Stats()
 		return st.Received+st.Dropped == 10
 	})

@@ -38,7 +38,7 @@ type Recovery struct {
 	// (etcd builds it from the backend's members bucket). It overrides the
 	// WAL snapshot record's ConfState: conf-change entries the state machine
 	// already applied are skipped on replay, so without it raft would start
-	// with no voters and never elect a leader (etcd-reuse §4.4 step 5).
+	// with no voters and never elect a leader (etcd's bootstrap does the same).
 	ConfState *raftpb.ConfState
 	// AppliedIndex is the state machine's durable applied index (etcd's
 	// consistent index). It must not be older than the newest snapshot.

@@ -55,10 +55,6 @@ type Config struct {
 	// starved Ready loop, usually a slow disk): etcd's
 	// etcd_server_heartbeat_send_failures_total. Optional.
 	HeartbeatSendLate func()
-	// PeerResolver maps member ids to mesh peers from the committed
-	// membership; required when Transport is a Binder (MeshTransport),
-	// which Start binds to the node with it.
-	PeerResolver PeerResolver
 }
 
 func (c Config) withDefaults() Config {
@@ -106,13 +102,10 @@ func (c Config) validate() error {
 	case c.MaxInflightMsgs < 0:
 		return fmt.Errorf("raftnode: MaxInflightMsgs %d must be positive", c.MaxInflightMsgs)
 	}
-	if _, ok := c.Transport.(Binder); ok && c.PeerResolver == nil {
-		return errors.New("raftnode: a mesh transport needs a PeerResolver")
-	}
 	if sc, ok := c.Transport.(messageSizeChecker); ok {
 		if need := RequiredMessageSize(c.MaxSizePerMsg); sc.MaxMessageSize() < need {
-			return fmt.Errorf("raftnode: the transport carries messages up to %d bytes but MaxSizePerMsg %d needs %d: raise the mesh MaxDatagramSize to at least %d (raftnode.MeshMaxDatagramSize)",
-				sc.MaxMessageSize(), c.MaxSizePerMsg, need, MeshMaxDatagramSize(c.MaxSizePerMsg))
+			return fmt.Errorf("raftnode: the transport carries messages up to %d bytes but MaxSizePerMsg %d needs %d: raise the mesh MaxDatagramSize (peer.MaxDatagramSize)",
+				sc.MaxMessageSize(), c.MaxSizePerMsg, need)
 		}
 	}
 	return nil

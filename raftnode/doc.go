@@ -54,37 +54,12 @@
 // reports failures through the Node's Reporter methods (ReportUnreachable,
 // ReportSnapshot). Incoming messages go to Node.Step; an incoming MsgSnap's
 // database is saved with Node.Snapshotter().SaveDBFrom(r, index) before the
-// message is stepped. A transport that implements Binder is bound to the
-// node by Start, with Config.PeerResolver.
+// message is stepped. A transport with a message size limit
+// (MaxMessageSize) makes Create and Restart refuse a MaxSizePerMsg it
+// cannot carry: RequiredMessageSize(MaxSizePerMsg) must fit.
 //
-// # Raft over the mesh
-//
-// MeshTransport is the Transport between members: each raft message is one
-// datagram (proto.Marshal) on a meshconn.PacketConn (channel 32); MsgSnap
-// goes with the database as one meshconn.Bulk transfer (channel 33: the
-// marshalled message as meta, the database streamed as body, never held in
-// memory), reported to raft as finished only once the receiver saved the
-// database durably (SaveDBFrom) and stepped the message. Any send error
-// (unknown member, no route, queue full, too large) and any route event
-// saying a member's mesh peer became unreachable is ReportUnreachable;
-// reachability never changes membership. Undecodable datagrams are counted
-// and dropped (Stats).
-//
-// A member's mesh peer name is PeerNameFromURLs(its peer URLs): host:port
-// of the first sorted URL, known in every bootstrap mode before the member
-// id. The resolver maps ids to names through the committed membership.
-// Sizes line up: MaxRequestBytes < MaxSizePerMsg, RequiredMessageSize(
-// MaxSizePerMsg) ≤ the PacketConn's datagram size; Create and Restart fail
-// with a clear error otherwise. Set the router's
-// mesh.Config.MaxDatagramSize to MeshMaxDatagramSize(MaxSizePerMsg).
-//
-//	r, _ := mesh.New(mesh.Config{Name: name, MaxDatagramSize: raftnode.MeshMaxDatagramSize(maxSizePerMsg), ...})
-//	_ = r.Start(ctx)
-//	tr, _ := raftnode.NewMeshTransport(raftnode.MeshTransportConfig{Router: r, Logger: lg})
-//	n, _ := raftnode.Create(raftnode.Config{Transport: tr, PeerResolver: resolve, ...}, b)
-//	_ = n.Start(applier) // binds tr
-//	...
-//	n.Stop(); tr.Close(); r.Stop()
-//
-// kvstore does all of this itself when given Config.Mesh.
+// raftnode knows nothing of the network: the peer package implements
+// Transport over the mesh, and kvstore wires the two together (it hands
+// the transport the member, which steps into the Node). Tests run several
+// nodes on the raft-message network of internal/raftnet.
 package raftnode

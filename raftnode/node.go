@@ -149,9 +149,6 @@ func (n *Node) Start(a Applier) error {
 	}
 	n.started = true
 	n.applier = a
-	if b, ok := n.cfg.Transport.(Binder); ok {
-		b.Bind(n, n.cfg.PeerResolver)
-	}
 	n.wg.Add(3)
 	go n.readyLoop()
 	go n.applyLoop()
@@ -228,7 +225,7 @@ func (n *Node) closeOnce() {
 	close(n.donec)
 }
 
-// readyLoop is etcd's raftNode.start loop (etcd-reuse §4.3).
+// readyLoop is etcd's raftNode.start loop (server/etcdserver/raft.go).
 func (n *Node) readyLoop() {
 	defer n.wg.Done()
 	ticker := time.NewTicker(n.cfg.TickInterval)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +22,8 @@ import (
 	serverstorage "go.etcd.io/etcd/server/v3/storage"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/meshetcd/meshetcd/internal/testutil"
 )
 
 // waitTimeout is generous: tests share two cores with other work.
@@ -99,17 +100,6 @@ func testNodeConfig(t *testing.T, dir string, snapshotCount uint64) Config {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func startNew(t *testing.T, cfg Config) (*Node, *recordingApplier) {
 	t.Helper()
 	n, err := Create(cfg, Bootstrap{NodeID: 1, ClusterID: 0x42, Peers: []raft.Peer{{ID: 1}}})
@@ -125,7 +115,7 @@ func run(t *testing.T, n *Node, applied uint64) (*Node, *recordingApplier) {
 	if err := n.Start(a); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	waitFor(t, "leadership", n.IsLeader)
+	testutil.Eventually(t, waitTimeout, "leadership", n.IsLeader)
 	return n, a
 }
 
@@ -139,7 +129,7 @@ func proposeAll(t *testing.T, n *Node, a *recordingApplier, prefix string, count
 			t.Fatalf("Propose %d: %v", i, err)
 		}
 	}
-	waitFor(t, "proposals applied", func() bool {
+	testutil.Eventually(t, waitTimeout, "proposals applied", func() bool {
 		_, data, _ := a.snapshot()
 		return len(data) > 0 && data[len(data)-1] == fmt.Sprintf("%s%d", prefix, count-1)
 	})
@@ -190,7 +180,7 @@ func TestSnapshotCompactsAndRestartDoesNotReapply(t *testing.T) {
 	if len(data) != 30 {
 		t.Fatalf("applied %d entries, want 30", len(data))
 	}
-	waitFor(t, "log compaction", func() bool {
+	testutil.Eventually(t, waitTimeout, "log compaction", func() bool {
 		first, _ := n.raftStorage.FirstIndex()
 		return first > 10
 	})
@@ -236,34 +226,13 @@ func TestRestartNeedsStateAtLeastAtSnapshot(t *testing.T) {
 	}
 }
 
-// lastWALSegment returns the newest WAL file and the end of its records
-// (segments are preallocated and zero-filled after the records).
-func lastWALSegment(t *testing.T, walDir string) (string, int64) {
-	t.Helper()
-	names, err := filepath.Glob(filepath.Join(walDir, "*.wal"))
-	if err != nil || len(names) == 0 {
-		t.Fatalf("no WAL segments in %s: %v", walDir, err)
-	}
-	sort.Strings(names)
-	last := names[len(names)-1]
-	b, err := os.ReadFile(last)
-	if err != nil {
-		t.Fatal(err)
-	}
-	end := int64(len(b))
-	for end > 0 && b[end-1] == 0 {
-		end--
-	}
-	return last, end
-}
-
 func TestRestartRepairsTornTail(t *testing.T) {
 	cfg := testNodeConfig(t, t.TempDir(), 1000)
 	n, a := startNew(t, cfg)
 	proposeAll(t, n, a, "v", 20)
 	n.Stop()
 
-	seg, end := lastWALSegment(t, cfg.WALDir)
+	seg, end := testutil.LastWALSegment(t, cfg.WALDir)
 	// Cut the last record in half, as a crash during a write would.
 	if err := os.Truncate(seg, end-5); err != nil {
 		t.Fatal(err)
@@ -278,7 +247,7 @@ func TestRestartRepairsTornTail(t *testing.T) {
 	n2, a2 := run(t, n2, 0)
 	defer n2.Stop()
 	// Everything but possibly the torn last record replays, in order.
-	waitFor(t, "replay", func() bool { _, d, _ := a2.snapshot(); return len(d) >= 19 })
+	testutil.Eventually(t, waitTimeout, "replay", func() bool { _, d, _ := a2.snapshot(); return len(d) >= 19 })
 	_, data, _ := a2.snapshot()
 	for i := 0; i < 19; i++ {
 		if data[i] != fmt.Sprintf("v%d", i) {
@@ -307,7 +276,7 @@ func TestRestartRejectsCorruptWAL(t *testing.T) {
 			applied, _, _ := a.snapshot()
 			n.Stop()
 
-			seg, end := lastWALSegment(t, cfg.WALDir)
+			seg, end := testutil.LastWALSegment(t, cfg.WALDir)
 			f, err := os.OpenFile(seg, os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)

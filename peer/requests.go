@@ -1,4 +1,4 @@
-package peerrpc
+package peer
 
 import (
 	"context"
@@ -14,11 +14,7 @@ import (
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
-// DefaultChannel is the mesh channel id members use for peer requests
-// (next to meshconn's raft 32 and bulk 33).
-const DefaultChannel mesh.ChannelID = 34
-
-// Defaults of Config.
+// Defaults of EndpointConfig.
 const (
 	DefaultMaxConcurrent  = 64
 	DefaultTimeout        = 5 * time.Second
@@ -27,54 +23,80 @@ const (
 
 // Typed errors of Call.
 var (
-	ErrTimeout   = errors.New("peerrpc: no answer from peer in time")
-	ErrBusy      = errors.New("peerrpc: peer is busy")
-	ErrNoHandler = errors.New("peerrpc: peer does not serve this method")
-	ErrClosed    = errors.New("peerrpc: endpoint closed")
-	errMalformed = errors.New("peerrpc: malformed datagram")
+	ErrTimeout   = errors.New("peer: no answer from peer in time")
+	ErrBusy      = errors.New("peer: peer is busy")
+	ErrNoHandler = errors.New("peer: peer does not serve this method")
+	ErrClosed    = errors.New("peer: endpoint closed")
+	errMalformed = errors.New("peer: malformed datagram")
 )
 
-// RemoteError is the error a peer's handler returned, as text.
+// CodedError is an error that crosses the wire as its code: a handler
+// that returns one (or wraps one) lets the caller recognise it without
+// comparing text. The codes are the handlers' business (kvstore numbers
+// etcd's errors); 0 means no code.
+type CodedError interface {
+	error
+	PeerErrorCode() uint16
+}
+
+// RemoteError is the error a peer's handler returned: its code (0 when it
+// had none) and its text, for logs.
 type RemoteError struct {
 	Peer mesh.PeerName
+	Code uint16
 	Msg  string
 }
 
 func (e *RemoteError) Error() string { return e.Msg }
 
-// Is matches a target error with the same text, so callers can use
-// errors.Is(err, someSentinel) across the wire.
-func (e *RemoteError) Is(target error) bool { return target != nil && target.Error() == e.Msg }
+// PeerErrorCode is the handler error's code.
+func (e *RemoteError) PeerErrorCode() uint16 { return e.Code }
+
+// Is matches a CodedError target with the same non-zero code, so callers
+// can use errors.Is(err, someCodedSentinel) across the wire.
+func (e *RemoteError) Is(target error) bool {
+	c, ok := target.(CodedError)
+	return ok && e.Code != 0 && c.PeerErrorCode() == e.Code
+}
+
+// errorCode is the code of err (0 without one).
+func errorCode(err error) uint16 {
+	var c CodedError
+	if errors.As(err, &c) {
+		return c.PeerErrorCode()
+	}
+	return 0
+}
 
 // Handler serves one method. ctx ends with the caller's timeout (capped) or
 // when the Endpoint closes. The returned payload must fit one datagram.
 type Handler func(ctx context.Context, src mesh.PeerName, req []byte) ([]byte, error)
 
-// Sender is the datagram channel an Endpoint sends on;
+// sender is the datagram channel an Endpoint sends on;
 // *mesh.DatagramChannel satisfies it.
-type Sender interface {
+type sender interface {
 	Send(dst mesh.PeerName, payload []byte) error
 	MaxPayload() int
 }
 
-// Config configures an Endpoint.
-type Config struct {
+// EndpointConfig configures an Endpoint.
+type EndpointConfig struct {
 	Logger         *zap.Logger // nil: zap.NewNop()
 	Router         *mesh.Router
-	Channel        mesh.ChannelID // default DefaultChannel
+	Channel        mesh.ChannelID // default RequestChannel
 	MaxConcurrent  int            // handlers running at once; default 64
 	DefaultTimeout time.Duration  // for calls whose ctx has no deadline; default 5 s
 	MaxHandlerTime time.Duration  // cap on a handler's ctx; default 30 s
 	// Open overrides how the datagram channel is opened (tests); nil opens
 	// cfg.Channel on cfg.Router at raft priority.
-	Open func(h mesh.DatagramHandler) (Sender, error)
+	Open func(h mesh.DatagramHandler) (sender, error)
 }
 
 // Endpoint both serves (Handle) and calls (Call) methods. Close stops it.
 type Endpoint struct {
 	lg  *zap.Logger
-	cfg Config
-	ch  Sender
+	cfg EndpointConfig
+	ch  sender
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -103,18 +125,19 @@ const (
 	statusNoHandler = 3
 
 	// request:  kind u8 | method u8 | id u64 | timeout ms u32 | payload
-	// response: kind u8 | status u8 | id u64 | payload (or error text)
+	// response: kind u8 | status u8 | id u64 | payload
+	//           (status error: code u16 | error text)
 	requestHeaderLen  = 14
 	responseHeaderLen = 10
 )
 
-// New opens the endpoint's datagram channel.
-func New(cfg Config) (*Endpoint, error) {
+// NewEndpoint opens the endpoint's datagram channel.
+func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
 	if cfg.Channel == 0 {
-		cfg.Channel = DefaultChannel
+		cfg.Channel = RequestChannel
 	}
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = DefaultMaxConcurrent
@@ -127,15 +150,15 @@ func New(cfg Config) (*Endpoint, error) {
 	}
 	if cfg.Open == nil {
 		if cfg.Router == nil {
-			return nil, errors.New("peerrpc: Config.Router is required")
+			return nil, errors.New("peer: EndpointConfig.Router is required")
 		}
 		r, id := cfg.Router, cfg.Channel
-		cfg.Open = func(h mesh.DatagramHandler) (Sender, error) {
+		cfg.Open = func(h mesh.DatagramHandler) (sender, error) {
 			return r.NewDatagramChannel(id, "peer-requests", mesh.PriorityInteractive, h)
 		}
 	}
 	e := &Endpoint{
-		lg:       cfg.Logger.Named("peerrpc"),
+		lg:       cfg.Logger.Named("peer-requests"),
 		cfg:      cfg,
 		sem:      make(chan struct{}, cfg.MaxConcurrent),
 		handlers: map[uint8]Handler{},
@@ -148,7 +171,7 @@ func New(cfg Config) (*Endpoint, error) {
 	ch, err := cfg.Open(e.onDatagram)
 	if err != nil {
 		e.cancel()
-		return nil, fmt.Errorf("peerrpc: open channel %d: %w", cfg.Channel, err)
+		return nil, fmt.Errorf("peer: open request channel %d: %w", cfg.Channel, err)
 	}
 	e.ch = ch
 	return e, nil
@@ -199,7 +222,7 @@ func (e *Endpoint) Call(ctx context.Context, dst mesh.PeerName, method uint8, re
 		return nil, ErrTimeout
 	}
 	if requestHeaderLen+len(req) > e.ch.MaxPayload() {
-		return nil, fmt.Errorf("peerrpc: request of %d bytes exceeds the datagram limit %d: %w", len(req), e.ch.MaxPayload(), mesh.ErrTooLarge)
+		return nil, fmt.Errorf("peer: request of %d bytes exceeds the datagram limit %d: %w", len(req), e.ch.MaxPayload(), mesh.ErrTooLarge)
 	}
 	id := e.nextID.Add(1)
 	c := make(chan reply, 1)
@@ -222,7 +245,7 @@ func (e *Endpoint) Call(ctx context.Context, dst mesh.PeerName, method uint8, re
 	binary.BigEndian.PutUint32(b[10:14], uint32(min(remaining.Milliseconds()+1, int64(^uint32(0)))))
 	copy(b[requestHeaderLen:], req)
 	if err := e.ch.Send(dst, b); err != nil {
-		return nil, fmt.Errorf("peerrpc: send to %s: %w", dst, err)
+		return nil, fmt.Errorf("peer: send to %s: %w", dst, err)
 	}
 	select {
 	case r := <-c:
@@ -260,7 +283,11 @@ func (e *Endpoint) onResponse(src mesh.PeerName, payload []byte) {
 	case statusOK:
 		r.payload = append([]byte(nil), body...)
 	case statusError:
-		r.err = &RemoteError{Peer: src, Msg: string(body)}
+		if len(body) < 2 {
+			r.err = fmt.Errorf("%w: error answer without a code from %s", errMalformed, src)
+			break
+		}
+		r.err = &RemoteError{Peer: src, Code: binary.BigEndian.Uint16(body), Msg: string(body[2:])}
 	case statusBusy:
 		r.err = fmt.Errorf("%w (%s)", ErrBusy, src)
 	case statusNoHandler:
@@ -322,7 +349,7 @@ func (e *Endpoint) onRequest(src mesh.PeerName, payload []byte) {
 		// still taken by its own finished request (a spurious ErrBusy).
 		<-e.sem
 		if err != nil {
-			e.respond(src, id, statusError, []byte(err.Error()))
+			e.respond(src, id, statusError, append(binary.BigEndian.AppendUint16(nil, errorCode(err)), err.Error()...))
 			return
 		}
 		e.respond(src, id, statusOK, resp)
@@ -331,7 +358,7 @@ func (e *Endpoint) onRequest(src mesh.PeerName, payload []byte) {
 
 func (e *Endpoint) respond(dst mesh.PeerName, id uint64, status uint8, body []byte) {
 	if responseHeaderLen+len(body) > e.ch.MaxPayload() {
-		status, body = statusError, []byte("peerrpc: response too large for one datagram")
+		status, body = statusError, append([]byte{0, 0}, "peer: response too large for one datagram"...)
 	}
 	b := make([]byte, responseHeaderLen+len(body))
 	b[0], b[1] = kindResponse, status

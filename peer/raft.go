@@ -1,12 +1,11 @@
-package raftnode
+package peer
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
-	"net/url"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,78 +19,38 @@ import (
 
 	"github.com/meshetcd/meshetcd/mesh"
 	"github.com/meshetcd/meshetcd/meshconn"
+	"github.com/meshetcd/meshetcd/raftnode"
 )
 
-// PeerResolver maps a raft member id to the mesh peer that runs it, from the
-// committed membership. ok is false for an unknown (or removed) member.
-type PeerResolver func(id uint64) (peer mesh.PeerName, ok bool)
-
-// Binder is implemented by transports that need the running node to report
-// to and step into, and the membership to address members by. Node.Start
-// binds Config.Transport when it implements Binder, before any message is
-// sent.
-type Binder interface {
-	Bind(n *Node, resolve PeerResolver)
+// Raft is the member a RaftTransport delivers to (etcd's rafthttp.Raft):
+// incoming messages are processed, delivery failures reported, and a
+// received snapshot's database saved before its MsgSnap is processed.
+type Raft interface {
+	// ID is this member's raft id; 0 while the member is not running yet,
+	// and messages that arrive then are dropped (raft re-sends them).
+	ID() uint64
+	Process(ctx context.Context, m *raftpb.Message) error
+	IsIDRemoved(id uint64) bool
+	ReportUnreachable(id uint64)
+	ReportSnapshot(id uint64, failed bool)
+	// SaveSnapshotDB stores a received snapshot's database durably as the
+	// database of the snapshot at index (snap.Snapshotter.SaveDBFrom).
+	SaveSnapshotDB(r io.Reader, index uint64) (int64, error)
 }
 
-// messageSizeChecker is implemented by transports with a per-message size
-// limit; Create and Restart refuse a MaxSizePerMsg the transport can't carry.
-type messageSizeChecker interface {
-	MaxMessageSize() int
-}
-
-// RequiredMessageSize is the largest marshalled raft message a member with
-// this MaxSizePerMsg can produce (an entry batch of MaxSizePerMsg bytes of
-// entries plus protobuf framing: at worst ~25% for tiny entries, plus the
-// message header).
-func RequiredMessageSize(maxSizePerMsg uint64) int {
-	if maxSizePerMsg == 0 {
-		maxSizePerMsg = DefaultMaxSizePerMsg
-	}
-	return int(maxSizePerMsg + maxSizePerMsg/4 + 4<<10)
-}
-
-// MeshMaxDatagramSize is the mesh.Config.MaxDatagramSize a router must have
-// to carry raft messages of a member with this MaxSizePerMsg through a
-// MeshTransport (RequiredMessageSize plus meshconn's per-datagram header,
-// with slack). With kvstore's defaults (MaxRequestBytes 1.5 MiB,
-// MaxSizePerMsg 2 MiB) it is about 2.6 MiB.
-func MeshMaxDatagramSize(maxSizePerMsg uint64) int {
-	return RequiredMessageSize(maxSizePerMsg) + 64<<10
-}
-
-// PeerNameFromURLs is the mesh peer name of a member with these advertised
-// peer URLs: host:port of the first URL in sorted order (etcd's
-// membership.NewMember sorts them). It works in every bootstrap mode,
-// because the peer URLs are in the committed membership before the member's
-// id is known to it.
-func PeerNameFromURLs(peerURLs []string) (mesh.PeerName, error) {
-	if len(peerURLs) == 0 {
-		return "", errors.New("raftnode: member has no peer URLs")
-	}
-	urls := append([]string(nil), peerURLs...)
-	sort.Strings(urls)
-	u, err := url.Parse(urls[0])
-	if err != nil {
-		return "", fmt.Errorf("raftnode: peer URL %q: %w", urls[0], err)
-	}
-	if u.Host == "" {
-		return "", fmt.Errorf("raftnode: peer URL %q has no host:port", urls[0])
-	}
-	if _, _, err := net.SplitHostPort(u.Host); err != nil {
-		return "", fmt.Errorf("raftnode: peer URL %q: %w", urls[0], err)
-	}
-	return mesh.PeerName(u.Host), nil
-}
-
-// MeshTransportConfig configures a MeshTransport.
-type MeshTransportConfig struct {
+// RaftConfig configures a RaftTransport.
+type RaftConfig struct {
 	Logger *zap.Logger // nil: zap.NewNop()
 	// Router is the member's running mesh router. The transport never stops
 	// it; the caller (embed) owns it and stops it after Close.
 	Router *mesh.Router
-	// RaftChannel and BulkChannel default to meshconn's suggested ids; every
-	// member must use the same ones.
+	// Raft receives what arrives and hears about delivery failures.
+	Raft Raft
+	// Resolve maps a member id to the mesh peer that runs it (ok false for
+	// an unknown or removed member).
+	Resolve func(id uint64) (peer mesh.PeerName, ok bool)
+	// RaftChannel and BulkChannel default to RaftChannel and BulkChannel;
+	// every member must use the same ones.
 	RaftChannel mesh.ChannelID
 	BulkChannel mesh.ChannelID
 	// Bulk tunes snapshot transfers (its Handler and Logger are set by the
@@ -104,12 +63,11 @@ type MeshTransportConfig struct {
 	OnRemovedSender func(id uint64, peer mesh.PeerName)
 }
 
-// MeshTransport is the Transport over the mesh: ordinary raft messages are
-// datagrams on a meshconn.PacketConn, MsgSnap plus the backend database
-// stream through meshconn.Bulk. Create it before kvstore.New, hand it in as
-// the Transport; Node.Start binds it (Binder). Close it after the member
-// stopped and before the router stops.
-type MeshTransport struct {
+// RaftTransport is raftnode's Transport over the mesh: ordinary raft
+// messages are datagrams on a meshconn.PacketConn, MsgSnap plus the backend
+// database stream through meshconn.Bulk. Close it after the member stopped
+// and before the router stops.
+type RaftTransport struct {
 	lg   *zap.Logger
 	r    *mesh.Router
 	pc   *meshconn.PacketConn
@@ -119,11 +77,11 @@ type MeshTransport struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	node    *Node
-	resolve PeerResolver
-	bound   bool
-	closed  bool
+	raft    Raft
+	resolve func(id uint64) (mesh.PeerName, bool)
+
+	mu     sync.Mutex
+	closed bool
 	// names caches id → peer for route events (which speak peer names).
 	names map[uint64]mesh.PeerName
 	// since is when each reachable peer last became reachable.
@@ -139,8 +97,8 @@ type MeshTransport struct {
 	snapsSent, snapsFailed, snapsReceived               atomic.Uint64
 }
 
-// MeshTransportStats counts a MeshTransport's traffic.
-type MeshTransportStats struct {
+// RaftStats counts a RaftTransport's traffic.
+type RaftStats struct {
 	Sent, SendFailed                  uint64 // raft datagrams
 	Received, Malformed, Misaddressed uint64
 	SnapshotsSent, SnapshotsFailed    uint64
@@ -148,33 +106,33 @@ type MeshTransportStats struct {
 	PacketConn                        meshconn.PacketStats
 }
 
-var (
-	_ Transport = (*MeshTransport)(nil)
-	_ Binder    = (*MeshTransport)(nil)
-)
+var _ raftnode.Transport = (*RaftTransport)(nil)
 
-// NewMeshTransport opens the raft datagram and bulk channels on cfg.Router.
-// Incoming traffic waits (bounded, then dropped) until Bind.
-func NewMeshTransport(cfg MeshTransportConfig) (*MeshTransport, error) {
+// NewRaftTransport opens the raft datagram and bulk channels on cfg.Router
+// and starts delivering to cfg.Raft.
+func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 	if cfg.Router == nil {
-		return nil, errors.New("raftnode: MeshTransport needs a mesh router")
+		return nil, errors.New("peer: RaftTransport needs a mesh router")
+	}
+	if cfg.Raft == nil || cfg.Resolve == nil {
+		return nil, errors.New("peer: RaftTransport needs Raft and Resolve")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
 	if cfg.RaftChannel == 0 {
-		cfg.RaftChannel = meshconn.DefaultRaftChannel
+		cfg.RaftChannel = RaftChannel
 	}
 	if cfg.BulkChannel == 0 {
-		cfg.BulkChannel = meshconn.DefaultBulkChannel
+		cfg.BulkChannel = BulkChannel
 	}
-	t := &MeshTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, names: map[uint64]mesh.PeerName{}, since: map[mesh.PeerName]time.Time{},
+	t := &RaftTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, raft: cfg.Raft, resolve: cfg.Resolve, names: map[uint64]mesh.PeerName{}, since: map[mesh.PeerName]time.Time{},
 		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier()}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})
 	if err != nil {
 		t.cancel()
-		return nil, fmt.Errorf("raftnode: open raft channel %d: %w", cfg.RaftChannel, err)
+		return nil, fmt.Errorf("peer: open raft channel %d: %w", cfg.RaftChannel, err)
 	}
 	t.pc = pc
 	bcfg := cfg.Bulk
@@ -184,34 +142,23 @@ func NewMeshTransport(cfg MeshTransportConfig) (*MeshTransport, error) {
 	if err != nil {
 		pc.Close()
 		t.cancel()
-		return nil, fmt.Errorf("raftnode: open snapshot channel %d: %w", cfg.BulkChannel, err)
+		return nil, fmt.Errorf("peer: open snapshot channel %d: %w", cfg.BulkChannel, err)
 	}
 	t.bulk = bulk
+	routes, cancel := t.r.SubscribeRoutes(64)
+	t.wg.Add(2)
+	go t.readLoop()
+	go t.watchRoutes(routes, cancel)
 	return t, nil
 }
 
 // MaxMessageSize is the largest marshalled raft message this transport
 // carries; raftnode refuses a MaxSizePerMsg that needs more.
-func (t *MeshTransport) MaxMessageSize() int { return t.pc.MaxDatagramSize() }
-
-// Bind attaches the running node and the membership resolver and starts
-// delivering incoming messages. Only the first call counts.
-func (t *MeshTransport) Bind(n *Node, resolve PeerResolver) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.bound || t.closed {
-		return
-	}
-	t.bound, t.node, t.resolve = true, n, resolve
-	routes, cancel := t.r.SubscribeRoutes(64)
-	t.wg.Add(2)
-	go t.readLoop()
-	go t.watchRoutes(routes, cancel)
-}
+func (t *RaftTransport) MaxMessageSize() int { return t.pc.MaxDatagramSize() }
 
 // Close stops receiving and aborts snapshot transfers in both directions;
 // it waits for the transport's goroutines. Idempotent.
-func (t *MeshTransport) Close() error {
+func (t *RaftTransport) Close() error {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -228,7 +175,7 @@ func (t *MeshTransport) Close() error {
 // ActiveSince is when peer last became reachable over the mesh (etcd's
 // Transport.ActiveSince, used for strict reconfiguration checks and to pick
 // a leader transferee); zero when it is unreachable now.
-func (t *MeshTransport) ActiveSince(peer mesh.PeerName) time.Time {
+func (t *RaftTransport) activeSince(peer mesh.PeerName) time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.since[peer]
@@ -238,11 +185,11 @@ func (t *MeshTransport) ActiveSince(peer mesh.PeerName) time.Time {
 // mesh route (a peer became reachable or unreachable, or its next hop
 // changed). Datagrams in flight on a route that died are lost; kvstore
 // re-proposes pending requests then (their duplicates are skipped at apply).
-func (t *MeshTransport) RouteChangedNotify() <-chan struct{} { return t.routeChanged.Receive() }
+func (t *RaftTransport) RouteChangedNotify() <-chan struct{} { return t.routeChanged.Receive() }
 
 // Stats returns the traffic counters.
-func (t *MeshTransport) Stats() MeshTransportStats {
-	return MeshTransportStats{
+func (t *RaftTransport) Stats() RaftStats {
+	return RaftStats{
 		Sent: t.sent.Load(), SendFailed: t.sendFailed.Load(),
 		Received: t.received.Load(), Malformed: t.malformed.Load(), Misaddressed: t.misaddressed.Load(),
 		SnapshotsSent: t.snapsSent.Load(), SnapshotsFailed: t.snapsFailed.Load(), SnapshotsReceived: t.snapsReceived.Load(),
@@ -250,15 +197,9 @@ func (t *MeshTransport) Stats() MeshTransportStats {
 	}
 }
 
-func (t *MeshTransport) bound2() (*Node, PeerResolver) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.node, t.resolve
-}
-
 // peer resolves id and remembers the answer for route events.
-func (t *MeshTransport) peer(resolve PeerResolver, id uint64) (mesh.PeerName, bool) {
-	name, ok := resolve(id)
+func (t *RaftTransport) peer(id uint64) (mesh.PeerName, bool) {
+	name, ok := t.resolve(id)
 	t.mu.Lock()
 	if ok {
 		t.names[id] = name
@@ -272,14 +213,11 @@ func (t *MeshTransport) peer(resolve PeerResolver, id uint64) (mesh.PeerName, bo
 // Send marshals each message and queues it on the mesh. Any failure is
 // reported to raft as unreachable: raft never retries what we drop, but
 // unreachable makes it probe instead of streaming into a void.
-func (t *MeshTransport) Send(msgs []*raftpb.Message) {
-	n, resolve := t.bound2()
-	if n == nil {
-		return // not bound yet: raft resends on the next heartbeat
-	}
+func (t *RaftTransport) Send(msgs []*raftpb.Message) {
+	n := t.raft
 	for _, m := range msgs {
 		to := m.GetTo()
-		if err := t.send1(resolve, m); err != nil {
+		if err := t.send1(m); err != nil {
 			t.sendFailed.Add(1)
 			t.lg.Debug("raft message not sent", zap.String("to", fmt.Sprintf("%x", to)), zap.Stringer("type", m.GetType()), zap.Error(err))
 			n.ReportUnreachable(to)
@@ -289,11 +227,11 @@ func (t *MeshTransport) Send(msgs []*raftpb.Message) {
 	}
 }
 
-func (t *MeshTransport) send1(resolve PeerResolver, m *raftpb.Message) error {
+func (t *RaftTransport) send1(m *raftpb.Message) error {
 	if m.GetType() == raftpb.MsgSnap {
 		return errors.New("MsgSnap must go through SendSnapshot")
 	}
-	name, ok := t.peer(resolve, m.GetTo())
+	name, ok := t.peer(m.GetTo())
 	if !ok {
 		return fmt.Errorf("member %x is not in the membership", m.GetTo())
 	}
@@ -307,9 +245,9 @@ func (t *MeshTransport) send1(resolve PeerResolver, m *raftpb.Message) error {
 	return nil
 }
 
-func (t *MeshTransport) readLoop() {
+func (t *RaftTransport) readLoop() {
 	defer t.wg.Done()
-	n, _ := t.bound2()
+	n := t.raft
 	// The buffer grows to the largest datagram read so far; one above
 	// 64 KiB (a big append) is not kept, so a MaxDatagramSize buffer
 	// (2.6 MiB) is not pinned for the life of the member.
@@ -334,13 +272,14 @@ func (t *MeshTransport) readLoop() {
 			continue
 		}
 		if m.GetTo() != n.ID() || m.GetType() == raftpb.MsgSnap {
-			// A misrouted message (a peer name reused by another member)
-			// or a snapshot without its database: never step it.
+			// A misrouted message (a peer name reused by another member,
+			// or the member is not running yet: ID 0) or a snapshot
+			// without its database: never step it.
 			t.misaddressed.Add(1)
 			continue
 		}
 		t.received.Add(1)
-		if t.onRemoved != nil && n.Config().IsIDRemoved(m.GetFrom()) {
+		if t.onRemoved != nil && n.IsIDRemoved(m.GetFrom()) {
 			if now := time.Now(); now.Sub(t.removedTold[m.GetFrom()]) > time.Second {
 				t.removedTold[m.GetFrom()] = now
 				if a, ok := from.(meshconn.MeshAddr); ok {
@@ -349,7 +288,7 @@ func (t *MeshTransport) readLoop() {
 			}
 			continue
 		}
-		if err := n.Step(t.ctx, m); err != nil && t.ctx.Err() == nil {
+		if err := n.Process(t.ctx, m); err != nil && t.ctx.Err() == nil {
 			t.lg.Debug("raft refused message", zap.Stringer("from", from), zap.Error(err))
 		}
 	}
@@ -358,10 +297,10 @@ func (t *MeshTransport) readLoop() {
 // watchRoutes reports members whose mesh peer became unreachable, so the
 // leader stops pipelining to them at once (etcd does this when a stream
 // breaks). Reachability never changes membership.
-func (t *MeshTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()) {
+func (t *RaftTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()) {
 	defer t.wg.Done()
 	defer cancel()
-	n, _ := t.bound2()
+	n := t.raft
 	for {
 		select {
 		case ev, ok := <-events:
@@ -398,22 +337,16 @@ func (t *MeshTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()
 // SendSnapshot streams the marshalled MsgSnap (as the transfer's meta) and
 // the database (as its body) with Bulk, on its own goroutine, and reports
 // the outcome truthfully once the receiver accepted or refused it.
-func (t *MeshTransport) SendSnapshot(m snap.Message) {
-	n, resolve := t.bound2()
+func (t *RaftTransport) SendSnapshot(m snap.Message) {
+	n := t.raft
 	to := m.GetTo()
 	fail := func(err error) {
 		t.snapsFailed.Add(1)
 		t.lg.Warn("database snapshot not sent", zap.String("to", fmt.Sprintf("%x", to)), zap.Error(err))
 		m.CloseWithError(err)
-		if n != nil {
-			n.ReportSnapshot(to, true)
-		}
+		n.ReportSnapshot(to, true)
 	}
-	if n == nil {
-		fail(errors.New("transport not bound"))
-		return
-	}
-	name, ok := t.peer(resolve, to)
+	name, ok := t.peer(to)
 	if !ok {
 		fail(fmt.Errorf("member %x is not in the membership", to))
 		return
@@ -449,9 +382,9 @@ func (t *MeshTransport) SendSnapshot(m snap.Message) {
 // receiveSnapshot is the Bulk handler: it saves the database durably as
 // <index>.snap.db while it arrives, then steps the MsgSnap; raft then
 // persists the snapshot and the state machine swaps the database in.
-func (t *MeshTransport) receiveSnapshot(ctx context.Context, in *meshconn.Incoming) error {
-	n, _ := t.bound2()
-	if n == nil {
+func (t *RaftTransport) receiveSnapshot(ctx context.Context, in *meshconn.Incoming) error {
+	n := t.raft
+	if n.ID() == 0 {
 		return errors.New("member not running yet")
 	}
 	m := &raftpb.Message{}
@@ -464,11 +397,11 @@ func (t *MeshTransport) receiveSnapshot(ctx context.Context, in *meshconn.Incomi
 		return fmt.Errorf("not a MsgSnap for member %x", n.ID())
 	}
 	idx := m.GetSnapshot().GetMetadata().GetIndex()
-	size, err := n.Snapshotter().SaveDBFrom(in.Body, idx)
+	size, err := n.SaveSnapshotDB(in.Body, idx)
 	if err != nil {
 		return fmt.Errorf("save snapshot database %d: %w", idx, err)
 	}
-	if err := n.Step(ctx, m); err != nil {
+	if err := n.Process(ctx, m); err != nil {
 		return fmt.Errorf("step MsgSnap %d: %w", idx, err)
 	}
 	t.snapsReceived.Add(1)

@@ -1,4 +1,4 @@
-package peerrpc
+package peer
 
 import (
 	"context"
@@ -49,7 +49,7 @@ func (s fakeSender) Send(dst mesh.PeerName, payload []byte) error {
 
 func newEndpoint(t *testing.T, nw *fakeNet, name mesh.PeerName, maxConc int) *Endpoint {
 	t.Helper()
-	e, err := New(Config{MaxConcurrent: maxConc, Open: func(h mesh.DatagramHandler) (Sender, error) {
+	e, err := NewEndpoint(EndpointConfig{MaxConcurrent: maxConc, Open: func(h mesh.DatagramHandler) (sender, error) {
 		nw.mu.Lock()
 		nw.handlers[name] = h
 		nw.mu.Unlock()
@@ -62,7 +62,13 @@ func newEndpoint(t *testing.T, nw *fakeNet, name mesh.PeerName, maxConc int) *En
 	return e
 }
 
-var errSentinel = errors.New("etcdserver: not leader")
+// codedSentinel is a handler error with a wire code.
+type codedSentinel struct{ msg string }
+
+func (e codedSentinel) Error() string         { return e.msg }
+func (e codedSentinel) PeerErrorCode() uint16 { return 7 }
+
+var errSentinel = codedSentinel{"etcdserver: not leader"}
 
 func TestCallAndErrors(t *testing.T) {
 	nw := &fakeNet{handlers: map[mesh.PeerName]mesh.DatagramHandler{}}
@@ -183,5 +189,30 @@ func TestSequentialCallsNeverBusy(t *testing.T) {
 		if _, err := a.Call(ctx, "b", 1, nil); err != nil {
 			t.Fatalf("call %d: %v", i, err)
 		}
+	}
+}
+
+// Errors cross the wire as codes: an error with the same text but no (or
+// another) code does not match, and an uncoded error carries code 0.
+func TestErrorsCrossAsCodes(t *testing.T) {
+	nw := &fakeNet{handlers: map[mesh.PeerName]mesh.DatagramHandler{}}
+	a := newEndpoint(t, nw, "a", 4)
+	b := newEndpoint(t, nw, "b", 4)
+	b.Handle(1, func(context.Context, mesh.PeerName, []byte) ([]byte, error) {
+		return nil, fmt.Errorf("wrapped: %w", errSentinel)
+	})
+	b.Handle(2, func(context.Context, mesh.PeerName, []byte) ([]byte, error) {
+		return nil, errors.New(errSentinel.Error()) // same text, no code
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := a.Call(ctx, "b", 1, nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != errSentinel.PeerErrorCode() || !errors.Is(err, errSentinel) {
+		t.Fatalf("wrapped coded error = %#v; want code %d matching the sentinel", err, errSentinel.PeerErrorCode())
+	}
+	_, err = a.Call(ctx, "b", 2, nil)
+	if !errors.As(err, &re) || re.Code != 0 || errors.Is(err, errSentinel) || err.Error() != errSentinel.Error() {
+		t.Fatalf("uncoded error with the sentinel's text = %#v; want code 0, text kept, no match", err)
 	}
 }

@@ -1,0 +1,148 @@
+package peer
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/meshetcd/meshetcd/mesh"
+	"github.com/meshetcd/meshetcd/mesh/meshtest"
+	"github.com/meshetcd/meshetcd/meshconn"
+	"github.com/meshetcd/meshetcd/raftnode"
+)
+
+// waitTimeout is generous: tests share two cores with other work.
+const waitTimeout = 30 * time.Second
+
+func TestPeerNameFromURLs(t *testing.T) {
+	for _, tc := range []struct {
+		urls []string
+		want mesh.PeerName
+		err  string
+	}{
+		{urls: []string{"http://127.0.0.1:2380"}, want: "127.0.0.1:2380"},
+		// Sorted like etcd's membership.NewMember: the first sorted URL wins.
+		{urls: []string{"https://10.0.0.2:2380", "http://10.0.0.9:2380"}, want: "10.0.0.9:2380"},
+		{urls: []string{"http://[::1]:2380"}, want: "[::1]:2380"},
+		{urls: nil, err: "no peer URLs"},
+		{urls: []string{"http://host-without-port"}, err: "missing port"},
+		{urls: []string{"unix"}, err: "no host:port"},
+		{urls: []string{"http://%zz"}, err: "invalid"},
+	} {
+		got, err := NameFromURLs(tc.urls)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("NameFromURLs(%v) = %q, %v; want error containing %q", tc.urls, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("NameFromURLs(%v) = %q, %v; want %q", tc.urls, got, err, tc.want)
+		}
+	}
+}
+
+// meshPair starts two connected routers on an in-memory network.
+func meshPair(t *testing.T) (a, b *mesh.Router) {
+	t.Helper()
+	nw := meshtest.NewNetwork(t)
+	start := func(name string, seeds ...string) *mesh.Router {
+		cfg := meshtest.Config(t, mesh.PeerName(name))
+		cfg.ListenAddr = name + ":2380"
+		cfg.Seeds = seeds
+		cfg.MaxDatagramSize = MaxDatagramSize(raftnode.DefaultMaxSizePerMsg)
+		return nw.Start(name, cfg)
+	}
+	a = start("a")
+	b = start("b", "a:2380")
+	meshtest.WaitConnected(t, waitTimeout, a, b)
+	return a, b
+}
+
+// fakeRaft is a Raft host that records what it was handed.
+type fakeRaft struct {
+	id        uint64
+	mu        sync.Mutex
+	processed []*raftpb.Message
+	unreach   []uint64
+}
+
+func (f *fakeRaft) ID() uint64                  { return f.id }
+func (f *fakeRaft) IsIDRemoved(uint64) bool     { return false }
+func (f *fakeRaft) ReportSnapshot(uint64, bool) {}
+func (f *fakeRaft) SaveSnapshotDB(r io.Reader, _ uint64) (int64, error) {
+	return io.Copy(io.Discard, r)
+}
+func (f *fakeRaft) Process(_ context.Context, m *raftpb.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.processed = append(f.processed, m)
+	return nil
+}
+func (f *fakeRaft) ReportUnreachable(id uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unreach = append(f.unreach, id)
+}
+
+// TestMeshTransportDropsGarbage feeds undecodable and misaddressed
+// datagrams to a running transport: they are counted, never processed.
+func TestMeshTransportDropsGarbage(t *testing.T) {
+	a, b := meshPair(t)
+	host := &fakeRaft{id: 1}
+	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host,
+		Resolve: func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if got, want := tr.MaxMessageSize(), raftnode.RequiredMessageSize(raftnode.DefaultMaxSizePerMsg); got < want {
+		t.Fatalf("MaxMessageSize %d < required %d with MaxDatagramSize", got, want)
+	}
+
+	pc, err := meshconn.Listen(b, RaftChannel, meshconn.PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	to := meshconn.MeshAddr{Peer: "a"}
+	pc.WriteTo([]byte{0xff, 0x00, 0x13, 0x37}, to)
+	other, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(99)), From: new(uint64(2))})
+	pc.WriteTo(other, to)
+	snapMsg, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgSnap.Enum(), To: new(uint64(1)), From: new(uint64(2))})
+	pc.WriteTo(snapMsg, to)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		st := tr.Stats()
+		if st.Malformed >= 1 && st.Misaddressed >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v: garbage not counted", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	host.mu.Lock()
+	if len(host.processed) != 0 {
+		t.Fatalf("garbage was processed: %v", host.processed)
+	}
+	host.mu.Unlock()
+
+	// A message to an unknown member is reported, not sent.
+	tr.Send([]*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(7)), From: new(uint64(1))}})
+	if st := tr.Stats(); st.SendFailed != 1 {
+		t.Fatalf("send to an unknown member: stats %+v, want one failure", st)
+	}
+	host.mu.Lock()
+	defer host.mu.Unlock()
+	if len(host.unreach) != 1 || host.unreach[0] != 7 {
+		t.Fatalf("unreachable reports %v, want [7]", host.unreach)
+	}
+}

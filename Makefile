@@ -4,7 +4,7 @@ BIN     := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
 
 # Packages with goroutines and shared state run under the race detector.
-RACE_PKGS := ./internal/... ./mesh/... ./meshconn/... ./peer/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
+RACE_PKGS := ./internal/... ./mesh/... ./meshconn/... ./peer/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/... ./meshview/...
 
 .PHONY: all build run etcdctl etcdutl test test-unit test-integration test-diff bench soak fuzz clean check-imports
 
@@ -52,7 +52,7 @@ test: build etcdctl etcdutl etcd test-unit test-integration
 test-unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 5m ./cmd/...
+	$(GO) test -count=1 -timeout 5m ./cmd/... ./bench/...
 
 ## check-imports: the import rules (go list -deps): kvstore and raftnode never reach mesh/meshconn/peer,
 ## the binary links no test doubles (mesh/memnet, embed/embedtest); also part of test-unit (./internal/...)

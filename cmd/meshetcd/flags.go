@@ -114,30 +114,17 @@ var etcdExtraFlags = []extraFlag{
 	{"discovery-user", "string", "", security, "etcd discovery is not supported"},
 	{"discovery-password", "string", "", security, "etcd discovery is not supported"},
 
-	// security: TLS is not implemented yet
-	{"cert-file", "string", "", security, "client TLS is not implemented yet"},
-	{"key-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-cert-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-key-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-cert-auth", "bool", "false", security, "client certificate authentication is not implemented yet"},
-	{"client-crl-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-cert-allowed-hostname", "string", "", security, "client TLS is not implemented yet"},
-	{"trusted-ca-file", "string", "", security, "client TLS is not implemented yet"},
-	{"auto-tls", "bool", "false", security, "client TLS is not implemented yet"},
+	// security: peer TLS is not implemented yet (client TLS is, above)
 	{"peer-cert-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-key-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-client-cert-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-client-key-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-client-cert-auth", "bool", "false", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-trusted-ca-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"self-signed-cert-validity", "uint", "1", security, "TLS is not implemented yet"},
 	{"peer-crl-file", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-cert-allowed-cn", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-cert-allowed-hostname", "string", "", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
 	{"peer-skip-client-san-verification", "bool", "false", security, "peer TLS is not implemented: peer traffic runs over the mesh, which authenticates and encrypts every link with a shared secret from --mesh-password-file FILE or MESHETCD_MESH_PASSWORD"},
-	{"cipher-suites", "string", "", security, "TLS is not implemented yet"},
-	{"tls-min-version", "string", "TLS1.2", security, "TLS is not implemented yet"},
-	{"tls-max-version", "string", "", security, "TLS is not implemented yet"},
 	{"cors", "string", "*", security, "CORS restrictions are not implemented yet"},
 	{"host-whitelist", "string", "*", security, "host whitelisting is not implemented yet"},
 
@@ -236,6 +223,8 @@ func parseFlags(args []string, e env) (*options, error) {
 		heartbeatMs, electionMs uint
 		logger, logOutputs      string
 		peers, meshPasswordFile string
+		clientAllowedHostnames  string
+		cipherSuites            string
 	)
 
 	// member
@@ -264,6 +253,21 @@ func parseFlags(args []string, e env) (*options, error) {
 	fs.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", cfg.InitialClusterToken, "Initial cluster token for the cluster during bootstrap.")
 	fs.BoolVar(&cfg.StrictReconfigCheck, "strict-reconfig-check", true, "Reject reconfiguration requests that would cause quorum loss.")
 	fs.BoolVar(&cfg.PeerAutoTLS, "peer-auto-tls", false, "Encrypt every mesh link with ephemeral keys, like etcd's self-signed peer TLS: confidential against passive eavesdroppers, not authenticated. A mesh secret (--mesh-password-file) takes precedence.")
+
+	// client security (etcd's flags and defaults)
+	fs.StringVar(&cfg.ClientTLSInfo.CertFile, "cert-file", "", "Path to the client server TLS cert file.")
+	fs.StringVar(&cfg.ClientTLSInfo.KeyFile, "key-file", "", "Path to the client server TLS key file.")
+	fs.StringVar(&cfg.ClientTLSInfo.ClientCertFile, "client-cert-file", "", "Path to an explicit client TLS cert file (presented by the JSON gateway to its own port) otherwise cert file will be used when client auth is required.")
+	fs.StringVar(&cfg.ClientTLSInfo.ClientKeyFile, "client-key-file", "", "Path to an explicit client TLS key file otherwise key file will be used when client auth is required.")
+	fs.BoolVar(&cfg.ClientTLSInfo.ClientCertAuth, "client-cert-auth", false, "Enable client cert authentication (with auth enabled, a client certificate's CN is the user).")
+	fs.StringVar(&cfg.ClientTLSInfo.CRLFile, "client-crl-file", "", "Path to the client certificate revocation list file.")
+	fs.StringVar(&clientAllowedHostnames, "client-cert-allowed-hostname", "", "Comma-separated list of allowed SAN hostnames for client cert authentication.")
+	fs.StringVar(&cfg.ClientTLSInfo.TrustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file.")
+	fs.BoolVar(&cfg.ClientAutoTLS, "auto-tls", false, "Client TLS using generated certificates")
+	fs.UintVar(&cfg.SelfSignedCertValidity, "self-signed-cert-validity", 1, "The validity period of the client and peer certificates, unit is year")
+	fs.StringVar(&cipherSuites, "cipher-suites", "", "Comma-separated list of supported TLS cipher suites between client/server and peers (empty will be auto-populated by Go).")
+	fs.StringVar(&cfg.TlsMinVersion, "tls-min-version", embed.DefaultTLSMinVersion, "Minimum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3.")
+	fs.StringVar(&cfg.TlsMaxVersion, "tls-max-version", "", "Maximum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3 (empty defers to Go).")
 
 	// meshetcd: forming a cluster over the mesh
 	fs.IntVar(&cfg.DiscoverySize, "discovery-size", 0, "Form a new cluster of this many members by mesh discovery (with --peers); a member that finds a running cluster joins it.")
@@ -367,6 +371,8 @@ func parseFlags(args []string, e env) (*options, error) {
 	cfg.AdvertisePeerURLs = apurls.urls
 	cfg.InitialClusterState = clusterState.v
 	cfg.Peers = splitList(peers)
+	cfg.ClientTLSInfo.AllowedHostnames = splitList(clientAllowedHostnames)
+	cfg.CipherSuites = splitList(cipherSuites)
 	if meshPasswordFile != "" {
 		b, err := os.ReadFile(meshPasswordFile)
 		if err != nil {

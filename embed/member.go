@@ -253,6 +253,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		WatchProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
 		Version:                     Version,
 		ElectionTimeout:             cfg.ElectionTimeout,
+		ClientCertAuth:              cfg.ClientTLSInfo.ClientCertAuth,
 		ExtraHTTP: func(mux *http.ServeMux) {
 			mux.Handle("/mesh/status", router.StatusHandler())
 		},
@@ -396,8 +397,9 @@ func dialAddr(a net.Addr) string {
 }
 
 // resolveZeroPorts replaces each advertised URL whose port is 0 by the
-// address bound for the listen URL with the same host:port, or else by the
-// first listener that was asked for port 0.
+// address bound for the listen URL with the same scheme and host:port, or
+// else by the first listener of the same scheme (then of any scheme) that
+// was asked for port 0.
 func resolveZeroPorts(adv, listen, bound []url.URL) []url.URL {
 	out := make([]url.URL, len(adv))
 	for i, a := range adv {
@@ -405,18 +407,22 @@ func resolveZeroPorts(adv, listen, bound []url.URL) []url.URL {
 		if a.Port() != "0" {
 			continue
 		}
-		j := -1
+		exact, sameScheme, any := -1, -1, -1
 		for k, l := range listen {
-			if l.Host == a.Host {
-				j = k
-				break
-			}
-			if j < 0 && l.Port() == "0" {
-				j = k
+			switch {
+			case l.Host == a.Host && l.Scheme == a.Scheme && exact < 0:
+				exact = k
+			case l.Port() == "0" && l.Scheme == a.Scheme && sameScheme < 0:
+				sameScheme = k
+			case l.Port() == "0" && any < 0:
+				any = k
 			}
 		}
-		if j >= 0 {
-			out[i].Host = bound[j].Host
+		for _, j := range []int{exact, sameScheme, any} {
+			if j >= 0 {
+				out[i].Host = bound[j].Host
+				break
+			}
 		}
 	}
 	return out

@@ -302,6 +302,9 @@ func TestClientTLSBadInput(t *testing.T) {
 		{"unknown cipher suite", f.serverArgs("--cipher-suites", "FOO"), 2, `unexpected TLS cipher suite "FOO"`},
 		{"min above max", f.serverArgs("--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"), 2, "min version (TLS1.3) is greater than max version (TLS1.2)"},
 		{"unknown version", f.serverArgs("--tls-min-version", "TLS1.1"), 2, `unexpected TLS version "TLS1.1" (must be one of: TLS1.2, TLS1.3)`},
+		// HTTP/2 (gRPC) needs an AES-128-GCM suite: etcd fails when it
+		// starts serving, and so does meshetcd, with the same message.
+		{"no HTTP/2 cipher suite", f.serverArgs("--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"), 1, "http2: TLSConfig.CipherSuites is missing an HTTP/2-required AES_128_GCM_SHA256 cipher"},
 		{"ciphers with TLS1.3 only", f.serverArgs("--tls-min-version", "TLS1.3", "--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"), 2, "cipher suites cannot be configured when only TLS1.3 is enabled"},
 	}
 	base := func(dir string) []string {
@@ -528,4 +531,118 @@ func TestClientCertCNAsUserMatchesEtcd(t *testing.T) {
 	if gotGW != wantGW {
 		t.Errorf("gateway with a client certificate and no token:\netcd:     %s\nmeshetcd: %s", wantGW, gotGW)
 	}
+}
+
+// TestClientTLSOptions covers the flags that narrow who may connect and
+// how: a CRL, allowed hostnames, cipher suites and TLS versions, and the
+// gateway's own client certificate (--client-cert-file).
+func TestClientTLSOptions(t *testing.T) {
+	f := newTLSFixture(t)
+	connects := func(p *Proc, cfg *tls.Config) error {
+		d := &tls.Dialer{Config: cfg}
+		dctx, cancel := context.WithTimeout(context.Background(), reqTimeout)
+		defer cancel()
+		conn, err := d.DialContext(dctx, "tcp", p.Endpoint)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		// TLS 1.3 reports a refused client certificate on the first read.
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		return nil
+	}
+
+	t.Run("crl", func(t *testing.T) {
+		crl, err := f.ca.CRL(mustCert(t, f.nobody))
+		if err != nil {
+			t.Fatal(err)
+		}
+		crlFile := filepath.Join(f.dir, "ca.crl")
+		if err := os.WriteFile(crlFile, crl, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := StartProc(t, ProcOptions{Args: f.serverArgs("--client-crl-file", crlFile)})
+		if err := connects(p, f.clientTLS(t, &f.root)); err != nil {
+			t.Errorf("root (not revoked): %v", err)
+		}
+		if err := connects(p, f.clientTLS(t, &f.nobody)); err == nil {
+			t.Error("a revoked client certificate was accepted")
+		}
+	})
+
+	t.Run("allowed hostname", func(t *testing.T) {
+		named := f.issue(t, f.ca, "named", pki.Request{CommonName: "named", DNSNames: []string{"client.example"}})
+		p := StartProc(t, ProcOptions{Args: f.serverArgs("--client-cert-allowed-hostname", "client.example")})
+		if err := connects(p, f.clientTLS(t, &named)); err != nil {
+			t.Errorf("certificate for client.example: %v", err)
+		}
+		if err := connects(p, f.clientTLS(t, &f.root)); err == nil {
+			t.Error("a certificate not valid for client.example was accepted")
+		}
+	})
+
+	t.Run("cipher suites and versions", func(t *testing.T) {
+		p := StartProc(t, ProcOptions{Args: f.serverArgs("--tls-max-version", "TLS1.2", "--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")})
+		cfg := f.clientTLS(t, &f.root)
+		d := &tls.Dialer{Config: cfg}
+		conn, err := d.DialContext(ctx(t), "tcp", p.Endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := conn.(*tls.Conn).ConnectionState()
+		conn.Close()
+		if st.Version != tls.VersionTLS12 || st.CipherSuite != tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 {
+			t.Errorf("negotiated %s / %s, want TLS 1.2 / TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+		}
+		otherSuite := f.clientTLS(t, &f.root)
+		otherSuite.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384}
+		if err := connects(p, otherSuite); err == nil {
+			t.Error("a client offering only a cipher suite outside --cipher-suites connected")
+		}
+		only13 := f.clientTLS(t, &f.root)
+		only13.MinVersion = tls.VersionTLS13
+		if err := connects(p, only13); err == nil {
+			t.Error("a TLS 1.3-only client connected to a TLS 1.2-only server")
+		}
+	})
+
+	t.Run("gateway client certificate", func(t *testing.T) {
+		// A server certificate without the client-auth usage cannot be the
+		// gateway's client certificate; --client-cert-file supplies one.
+		serverOnly := f.issue(t, f.ca, "server-only", pki.Request{CommonName: "server", DNSNames: []string{"localhost"}, IPs: []net.IP{net.ParseIP("127.0.0.1")}, ServerOnly: true})
+		gw := f.issue(t, f.ca, "gateway", pki.Request{})
+		hc := &http.Client{Timeout: reqTimeout, Transport: &http.Transport{TLSClientConfig: f.clientTLS(t, &f.root), ForceAttemptHTTP2: true}}
+		rangeStatus := func(p *Proc) int {
+			resp, err := hc.Post("https://"+p.Endpoint+"/v3/kv/range", "application/json", strings.NewReader(`{"key":"aw=="}`))
+			if err != nil {
+				t.Fatalf("gateway: %v", err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		p := StartProc(t, ProcOptions{Args: f.serverArgs("--cert-file", serverOnly.cert, "--key-file", serverOnly.key, "--client-cert-file", gw.cert, "--client-key-file", gw.key)})
+		if code := rangeStatus(p); code != http.StatusOK {
+			t.Errorf("gateway with --client-cert-file: HTTP %d", code)
+		}
+		p2 := StartProc(t, ProcOptions{Name: "m2", Args: f.serverArgs("--cert-file", serverOnly.cert, "--key-file", serverOnly.key)})
+		if code := rangeStatus(p2); code == http.StatusOK {
+			t.Error("the gateway reached its port with a server-only certificate; the test proves nothing")
+		}
+	})
+}
+
+func mustCert(t testing.TB, c certPair) *x509.Certificate {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(c.cert, c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }

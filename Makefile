@@ -33,7 +33,7 @@ test: build etcdctl test-unit test-integration
 test-unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 5m ./cmd/...
+	$(GO) test -count=1 -timeout 5m ./cmd/... ./scripts/...
 
 test-integration: build etcdctl
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m ./integration/...
@@ -43,7 +43,7 @@ test-integration: build etcdctl
 ## recorded etcd transcript, and runs these live too whenever bin/etcd already exists)
 test-diff: build etcdctl etcd
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m \
-		-run 'TestEtcdctlMatchesEtcd|TestKV|TestBadInputKeepsServing' -v ./integration/
+		-run 'TestEtcdctlMatchesEtcd|TestKV|TestBadInputKeepsServing|TestClientCertCNAsUserMatchesEtcd|TestClientTLSBadInput' -v ./integration/
 
 ## bench: side-by-side throughput/latency against etcd 3.7.3 (see bench/)
 bench: build

@@ -207,14 +207,21 @@ func TestClientTLS(t *testing.T) {
 			t.Fatal("no watch event over mTLS")
 		}
 
-		for name, cfg := range map[string]*tls.Config{
-			"no client certificate": f.clientTLS(t, nil),
-			"foreign CA":            f.clientTLS(t, &f.foreign),
+		// Each must fail within seconds; they run side by side.
+		for _, tc := range []struct {
+			name, endpoint string
+			cfg            *tls.Config
+		}{
+			{"no client certificate", secure, f.clientTLS(t, nil)},
+			{"foreign CA", secure, f.clientTLS(t, &f.foreign)},
+			{"plaintext on the TLS port", secure, nil},
+			{"TLS on the plaintext port", plain, f.clientTLS(t, &f.root)},
 		} {
-			assertClientFails(t, name, secure, cfg)
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				assertClientFails(t, tc.name, tc.endpoint, tc.cfg)
+			})
 		}
-		assertClientFails(t, "plaintext on the TLS port", secure, nil)
-		assertClientFails(t, "TLS on the plaintext port", plain, f.clientTLS(t, &f.root))
 	})
 
 	t.Run("http", func(t *testing.T) {

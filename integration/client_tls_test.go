@@ -179,9 +179,17 @@ func TestClientTLS(t *testing.T) {
 		} else if time.Since(start) > 20*time.Second {
 			t.Errorf("plaintext etcdctl on the TLS port took %v to fail", time.Since(start))
 		}
+		// TLS etcdctl on the plaintext port.
+		p.Endpoint = plain
+		p.CtlArgs = append(f.ctlArgs(f.root), "--dial-timeout=3s", "--command-timeout=5s")
+		start = time.Now()
+		if out, _, err := p.Ctl("get", "k"); err == nil {
+			t.Errorf("TLS etcdctl on the plaintext port succeeded: %q", out)
+		} else if time.Since(start) > 20*time.Second {
+			t.Errorf("TLS etcdctl on the plaintext port took %v to fail", time.Since(start))
+		}
 		// The http:// listener beside it still serves plaintext.
 		p.CtlArgs = nil
-		p.Endpoint = plain
 		if out := p.MustCtl(t, "get", "k", "--print-value-only"); out != "v-tls\n" {
 			t.Errorf("get over plaintext = %q", out)
 		}

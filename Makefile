@@ -52,7 +52,7 @@ test: build etcdctl etcdutl etcd test-unit test-integration
 test-unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 5m ./cmd/... ./bench/...
+	$(GO) test -count=1 -timeout 5m ./cmd/... ./bench/... ./scripts/...
 
 ## check-imports: the import rules (go list -deps): kvstore and raftnode never reach mesh/meshconn/peer,
 ## the binary links no test doubles (mesh/memnet, embed/embedtest); also part of test-unit (./internal/...)
@@ -73,7 +73,7 @@ chromium:
 ## recorded etcd transcript, and runs these live too whenever bin/etcd already exists)
 test-diff: build etcdctl etcd
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl $(GO) test -count=1 -timeout 15m \
-		-run 'TestEtcdctlMatchesEtcd|TestKV|TestBadInputKeepsServing' -v ./integration/
+		-run 'TestEtcdctlMatchesEtcd|TestKV|TestBadInputKeepsServing|TestClientCertCNAsUserMatchesEtcd|TestClientTLSBadInput' -v ./integration/
 
 ## bench: side-by-side throughput/latency against etcd 3.7.3 (see bench/)
 bench: build

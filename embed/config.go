@@ -1,18 +1,22 @@
 package embed
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/logutil"
+	"go.etcd.io/etcd/client/pkg/v3/tlsutil"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.uber.org/zap"
@@ -45,6 +49,7 @@ const (
 	DefaultLogOutput               = "default" // stderr, as etcd outside systemd
 	DefaultAuthToken               = "simple"
 	DefaultAuthTokenTTL            = 300 * time.Second
+	DefaultTLSMinVersion           = "TLS1.2"
 
 	ClusterStateNew      = "new"
 	ClusterStateExisting = "existing"
@@ -70,15 +75,15 @@ type Config struct {
 	DataDir string
 
 	// ListenClientURLs are the addresses the gRPC and HTTP client API is
-	// served on (gRPC and HTTP share each port, like etcd). Only http://
-	// for now. Port 0 picks a free port; Member.ClientURLs reports it.
+	// served on (gRPC and HTTP share each port, like etcd): http:// in
+	// plaintext, https:// over TLS with ClientTLSInfo (or ClientAutoTLS);
+	// both kinds can be mixed. Port 0 picks a free port;
+	// Member.ClientURLs reports it.
 	ListenClientURLs []url.URL
 	// AdvertiseClientURLs are published in the membership (member list).
 	// An advertised URL with port 0 is replaced by the bound listener's
 	// address, so tests can use port 0 throughout.
 	AdvertiseClientURLs []url.URL
-	// ClientTLSInfo is the client certificate configuration (etcd --cert-file, --key-file, ...).
-	ClientTLSInfo transport.TLSInfo
 	// ListenMetricsURLs are extra listeners serving only /metrics and the
 	// health endpoints (etcd --listen-metrics-urls). An https:// URL uses
 	// ClientTLSInfo, as etcd does; http:// serves plaintext.
@@ -203,6 +208,33 @@ type Config struct {
 	// (0 means etcd's default, 10 minutes).
 	WatchProgressNotifyInterval time.Duration
 
+	// ClientTLSInfo is etcd's client TLS, used by the https:// client
+	// URLs (ignored, with a warning, by http:// ones): --cert-file,
+	// --key-file, --client-cert-file/--client-key-file (the certificate the
+	// JSON gateway presents to its own port when client certificates are
+	// required; default the server's), --trusted-ca-file (requires and
+	// verifies client certificates, as in etcd), --client-cert-auth,
+	// --client-crl-file (CRLFile) and --client-cert-allowed-hostname
+	// (AllowedHostnames). The files are re-read on every TLS handshake, so
+	// replacing them rotates the certificates without a restart.
+	// ClientTLSInfo.ClientCertAuth also makes a verified client
+	// certificate's CN the user when auth is enabled and no token is sent.
+	ClientTLSInfo transport.TLSInfo
+	// ClientAutoTLS is etcd's --auto-tls: without ClientTLSInfo files, a
+	// self-signed certificate for the client URLs' hosts is generated in
+	// <data-dir>/fixtures/client, valid for SelfSignedCertValidity years.
+	ClientAutoTLS bool
+	// SelfSignedCertValidity is etcd's --self-signed-cert-validity in
+	// years (default 1).
+	SelfSignedCertValidity uint
+	// CipherSuites is etcd's --cipher-suites (Go's names, e.g.
+	// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); empty leaves Go's choice.
+	CipherSuites []string
+	// TlsMinVersion and TlsMaxVersion are etcd's --tls-min-version and
+	// --tls-max-version: "TLS1.2", "TLS1.3", or "" for max (Go decides).
+	TlsMinVersion string
+	TlsMaxVersion string
+
 	// EnableGRPCGateway serves etcd's JSON gateway (POST /v3/kv/put, ...)
 	// on the client ports (etcd --enable-grpc-gateway, default true).
 	EnableGRPCGateway bool
@@ -259,6 +291,8 @@ func NewConfig() Config {
 		GRPCKeepAliveInterval:       2 * time.Hour,
 		GRPCKeepAliveTimeout:        20 * time.Second,
 		WarningUnaryRequestDuration: 300 * time.Millisecond,
+		SelfSignedCertValidity:      1,
+		TlsMinVersion:               DefaultTLSMinVersion,
 		LogLevel:                    DefaultLogLevel,
 		LogFormat:                   DefaultLogFormat,
 		LogOutputs:                  []string{DefaultLogOutput},
@@ -311,7 +345,7 @@ func (c *Config) Validate() error {
 	if len(c.ListenClientURLs) == 0 {
 		return errors.New("--listen-client-urls must not be empty")
 	}
-	if err := checkBindURLs("--listen-client-urls", c.ListenClientURLs); err != nil {
+	if err := checkBindURLs("--listen-client-urls", c.ListenClientURLs, "http", "https"); err != nil {
 		return err
 	}
 	if len(c.AdvertiseClientURLs) == 0 {
@@ -320,10 +354,13 @@ func (c *Config) Validate() error {
 	if err := checkHostURLs(c.AdvertiseClientURLs); err != nil {
 		return fmt.Errorf(`--advertise-client-urls %q must be in the format "host:port" (%w)`, urlsString(c.AdvertiseClientURLs), err)
 	}
-	if err := checkMetricsURLs(c.ListenMetricsURLs); err != nil {
+	if err := c.validateClientTLS(); err != nil {
 		return err
 	}
-	if err := checkBindURLs("--listen-peer-urls", httpsAsHTTP(c.ListenPeerURLs)); err != nil {
+	if err := checkBindURLs("--listen-metrics-urls", c.ListenMetricsURLs, "http", "https"); err != nil {
+		return err
+	}
+	if err := checkBindURLs("--listen-peer-urls", c.ListenPeerURLs, "http", "https"); err != nil {
 		return err
 	}
 	if len(c.ListenPeerURLs) != 1 {
@@ -416,6 +453,101 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// validateClientTLS is etcd's TLS flag validation (embed.Config.Validate and
+// configureClientListeners), with etcd's messages: known TLS versions, min
+// not above max, no cipher suites with TLS 1.3 only, known cipher suites,
+// and key and certificate files for every https:// client URL.
+func (c *Config) validateClientTLS() error {
+	minVersion, err := tlsutil.GetTLSVersion(c.TlsMinVersion)
+	if err != nil {
+		return err
+	}
+	maxVersion, err := tlsutil.GetTLSVersion(c.TlsMaxVersion)
+	if err != nil {
+		return err
+	}
+	// maxVersion == 0 means that Go selects the highest available version.
+	if maxVersion != 0 && minVersion > maxVersion {
+		return fmt.Errorf("min version (%s) is greater than max version (%s)", c.TlsMinVersion, c.TlsMaxVersion)
+	}
+	if minVersion == tls.VersionTLS13 && len(c.CipherSuites) > 0 {
+		return errors.New("cipher suites cannot be configured when only TLS1.3 is enabled")
+	}
+	if _, err := tlsutil.GetCipherSuites(c.CipherSuites); err != nil {
+		return err
+	}
+	if c.ClientAutoTLS && c.ClientTLSInfo.Empty() && c.SelfSignedCertValidity == 0 {
+		return errors.New("--self-signed-cert-validity is invalid, it should be greater than 0")
+	}
+	for _, u := range c.ListenClientURLs {
+		if u.Scheme == "https" && c.ClientTLSInfo.Empty() && !c.ClientAutoTLS {
+			return fmt.Errorf("TLS key/cert (--cert-file, --key-file) must be provided for client url %s with HTTPS scheme", u.String())
+		}
+	}
+	return nil
+}
+
+// clientTLS is the TLS configuration the https:// client listeners serve:
+// ClientTLSInfo with the cipher suites and versions applied, or, with
+// ClientAutoTLS and no files, a self-signed certificate generated (once,
+// then reused) under dataDir/fixtures/client like etcd's. It reports false
+// when no client URL is https://. The files are checked now, so a missing,
+// unreadable or mismatched key or certificate fails the start with etcd's
+// error instead of every handshake.
+func (c *Config) clientTLS(lg *zap.Logger, dataDir string) (*transport.TLSInfo, bool, error) {
+	secure := false
+	for _, u := range c.ListenClientURLs {
+		if u.Scheme == "https" {
+			secure = true
+		} else if !c.ClientTLSInfo.Empty() {
+			lg.Warn("scheme is http or unix while key and cert files are present; ignoring key and cert files", zap.String("client-url", u.String()))
+		} else if c.ClientTLSInfo.ClientCertAuth {
+			lg.Warn("scheme is http or unix while --client-cert-auth is enabled; ignoring client cert auth for this URL", zap.String("client-url", u.String()))
+		}
+	}
+	if !secure {
+		return nil, false, nil
+	}
+	info := c.ClientTLSInfo
+	if c.ClientAutoTLS {
+		if !info.Empty() {
+			lg.Warn("ignoring client auto TLS since certs given")
+		} else {
+			hosts := make([]string, 0, len(c.ListenClientURLs))
+			for _, u := range c.ListenClientURLs {
+				hosts = append(hosts, u.Host)
+			}
+			var err error
+			if info, err = transport.SelfCert(lg, filepath.Join(dataDir, "fixtures", "client"), hosts, c.SelfSignedCertValidity); err != nil {
+				return nil, false, fmt.Errorf("failed to get client self-signed certs: %w", err)
+			}
+		}
+	}
+	if err := c.applyTLSOptions(&info); err != nil {
+		return nil, false, err
+	}
+	info.Logger = lg
+	info.HandshakeFailure = func(conn *tls.Conn, err error) {
+		logf := lg.Warn
+		if errors.Is(err, io.EOF) {
+			logf = lg.Debug // port scanners and probes; not worth a warning
+		}
+		fields := []zap.Field{zap.String("remote-addr", conn.RemoteAddr().String()), zap.String("server-name", conn.ConnectionState().ServerName)}
+		if certs := conn.ConnectionState().PeerCertificates; len(certs) > 0 {
+			ips := make([]string, len(certs[0].IPAddresses))
+			for i, ip := range certs[0].IPAddresses {
+				ips[i] = ip.String()
+			}
+			fields = append(fields, zap.Strings("ip-addresses", ips), zap.Strings("dns-names", certs[0].DNSNames))
+		}
+		logf("rejected connection on client endpoint", append(fields, zap.Error(err))...)
+	}
+	if _, err := info.ServerConfig(); err != nil {
+		return nil, false, err
+	}
+	return &info, true, nil
+}
+
 // checkInitialCluster mirrors etcd's bootstrap check that this member's entry
 // in --initial-cluster matches its advertised peer URLs.
 func checkInitialCluster(name string, ic types.URLsMap, apurls []url.URL) error {
@@ -434,17 +566,15 @@ func checkInitialCluster(name string, ic types.URLsMap, apurls []url.URL) error 
 }
 
 // checkBindURLs is etcd's rule (an IP or "localhost", no path), plus the
-// schemes meshetcd serves today.
-func checkBindURLs(flag string, urls []url.URL) error {
+// schemes meshetcd serves there today.
+func checkBindURLs(flag string, urls []url.URL, schemes ...string) error {
 	for _, u := range urls {
-		switch u.Scheme {
-		case "http":
-		case "https":
-			return fmt.Errorf("%s %q: https:// is not supported yet (client and peer TLS are not implemented); use http://", flag, u.String())
-		case "unix", "unixs":
+		switch {
+		case slices.Contains(schemes, u.Scheme):
+		case u.Scheme == "unix" || u.Scheme == "unixs":
 			return fmt.Errorf("%s %q: unix sockets are not supported yet; use http://", flag, u.String())
 		default:
-			return fmt.Errorf("%s %q: URL scheme must be http", flag, u.String())
+			return fmt.Errorf("%s %q: URL scheme must be one of %s", flag, u.String(), strings.Join(schemes, ", "))
 		}
 		if u.Path != "" {
 			return fmt.Errorf("%s %q: URL must not contain a path", flag, u.String())
@@ -458,22 +588,6 @@ func checkBindURLs(flag string, urls []url.URL) error {
 		}
 		if net.ParseIP(host) == nil {
 			return fmt.Errorf("expected IP in URL for binding (%s)", u.String())
-		}
-	}
-	return nil
-}
-
-// checkMetricsURLs applies etcd's bind rules to --listen-metrics-urls,
-// which may be http:// or https:// (https serves with ClientTLSInfo).
-func checkMetricsURLs(urls []url.URL) error {
-	for _, u := range urls {
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return fmt.Errorf("--listen-metrics-urls %q: URL scheme must be http or https", u.String())
-		}
-		plain := u
-		plain.Scheme = "http"
-		if err := checkBindURLs("--listen-metrics-urls", []url.URL{plain}); err != nil {
-			return err
 		}
 	}
 	return nil
@@ -608,3 +722,23 @@ const DefaultJoinTimeout = 60 * time.Second
 // ErrJoinTimeout: a joining member got no answer from the cluster within
 // JoinTimeout. The error wrapping it names the reason of the last attempt.
 var ErrJoinTimeout = errors.New("could not join the cluster")
+
+// applyTLSOptions sets --cipher-suites, --tls-min-version and
+// --tls-max-version on info. etcd applies them to the client and the peer
+// listeners alike.
+func (c *Config) applyTLSOptions(info *transport.TLSInfo) error {
+	cs, err := tlsutil.GetCipherSuites(c.CipherSuites)
+	if err != nil {
+		return err
+	}
+	if len(cs) > 0 {
+		info.CipherSuites = cs
+	}
+	if info.MinVersion, err = tlsutil.GetTLSVersion(c.TlsMinVersion); err != nil {
+		return err
+	}
+	if info.MaxVersion, err = tlsutil.GetTLSVersion(c.TlsMaxVersion); err != nil {
+		return err
+	}
+	return nil
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/storage/wal"
@@ -37,8 +38,9 @@ type Member struct {
 	router     *mesh.Router
 	disc       *discovery
 	gs         *grpc.Server
-	listenURLs []url.URL // the bound client listener addresses
-	clientURLs []url.URL // advertised client URLs, port 0 resolved
+	clientTLS  *transport.TLSInfo // for https:// client URLs; nil without
+	listenURLs []url.URL          // the bound client listener addresses
+	clientURLs []url.URL          // advertised client URLs, port 0 resolved
 	// metricsURLs are the bound --listen-metrics-urls, port 0 resolved.
 	metricsURLs []url.URL
 
@@ -95,6 +97,11 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 	}
 	if hasWAL && (cfg.DiscoverySize > 0 || cfg.Join || cfg.InitialClusterState == ClusterStateExisting) {
 		lg.Info("the data directory holds a member; ignoring bootstrap flags (--discovery-size, --join, --initial-cluster*)", zap.String("data-dir", dataDir))
+	}
+
+	tlsInfo, _, err := cfg.clientTLS(lg, dataDir)
+	if err != nil {
+		return nil, err
 	}
 
 	listeners := make([]net.Listener, 0, len(cfg.ListenClientURLs))
@@ -155,6 +162,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		AuthToken:                  cfg.AuthToken,
 		TokenTTL:                   cfg.AuthTokenTTL,
 		BcryptCost:                 int(min(cfg.BcryptCost, math.MaxInt32)),
+		ClientCertAuthEnabled:      cfg.ClientTLSInfo.ClientCertAuth,
 	}
 
 	// The mesh router comes first: discovery, join and "existing" talk to
@@ -300,6 +308,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		Version:                     Version,
 		ElectionTimeout:             cfg.ElectionTimeout,
 		MemberMetrics:               metrics,
+		ClientCertAuth:              cfg.ClientTLSInfo.ClientCertAuth,
 		ExtraHTTP: func(mux *http.ServeMux) {
 			mux.Handle("/mesh/status", router.StatusHandler())
 			meshview.NewHandler(meshViewSource{name: cfg.Name, srv: srv, router: router}, meshview.Config{Logger: lg}).Mount(mux)
@@ -313,6 +322,7 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		router:      router,
 		disc:        disc,
 		gs:          grpcapi.NewGRPCServer(srv, gcfg),
+		clientTLS:   tlsInfo,
 		listenURLs:  bound,
 		clientURLs:  advertised,
 		cancelServe: cancelServe,
@@ -320,13 +330,23 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		errc:        make(chan error, 1),
 		closing:     make(chan struct{}),
 	}
+	if tlsInfo != nil {
+		lg.Info("starting with client TLS", zap.String("tls-info", tlsInfo.String()), zap.Strings("cipher-suites", cfg.CipherSuites))
+	}
 	for i, l := range listeners {
 		addr := bound[i].String()
+		secure := bound[i].Scheme == "https"
 		hcfg := gcfg
 		if cfg.EnableGRPCGateway {
 			// Like etcd, the JSON gateway is a gRPC client of the port it
 			// is served on, so each listener gets its own.
-			gw, gerr := grpcapi.NewGateway(serveCtx, dialAddr(l.Addr()), lg)
+			var gw *grpcapi.Gateway
+			var gerr error
+			if secure {
+				gw, gerr = grpcapi.NewTLSGateway(serveCtx, dialAddr(l.Addr()), tlsInfo, lg)
+			} else {
+				gw, gerr = grpcapi.NewGateway(serveCtx, dialAddr(l.Addr()), lg)
+			}
 			if gerr != nil {
 				// Listeners not yet handed to a Serve goroutine are ours.
 				for _, rest := range listeners[i:] {
@@ -339,11 +359,19 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 			hcfg.Gateway = gw
 		}
 		h := grpcapi.NewHTTPHandler(srv, hcfg)
-		lg.Info("serving client traffic insecurely; this is strongly discouraged!", zap.String("traffic", "grpc+http"), zap.String("address", l.Addr().String()))
+		serve := func() error { return grpcapi.Serve(serveCtx, l, m.gs, h) }
+		if secure {
+			serve = func() error {
+				return grpcapi.ServeTLS(serveCtx, l, m.gs, h, tlsInfo, cfg.MaxConcurrentStreams)
+			}
+			lg.Info("serving client traffic securely", zap.String("traffic", "grpc+http"), zap.String("address", l.Addr().String()))
+		} else {
+			lg.Info("serving client traffic insecurely; this is strongly discouraged!", zap.String("traffic", "grpc+http"), zap.String("address", l.Addr().String()))
+		}
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			if err := grpcapi.Serve(serveCtx, l, m.gs, h); err != nil {
+			if err := serve(); err != nil {
 				m.fail(fmt.Errorf("serving client traffic on %s: %w", addr, err))
 			}
 		}()
@@ -441,8 +469,9 @@ func dialAddr(a net.Addr) string {
 }
 
 // resolveZeroPorts replaces each advertised URL whose port is 0 by the
-// address bound for the listen URL with the same host:port, or else by the
-// first listener that was asked for port 0.
+// address bound for the listen URL with the same scheme and host:port, or
+// else by the first listener of the same scheme (then of any scheme) that
+// was asked for port 0.
 func resolveZeroPorts(adv, listen, bound []url.URL) []url.URL {
 	out := make([]url.URL, len(adv))
 	for i, a := range adv {
@@ -450,18 +479,22 @@ func resolveZeroPorts(adv, listen, bound []url.URL) []url.URL {
 		if a.Port() != "0" {
 			continue
 		}
-		j := -1
+		exact, sameScheme, any := -1, -1, -1
 		for k, l := range listen {
-			if l.Host == a.Host {
-				j = k
-				break
-			}
-			if j < 0 && l.Port() == "0" {
-				j = k
+			switch {
+			case l.Host == a.Host && l.Scheme == a.Scheme && exact < 0:
+				exact = k
+			case l.Port() == "0" && l.Scheme == a.Scheme && sameScheme < 0:
+				sameScheme = k
+			case l.Port() == "0" && any < 0:
+				any = k
 			}
 		}
-		if j >= 0 {
-			out[i].Host = bound[j].Host
+		for _, j := range []int{exact, sameScheme, any} {
+			if j >= 0 {
+				out[i].Host = bound[j].Host
+				break
+			}
 		}
 	}
 	return out
@@ -524,13 +557,34 @@ func (m *Member) Server() *kvstore.Server { return m.srv }
 func (m *Member) Config() Config { return m.cfg }
 
 // Client returns a new clientv3 client connected to this member's client
-// listeners. The caller closes it.
+// listeners: the http:// ones if there are any, else the https:// ones,
+// trusting the member's certificate and presenting the member's own client
+// certificate (--client-cert-file, else --cert-file) when the port wants
+// one. The caller closes it.
 func (m *Member) Client() (*clientv3.Client, error) {
-	c, err := clientv3.New(clientv3.Config{
-		Endpoints:   urlStrings(m.listenURLs),
+	var plain, secure []string
+	for _, u := range m.listenURLs {
+		if u.Scheme == "https" {
+			secure = append(secure, u.String())
+		} else {
+			plain = append(plain, u.String())
+		}
+	}
+	ccfg := clientv3.Config{
+		Endpoints:   plain,
 		DialTimeout: 5 * time.Second,
 		Logger:      m.lg.Named("client"),
-	})
+	}
+	if len(plain) == 0 {
+		tc, err := m.clientTLS.ServerConfig()
+		if err != nil {
+			return nil, fmt.Errorf("client TLS for member %q: %w", m.cfg.Name, err)
+		}
+		tc = tc.Clone()
+		tc.InsecureSkipVerify = true // the member's own certificate
+		ccfg.Endpoints, ccfg.TLS = secure, tc
+	}
+	c, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting a client to member %q: %w", m.cfg.Name, err)
 	}

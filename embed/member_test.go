@@ -197,12 +197,12 @@ func TestSecondMemberOnSameDataDirFailsFast(t *testing.T) {
 }
 
 func TestStartMemberErrors(t *testing.T) {
-	t.Run("https refused", func(t *testing.T) {
+	t.Run("https without a certificate", func(t *testing.T) {
 		cfg, _ := testConfig(t)
 		u := url.URL{Scheme: "https", Host: "127.0.0.1:0"}
 		cfg.ListenClientURLs, cfg.AdvertiseClientURLs = []url.URL{u}, []url.URL{u}
 		_, err := StartMember(startCtx(t), cfg)
-		if err == nil || !strings.Contains(err.Error(), "https:// is not supported yet") {
+		if err == nil || !strings.Contains(err.Error(), "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:0 with HTTPS scheme") {
 			t.Errorf("err = %v", err)
 		}
 	})

@@ -2,25 +2,11 @@ package embed
 
 import (
 	"fmt"
-	"net/url"
 
 	"go.uber.org/zap"
 
 	"github.com/meshetcd/meshetcd/mesh"
 )
-
-// httpsAsHTTP lets https:// peer URLs through the http:// bind-URL rules:
-// the scheme only decides whether the mesh runs TLS (peerSecurity).
-func httpsAsHTTP(urls []url.URL) []url.URL {
-	out := make([]url.URL, len(urls))
-	for i, u := range urls {
-		if u.Scheme == "https" {
-			u.Scheme = "http"
-		}
-		out[i] = u
-	}
-	return out
-}
 
 // peerSecurity chooses how the mesh protects its links, from the peer
 // URL scheme, the peer TLS flags, --peer-auto-tls and the mesh secret:
@@ -40,6 +26,13 @@ func peerSecurity(cfg *Config, lg *zap.Logger, mc *mesh.Config) error {
 	if u.Scheme == "https" && haveCert {
 		info := cfg.PeerTLSInfo
 		info.Logger = lg.Named("peer-tls")
+		// etcd applies --cipher-suites and --tls-*-version to peers too.
+		// Left at etcd's defaults, mesh links stay TLS 1.3 only.
+		if len(cfg.CipherSuites) > 0 || cfg.TlsMinVersion != DefaultTLSMinVersion || cfg.TlsMaxVersion != "" {
+			if err := cfg.applyTLSOptions(&info); err != nil {
+				return err
+			}
+		}
 		tc, err := mesh.NewTLSConfig(info)
 		if err != nil {
 			return err

@@ -19,7 +19,12 @@ type accessController struct {
 	lg            *zap.Logger
 	cors          []string // allowed origins; empty or "*" means any
 	hostWhitelist []string // allowed hosts; empty or "*" means any
-	next          http.Handler
+	// gatewayCNRefused reports whether a /v3/ gateway request over TLS
+	// with a named client certificate is refused: etcd does so with
+	// --client-cert-auth and auth enabled, since the gateway forwards as
+	// itself and the client's CN would silently not be the user. nil: never.
+	gatewayCNRefused func() bool
+	next             http.Handler
 }
 
 func (ac *accessController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -32,6 +37,13 @@ func (ac *accessController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ac.lg.Warn("rejecting HTTP request to prevent DNS rebinding attacks", zap.String("host", host))
 			http.Error(w, errCVE20185702(host), http.StatusMisdirectedRequest)
 			return
+		}
+	} else if ac.gatewayCNRefused != nil && strings.HasPrefix(r.URL.Path, "/v3/") && ac.gatewayCNRefused() {
+		for _, chains := range r.TLS.VerifiedChains {
+			if len(chains) > 0 && chains[0].Subject.CommonName != "" {
+				http.Error(w, "CommonName of client sending a request against gateway will be ignored and not used as expected", http.StatusBadRequest)
+				return
+			}
 		}
 	}
 	if ac.originAllowed("*") {

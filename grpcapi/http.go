@@ -58,7 +58,11 @@ func NewHTTPHandler(s kvstore.API, cfg Config) http.Handler {
 	if cfg.ExtraHTTP != nil {
 		cfg.ExtraHTTP(mux)
 	}
-	return &accessController{lg: cfg.Logger, cors: cfg.CORS, hostWhitelist: cfg.HostWhitelist, next: mux}
+	ac := &accessController{lg: cfg.Logger, cors: cfg.CORS, hostWhitelist: cfg.HostWhitelist, next: mux}
+	if cfg.ClientCertAuth && cfg.Gateway != nil {
+		ac.gatewayCNRefused = s.AuthStore().IsAuthEnabled
+	}
+	return ac
 }
 
 // NewMetricsHandler is what etcd serves on --listen-metrics-urls: /metrics

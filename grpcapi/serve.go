@@ -3,14 +3,18 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
+	"math"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/soheilhy/cmux"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"google.golang.org/grpc"
 )
 
@@ -36,13 +40,70 @@ func Serve(ctx context.Context, l net.Listener, gs *grpc.Server, h http.Handler)
 	m := cmux.New(tl)
 	grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldPrefixSendSettings("content-type", "application/grpc"))
 	httpL := m.Match(cmux.Any())
+	srv := newHTTPServer(h)
+	return serve(ctx, tl, gs, srv, func(run func(func() error)) {
+		run(func() error { return gs.Serve(grpcL) })
+		run(func() error { return srv.Serve(httpL) })
+		run(m.Serve)
+	}, m.Close)
+}
 
-	srv := &http.Server{
+// ServeTLS is Serve for an https:// client URL, as etcd's embed/serve.go
+// serves one: every connection is a TLS connection handshaken by etcd's
+// transport.NewTLSListener (certificates re-read on each handshake, so
+// replacing the files rotates them; client certificates checked against
+// tlsInfo's CA, CRL and allowed hostnames), and one HTTP/2-capable
+// http.Server answers it, handing gRPC requests to gs through
+// grpc.Server.ServeHTTP and everything else to h. gRPC calls thereby see
+// the client's verified certificate (for --client-cert-auth user names).
+//
+// maxConcurrentStreams is etcd's --max-concurrent-streams for the HTTP/2
+// server (net/http would otherwise cap a connection at 250 streams).
+func ServeTLS(ctx context.Context, l net.Listener, gs *grpc.Server, h http.Handler, tlsInfo *transport.TLSInfo, maxConcurrentStreams uint32) error {
+	tlsCfg, err := tlsInfo.ServerConfig()
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("grpcapi: client TLS configuration: %w", err)
+	}
+	tl := newTrackingListener(l)
+	tlsL, err := transport.NewTLSListener(tl, tlsInfo)
+	if err != nil {
+		tl.Close()
+		return fmt.Errorf("grpcapi: client TLS listener: %w", err)
+	}
+	srv := newHTTPServer(grpcHandlerFunc(gs, h))
+	srv.TLSConfig = tlsCfg
+	srv.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: int(min(maxConcurrentStreams, math.MaxInt32))}
+	return serve(ctx, tl, gs, srv, func(run func(func() error)) {
+		run(func() error { return srv.Serve(tlsL) })
+	}, func() { tlsL.Close() })
+}
+
+// grpcHandlerFunc is etcd's: HTTP/2 requests with a gRPC content type go to
+// gs, the rest to h.
+func grpcHandlerFunc(gs *grpc.Server, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.Contains(r.Header.Get("Content-Type"), "application/grpc") {
+			gs.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Minute,            // etcd's value
 		ErrorLog:          log.New(io.Discard, "", 0), // do not log client errors, like etcd
 	}
+}
 
+// serve runs what start launches until ctx ends or one of them fails, then
+// shuts everything down: stopAccepting closes the listeners derived from
+// tl, gs and srv get the grace period, and connections still unclaimed are
+// closed.
+func serve(ctx context.Context, tl *trackingListener, gs *grpc.Server, srv *http.Server, start func(run func(func() error)), stopAccepting func()) error {
 	// stopping is closed when shutdown starts: errors returned by the
 	// servers after that are consequences of the shutdown, not failures.
 	stopping := make(chan struct{})
@@ -63,9 +124,7 @@ func Serve(ctx context.Context, l net.Listener, gs *grpc.Server, h http.Handler)
 			}
 		}()
 	}
-	run(func() error { return gs.Serve(grpcL) })
-	run(func() error { return srv.Serve(httpL) })
-	run(m.Serve)
+	start(run)
 
 	var err error
 	select {
@@ -74,8 +133,8 @@ func Serve(ctx context.Context, l net.Listener, gs *grpc.Server, h http.Handler)
 	}
 	close(stopping)
 
-	m.Close()  // child listeners stop accepting
-	tl.Close() // the root listener too, so m.Serve returns
+	stopAccepting() // derived listeners stop accepting
+	tl.Close()      // the root listener too, so a mux's Serve returns
 
 	stopped := make(chan struct{})
 	go func() {
@@ -93,8 +152,9 @@ func Serve(ctx context.Context, l net.Listener, gs *grpc.Server, h http.Handler)
 		gs.Stop() // also ends the GracefulStop goroutine
 		<-stopped
 	}
-	// What is left open are connections still being sniffed by cmux (a
-	// client that connected and sent nothing); m.Serve waits for them.
+	// What is left open are connections still being sniffed by cmux or
+	// handshaken (a client that connected and sent nothing); the mux and
+	// the TLS listener wait for them.
 	tl.closeConns()
 	wg.Wait()
 	return err

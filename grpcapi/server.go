@@ -73,6 +73,11 @@ type Config struct {
 	// on plain-HTTP requests. Empty means any ("*"), etcd's default.
 	HostWhitelist []string
 
+	// ClientCertAuth is etcd's --client-cert-auth. With auth enabled, the
+	// JSON gateway then refuses TLS requests carrying a client certificate
+	// with a CN, like etcd (the CN would not be the user there).
+	ClientCertAuth bool
+
 	// Gateway, when set, is mounted at /v3/ on the HTTP handler (etcd's
 	// JSON gateway, see NewGateway).
 	Gateway http.Handler

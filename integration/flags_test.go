@@ -36,13 +36,11 @@ func TestBadUsageExits2(t *testing.T) {
 		want string
 	}{
 		{args: []string{"--no-such-flag"}, want: "no-such-flag"},
-		{args: []string{"--client-cert-auth"}, want: "--client-cert-auth"},
-		{args: []string{"--cert-file=/tmp/server.crt", "--key-file=/tmp/server.key"}, want: "--cert-file"},
-		{args: []string{"--auto-tls"}, want: "--auto-tls"},
-		// --peer-auto-tls is honoured (ephemeral-key mesh encryption); peer
-		// certificates are not, and say so.
-		{args: []string{"--peer-cert-file=/tmp/peer.crt"}, want: "--peer-cert-file"},
-		{env: []string{"ETCD_CLIENT_CERT_AUTH=true"}, want: "ETCD_CLIENT_CERT_AUTH"},
+		{args: []string{"--cipher-suites", "FOO"}, want: `unexpected TLS cipher suite "FOO"`},
+		// Flags whose protection meshetcd does not implement are refused,
+		// never ignored.
+		{args: []string{"--cors=http://a.example"}, want: "--cors"},
+		{env: []string{"ETCD_TLS_MIN_VERSION=TLS1.1"}, want: `unexpected TLS version "TLS1.1"`},
 		{env: []string{"ETCD_SNAPSHOT_COUNT=lots"}, want: "ETCD_SNAPSHOT_COUNT"},
 		{args: []string{"--listen-client-urls=http://127.0.0.1:0"}, want: "--advertise-client-urls is required"},
 		{args: []string{"--heartbeat-interval=500"}, want: "at least as 5 times"},

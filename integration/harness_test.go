@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -221,6 +222,9 @@ type Proc struct {
 	// as a URL. Set once the member is ready.
 	Endpoint  string
 	ClientURL string
+	// CtlArgs are extra etcdctl flags for every Ctl call (e.g. --cacert,
+	// --cert, --key for a TLS member).
+	CtlArgs []string
 }
 
 // ProcOptions configures StartProc. Zero values are fine.
@@ -325,9 +329,9 @@ func (p *Proc) WaitReady() {
 	for {
 		s, wake := p.Logs.snapshot()
 		if strings.Contains(s, readyLine) {
-			if addr := p.clientAddress(); addr != "" {
+			if addr, scheme := p.clientAddress(); addr != "" {
 				p.Endpoint = addr
-				p.ClientURL = "http://" + addr
+				p.ClientURL = scheme + "://" + addr
 				return
 			}
 		}
@@ -344,15 +348,24 @@ func (p *Proc) WaitReady() {
 	}
 }
 
-func (p *Proc) clientAddress() string {
+// clientAddress is the address and scheme of the first client listener the
+// process logged (etcd's "serving client traffic insecurely" or
+// "... securely" lines).
+func (p *Proc) clientAddress() (addr, scheme string) {
 	for _, e := range p.Logs.entries() {
-		if strings.HasPrefix(e.msg(), "serving client traffic insecurely") {
-			if a, ok := e["address"].(string); ok {
-				return a
-			}
+		scheme := "http"
+		switch {
+		case strings.HasPrefix(e.msg(), "serving client traffic insecurely"):
+		case strings.HasPrefix(e.msg(), "serving client traffic securely"):
+			scheme = "https"
+		default:
+			continue
+		}
+		if a, ok := e["address"].(string); ok {
+			return a, scheme
 		}
 	}
-	return ""
+	return "", ""
 }
 
 // Exited reports whether the process has exited.
@@ -442,12 +455,12 @@ func newClient(t testing.TB, endpoints ...string) *clientv3.Client {
 // Ctl runs etcdctl against the process and returns stdout, stderr and the
 // error (an *exec.ExitError for a non-zero exit).
 func (p *Proc) Ctl(args ...string) (string, string, error) {
-	return runCtl(p.Endpoint, "", args...)
+	return runCtl(p.Endpoint, "", append(slices.Clone(p.CtlArgs), args...)...)
 }
 
 // CtlIn is Ctl with stdin.
 func (p *Proc) CtlIn(stdin string, args ...string) (string, string, error) {
-	return runCtl(p.Endpoint, stdin, args...)
+	return runCtl(p.Endpoint, stdin, append(slices.Clone(p.CtlArgs), args...)...)
 }
 
 // MustCtl runs etcdctl and fails the test on a non-zero exit.

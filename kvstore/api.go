@@ -63,6 +63,10 @@ type Config struct {
 	AuthToken  string        // etcd --auth-token; default "simple"
 	TokenTTL   time.Duration // simple-token lifetime; default 300s
 	BcryptCost int           // default bcrypt.DefaultCost; out of range: etcd's warning + default
+	// ClientCertAuthEnabled is etcd's --client-cert-auth: a request that
+	// carries no token but came over TLS with a verified client
+	// certificate is made as the user named by the certificate's CN.
+	ClientCertAuthEnabled bool
 	// AutoCompactionMode is "periodic" or "revision"; AutoCompactionRetention
 	// is a duration (periodic) or a revision count (revision). Empty/0 = off.
 	AutoCompactionMode      string

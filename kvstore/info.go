@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/membershippb"
@@ -52,10 +54,24 @@ func (s *Server) Backend() backend.Backend {
 
 func (s *Server) AuthStore() auth.AuthStore { return s.authStore }
 
-// AuthInfoFromCtx reads the token from gRPC metadata (client-certificate
-// auth is not supported).
+// AuthInfoFromCtx is etcd's EtcdServer.AuthInfoFromCtx: the user of the
+// token in the gRPC metadata or, with ClientCertAuthEnabled and no token,
+// the CN of the verified client certificate of a TLS connection (never the
+// JSON gateway's own certificate: etcd's AuthInfoFromTLS ignores requests
+// that the gateway proxies).
 func (s *Server) AuthInfoFromCtx(ctx context.Context) (*auth.AuthInfo, error) {
-	return s.authStore.AuthInfoFromCtx(ctx)
+	ai, err := s.authStore.AuthInfoFromCtx(ctx)
+	if ai != nil || err != nil || !s.cfg.ClientCertAuthEnabled {
+		return ai, err
+	}
+	// AuthInfoFromTLS asserts the peer's AuthInfo to credentials.TLSInfo
+	// without checking; only TLS connections carry one.
+	if p, ok := peer.FromContext(ctx); !ok || p == nil {
+		return nil, nil
+	} else if _, ok := p.AuthInfo.(credentials.TLSInfo); !ok {
+		return nil, nil
+	}
+	return s.authStore.AuthInfoFromTLS(ctx), nil
 }
 
 // Alarms lists the active alarms.

@@ -112,20 +112,6 @@ var etcdExtraFlags = []extraFlag{
 	{"discovery-user", "string", "", security, "etcd discovery is not supported"},
 	{"discovery-password", "string", "", security, "etcd discovery is not supported"},
 
-	// security: TLS is not implemented yet
-	{"cert-file", "string", "", security, "client TLS is not implemented yet"},
-	{"key-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-cert-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-key-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-cert-auth", "bool", "false", security, "client certificate authentication is not implemented yet"},
-	{"client-crl-file", "string", "", security, "client TLS is not implemented yet"},
-	{"client-cert-allowed-hostname", "string", "", security, "client TLS is not implemented yet"},
-	{"trusted-ca-file", "string", "", security, "client TLS is not implemented yet"},
-	{"auto-tls", "bool", "false", security, "client TLS is not implemented yet"},
-	{"self-signed-cert-validity", "uint", "1", security, "TLS is not implemented yet"},
-	{"cipher-suites", "string", "", security, "TLS is not implemented yet"},
-	{"tls-min-version", "string", "TLS1.2", security, "TLS is not implemented yet"},
-	{"tls-max-version", "string", "", security, "TLS is not implemented yet"},
 	{"cors", "string", "*", security, "CORS restrictions are not implemented yet"},
 	{"host-whitelist", "string", "*", security, "host whitelisting is not implemented yet"},
 
@@ -230,6 +216,8 @@ func parseArgs(args []string, e env, configPath string) (*options, error) {
 		logger, logOutputs      string
 		peers, meshPasswordFile string
 		configFile              string
+		clientAllowedHostnames  string
+		cipherSuites            string
 	)
 
 	// member
@@ -260,6 +248,21 @@ func parseArgs(args []string, e env, configPath string) (*options, error) {
 	fs.BoolVar(&cfg.StrictReconfigCheck, "strict-reconfig-check", true, "Reject reconfiguration requests that would cause quorum loss.")
 	fs.BoolVar(&cfg.PeerAutoTLS, "peer-auto-tls", false, "Encrypt every mesh link with ephemeral keys, like etcd's self-signed peer TLS: confidential against passive eavesdroppers, not authenticated. Peer certificates or a mesh secret (--mesh-password-file) take precedence.")
 	finishPeerTLS := addPeerTLSFlags(fs, cfg)
+
+	// client security (etcd's flags and defaults)
+	fs.StringVar(&cfg.ClientTLSInfo.CertFile, "cert-file", "", "Path to the client server TLS cert file.")
+	fs.StringVar(&cfg.ClientTLSInfo.KeyFile, "key-file", "", "Path to the client server TLS key file.")
+	fs.StringVar(&cfg.ClientTLSInfo.ClientCertFile, "client-cert-file", "", "Path to an explicit client TLS cert file (presented by the JSON gateway to its own port) otherwise cert file will be used when client auth is required.")
+	fs.StringVar(&cfg.ClientTLSInfo.ClientKeyFile, "client-key-file", "", "Path to an explicit client TLS key file otherwise key file will be used when client auth is required.")
+	fs.BoolVar(&cfg.ClientTLSInfo.ClientCertAuth, "client-cert-auth", false, "Enable client cert authentication (with auth enabled, a client certificate's CN is the user).")
+	fs.StringVar(&cfg.ClientTLSInfo.CRLFile, "client-crl-file", "", "Path to the client certificate revocation list file.")
+	fs.StringVar(&clientAllowedHostnames, "client-cert-allowed-hostname", "", "Comma-separated list of allowed SAN hostnames for client cert authentication.")
+	fs.StringVar(&cfg.ClientTLSInfo.TrustedCAFile, "trusted-ca-file", "", "Path to the client server TLS trusted CA cert file.")
+	fs.BoolVar(&cfg.ClientAutoTLS, "auto-tls", false, "Client TLS using generated certificates")
+	fs.UintVar(&cfg.SelfSignedCertValidity, "self-signed-cert-validity", 1, "The validity period of the client and peer certificates, unit is year")
+	fs.StringVar(&cipherSuites, "cipher-suites", "", "Comma-separated list of supported TLS cipher suites between client/server and peers (empty will be auto-populated by Go).")
+	fs.StringVar(&cfg.TlsMinVersion, "tls-min-version", embed.DefaultTLSMinVersion, "Minimum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3.")
+	fs.StringVar(&cfg.TlsMaxVersion, "tls-max-version", "", "Maximum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3 (empty defers to Go).")
 
 	// meshetcd: forming a cluster over the mesh
 	fs.IntVar(&cfg.DiscoverySize, "discovery-size", 0, "Form a new cluster of this many members by mesh discovery (with --peers); a member that finds a running cluster joins it.")
@@ -384,6 +387,8 @@ func parseArgs(args []string, e env, configPath string) (*options, error) {
 	finishPeerTLS()
 	cfg.InitialClusterState = clusterState.v
 	cfg.Peers = splitList(peers)
+	cfg.ClientTLSInfo.AllowedHostnames = splitList(clientAllowedHostnames)
+	cfg.CipherSuites = splitList(cipherSuites)
 	if meshPasswordFile != "" {
 		b, err := os.ReadFile(meshPasswordFile)
 		if err != nil {

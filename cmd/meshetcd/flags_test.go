@@ -195,9 +195,7 @@ func TestSecurityFlagsRefused(t *testing.T) {
 	}
 	// The usual suspects by name, so a table edit cannot quietly drop them.
 	for _, args := range [][]string{
-		{"--cert-file", "s.crt"}, {"--key-file", "s.key"}, {"--client-cert-auth"},
-		{"--auto-tls"}, {"--cipher-suites", "TLS_AES_128_GCM_SHA256"},
-		{"--tls-min-version", "TLS1.3"}, {"--trusted-ca-file", "ca.crt"},
+		{"--cors", "http://a.example"}, {"--host-whitelist", "a.example"}, {"--discovery-cert", "d.crt"},
 	} {
 		mustFail(t, args, fakeEnv{}, strings.TrimPrefix(args[0], "--"))
 	}
@@ -229,7 +227,7 @@ func TestBadUsage(t *testing.T) {
 	mustFail(t, []string{"--heartbeat-interval", "300"}, fakeEnv{}, "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]")
 	mustFail(t, []string{"--heartbeat-interval", "0"}, fakeEnv{}, "--heartbeat-interval must be >0")
 	mustFail(t, []string{"--initial-cluster-state", "bogus"}, fakeEnv{}, "initial-cluster-state")
-	mustFail(t, []string{"--listen-client-urls", "https://127.0.0.1:26001", "--advertise-client-urls", "https://127.0.0.1:26001"}, fakeEnv{}, "https:// is not supported yet")
+	mustFail(t, []string{"--listen-client-urls", "https://127.0.0.1:26001", "--advertise-client-urls", "https://127.0.0.1:26001"}, fakeEnv{}, "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:26001 with HTTPS scheme")
 	mustFail(t, []string{"--listen-client-urls", "http://example.com:26001", "--advertise-client-urls", "http://example.com:26001"}, fakeEnv{}, "expected IP in URL for binding")
 	mustFail(t, []string{"--listen-client-urls", "127.0.0.1:26001"}, fakeEnv{}, "listen-client-urls")
 	mustFail(t, []string{"--log-level", "loud"}, fakeEnv{}, "log-level")
@@ -237,6 +235,40 @@ func TestBadUsage(t *testing.T) {
 	mustFail(t, []string{"--auto-compaction-mode", "sometimes"}, fakeEnv{}, `unknown auto-compaction-mode "sometimes"`)
 	mustFail(t, []string{"--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"}, fakeEnv{}, "auto-compaction-retention")
 	mustFail(t, []string{"--initial-cluster", "other=http://127.0.0.1:26380"}, fakeEnv{}, `couldn't find local name "default"`)
+}
+
+// TestClientTLSFlags checks that etcd's client TLS flags reach the member's
+// configuration and that bad values fail with etcd's messages.
+func TestClientTLSFlags(t *testing.T) {
+	o := mustParse(t, []string{
+		"--listen-client-urls", "https://127.0.0.1:26001,http://127.0.0.1:26002",
+		"--advertise-client-urls", "https://127.0.0.1:26001",
+		"--cert-file", "s.crt", "--key-file", "s.key", "--client-cert-file", "c.crt", "--client-key-file", "c.key",
+		"--trusted-ca-file", "ca.crt", "--client-cert-auth", "--client-crl-file", "ca.crl",
+		"--client-cert-allowed-hostname", "a.example,b.example",
+		"--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+		"--tls-max-version", "TLS1.3", "--auto-tls", "--self-signed-cert-validity", "3",
+	}, fakeEnv{})
+	ti := o.cfg.ClientTLSInfo
+	if ti.CertFile != "s.crt" || ti.KeyFile != "s.key" || ti.ClientCertFile != "c.crt" || ti.ClientKeyFile != "c.key" ||
+		ti.TrustedCAFile != "ca.crt" || !ti.ClientCertAuth || ti.CRLFile != "ca.crl" ||
+		strings.Join(ti.AllowedHostnames, ",") != "a.example,b.example" {
+		t.Errorf("ClientTLSInfo = %+v", ti)
+	}
+	if len(o.cfg.CipherSuites) != 2 || o.cfg.TlsMinVersion != "TLS1.2" || o.cfg.TlsMaxVersion != "TLS1.3" || !o.cfg.ClientAutoTLS || o.cfg.SelfSignedCertValidity != 3 {
+		t.Errorf("cipher suites %v, versions %q..%q, auto %v, validity %d", o.cfg.CipherSuites, o.cfg.TlsMinVersion, o.cfg.TlsMaxVersion, o.cfg.ClientAutoTLS, o.cfg.SelfSignedCertValidity)
+	}
+	// From the environment, as etcd reads them.
+	o = mustParse(t, nil, fakeEnv{"ETCD_CERT_FILE": "e.crt", "ETCD_CLIENT_CERT_AUTH": "true"})
+	if o.cfg.ClientTLSInfo.CertFile != "e.crt" || !o.cfg.ClientTLSInfo.ClientCertAuth {
+		t.Errorf("from env: %+v", o.cfg.ClientTLSInfo)
+	}
+
+	mustFail(t, []string{"--cipher-suites", "FOO"}, fakeEnv{}, `unexpected TLS cipher suite "FOO"`)
+	mustFail(t, []string{"--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"}, fakeEnv{}, "min version (TLS1.3) is greater than max version (TLS1.2)")
+	mustFail(t, []string{"--tls-min-version", "TLS1.1"}, fakeEnv{}, `unexpected TLS version "TLS1.1" (must be one of: TLS1.2, TLS1.3)`)
+	mustFail(t, []string{"--tls-min-version", "TLS1.3", "--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"}, fakeEnv{}, "cipher suites cannot be configured when only TLS1.3 is enabled")
+	mustFail(t, []string{"--listen-client-urls", "https://127.0.0.1:26001", "--advertise-client-urls", "https://127.0.0.1:26001", "--auto-tls", "--self-signed-cert-validity", "0"}, fakeEnv{}, "--self-signed-cert-validity")
 }
 
 func TestInitialClusterDerivedFromName(t *testing.T) {
@@ -272,10 +304,10 @@ func TestRunExitCodes(t *testing.T) {
 		t.Errorf("-h: code %d", code)
 	}
 	errb.Reset()
-	if code := run([]string{"meshetcd", "--client-cert-auth"}, &out, &errb, fakeEnv{}); code != exitUsage {
-		t.Errorf("--client-cert-auth: exit code %d, want %d", code, exitUsage)
+	if code := run([]string{"meshetcd", "--force-new-cluster"}, &out, &errb, fakeEnv{}); code != exitUsage {
+		t.Errorf("--force-new-cluster: exit code %d, want %d", code, exitUsage)
 	}
-	if !strings.Contains(errb.String(), "--client-cert-auth") {
+	if !strings.Contains(errb.String(), "--force-new-cluster") {
 		t.Errorf("refusal message does not name the flag: %q", errb.String())
 	}
 	if code := run([]string{"meshetcd", "--bogus"}, &out, &errb, fakeEnv{}); code != exitUsage {

@@ -5,7 +5,7 @@
 //
 // It exists for two users: tests that need certificates with chosen names,
 // lifetimes and revocations (a foreign CA, an expired or revoked member, a
-// disallowed common name), and tools/gencerts, which an operator runs to
+// disallowed common name), and scripts/gencerts, which an operator runs to
 // secure a cluster without learning openssl. It never serves anything: the
 // TLS listeners and checks are etcd's client/pkg/v3/transport.
 package pki

@@ -127,7 +127,16 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		bound = append(bound, b)
 	}
 	advertised := resolveZeroPorts(cfg.AdvertiseClientURLs, cfg.ListenClientURLs, bound)
-	metricsLs, err := openMetricsListeners(cfg.ListenMetricsURLs, cfg.ClientTLSInfo, lg)
+	// An https metrics URL serves with the client certificate, as in etcd:
+	// the one StartMember prepared (auto TLS, cipher suites, versions) when
+	// the client URLs use TLS too.
+	metricsTLS := cfg.ClientTLSInfo
+	if tlsInfo != nil {
+		metricsTLS = *tlsInfo
+	} else if err = cfg.applyTLSOptions(&metricsTLS); err != nil {
+		return nil, err
+	}
+	metricsLs, err := openMetricsListeners(cfg.ListenMetricsURLs, metricsTLS, lg)
 	if err != nil {
 		return nil, err
 	}

@@ -343,6 +343,17 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
+			// Like etcd's serveCtx.serve, no client request is served before
+			// the member is ready: on a restart the backend may lag the WAL
+			// until every committed entry is re-applied, and even a
+			// serializable read must not see that older state. Connections
+			// wait in the listen backlog meanwhile.
+			select {
+			case <-srv.ReadyNotify():
+			case <-serveCtx.Done():
+				_ = l.Close()
+				return
+			}
 			if err := grpcapi.Serve(serveCtx, l, m.gs, h); err != nil {
 				m.fail(fmt.Errorf("serving client traffic on %s: %w", addr, err))
 			}

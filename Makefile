@@ -60,8 +60,14 @@ check-imports:
 	$(GO) test -count=1 -run TestImportRules ./internal/archtest/
 
 # etcd 3.7.3 (bin/etcd) is built for the differential, metric-name and migration tests.
-test-integration: build etcdctl etcdutl etcd chromium
+test-integration: build etcdctl etcdutl etcd chromium nftables
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl ETCDUTL_BIN=$(BIN)/etcdutl $(GO) test -count=1 -timeout 15m ./integration/...
+
+## nftables: Debian's nftables for the hostile-link tests in network namespaces (loss, one-way,
+## rate limit, the delay relay's DNAT; this kernel has no netem); installed with apt-get when missing
+.PHONY: nftables
+nftables:
+	@integration/scripts/install-nftables.sh
 
 ## chromium: Debian's chromium for the mesh page browser test (installed with apt-get when missing; needs root)
 .PHONY: chromium
@@ -84,7 +90,7 @@ bench: build
 ## connected topologies (root: network namespaces), a ≥50 MiB snapshot catch-up.
 ## Each randomized test runs SOAK_DURATION (default 10m) and logs its seed and figures.
 SOAK_DURATION ?= 10m
-soak: build etcdctl
+soak: build etcdctl nftables
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 MESHETCD_SOAK_DURATION=$(SOAK_DURATION) \
 		$(GO) test -count=1 -timeout 120m -v -run Soak ./integration/...
 

@@ -88,11 +88,12 @@ bench: build
 ## soak: long randomized fault runs, not part of `make test`: random kill/pause/partition/link cuts
 ## under a porcupine linearizability check (also against etcd when bin/etcd exists), random
 ## connected topologies (root: network namespaces), a ≥50 MiB snapshot catch-up.
-## Each randomized test runs SOAK_DURATION (default 10m) and logs its seed and figures.
+## Each randomized test runs SOAK_DURATION (default 10m) and logs its seed and figures; the fault
+## schedules, fenced locks, link shapes and stale-read rounds run their long variants.
 SOAK_DURATION ?= 10m
 soak: build etcdctl nftables
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 MESHETCD_SOAK_DURATION=$(SOAK_DURATION) \
-		$(GO) test -count=1 -timeout 120m -v -run Soak ./integration/...
+		$(GO) test -count=1 -timeout 120m -v -run 'Soak|TestFencedLock|TestPartialLinkShapes|TestNoStaleReadAfterRestart' ./integration/...
 
 ## fuzz: run each fuzz target for a while (FUZZTIME=30s); the seed corpora already run in `make test`
 FUZZTIME ?= 30s

@@ -102,7 +102,7 @@ func TestPartialConnectivitySoak(t *testing.T) {
 }
 
 // Random memnet faults (cut, silent blackhole, minority and majority
-// partitions, delays) on 5 in-process members under the linearizability
+// partitions, delays, loss, one-way links, jitter, flapping) on 5 in-process members under the linearizability
 // workload.
 func TestInProcessFaultsSoak(t *testing.T) {
 	dur := soakDuration(t)
@@ -114,7 +114,7 @@ func TestInProcessFaultsSoak(t *testing.T) {
 	for round := 0; time.Now().Before(end); round++ {
 		l := c.WaitLeader(t)
 		nw := faults(ec)
-		switch rng.Intn(5) {
+		switch rng.Intn(9) {
 		case 0:
 			cut := randomConnected(rng, 5)
 			t.Logf("round %d: cut %v (leader %s)", round, cut, c.Members[l].Name)
@@ -154,6 +154,31 @@ func TestInProcessFaultsSoak(t *testing.T) {
 			t.Logf("round %d: delay %v on %d-%d (leader %s)", round, d, a, b, c.Members[l].Name)
 			nw.SetDelay(ec.HostName(a), ec.HostName(b), d)
 			nw.SetDelay(ec.HostName(b), ec.HostName(a), d)
+		case 5, 6, 7, 8:
+			a, b := rng.Intn(5), rng.Intn(5)
+			if a == b {
+				b = (a + 1) % 5
+			}
+			ha, hb := ec.HostName(a), ec.HostName(b)
+			switch k := rng.Intn(4); k {
+			case 0:
+				p := []float64{0.1, 0.3, 0.5}[rng.Intn(3)]
+				t.Logf("round %d: loss %.0f%% on %d-%d (leader %s)", round, 100*p, a, b, c.Members[l].Name)
+				nw.SetLoss(ha, hb, p)
+				nw.SetLoss(hb, ha, p)
+			case 1:
+				t.Logf("round %d: one-way %d→%d dropped (leader %s)", round, a, b, c.Members[l].Name)
+				nw.SetOneWay(ha, hb, true)
+			case 2:
+				t.Logf("round %d: delay 50–300ms on %d-%d (leader %s)", round, a, b, c.Members[l].Name)
+				for _, d := range [][2]string{{ha, hb}, {hb, ha}} {
+					nw.SetDelay(d[0], d[1], 50*time.Millisecond)
+					nw.SetJitter(d[0], d[1], 250*time.Millisecond)
+				}
+			case 3:
+				t.Logf("round %d: flap %d-%d every 1–3 s (leader %s)", round, a, b, c.Members[l].Name)
+				nw.Flap(ha, hb, time.Second, 3*time.Second)
+			}
 		}
 		w.WaitProgress(t, 100)
 		time.Sleep(time.Duration(rng.Intn(5000)) * time.Millisecond) // random fault duration

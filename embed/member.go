@@ -56,7 +56,9 @@ type Member struct {
 // StartMember validates cfg, opens the client listeners, starts the kvstore
 // (which recovers or bootstraps the data directory), serves the etcd gRPC
 // API and HTTP endpoints on every listener, and returns once the member is
-// ready to serve linearizable requests. ctx bounds the start only; the
+// ready to serve linearizable requests. Like etcd, it serves no client
+// request before that: a restarted member answers nothing, serializable
+// reads included, until it has re-applied what its WAL had committed. ctx bounds the start only; the
 // member then runs until Close or a fatal error (see Err).
 //
 // A second member on a data directory that is in use fails at once.

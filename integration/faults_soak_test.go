@@ -1,8 +1,12 @@
 package integration
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"math/rand"
+	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -353,7 +357,7 @@ func runFaultSchedule(t *testing.T, c *Cluster, lab *NetLab, seed int64) (porcup
 		default:
 			lab.HealAll()
 		}
-		c.WaitHealthy(t)
+		waitHealthyOrDump(t, c, lab)
 		w.WaitProgress(t, 50)
 	}
 	res := w.Check(t)
@@ -361,4 +365,35 @@ func runFaultSchedule(t *testing.T, c *Cluster, lab *NetLab, seed int64) (porcup
 		seed, n, time.Since(begin).Round(time.Millisecond), strings.Join(did, "; "),
 		w.putsOK.Load(), w.putsUnk.Load(), w.getsOK.Load(), res, time.Duration(w.maxLat.Load()).Round(time.Millisecond))
 	return res, w.putsOK.Load()
+}
+
+// waitHealthyOrDump waits for a healthy cluster; when that takes more than
+// 30 s it logs every member's /mesh/status (what the routers believe) before
+// waiting the rest of the usual bound, so a stuck cluster leaves evidence.
+func waitHealthyOrDump(t *testing.T, c *Cluster, lab *NetLab) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c.healthy() == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return lab.dialByIP(ctx, addr) },
+	}}
+	for _, m := range c.Members {
+		if !m.running() {
+			continue
+		}
+		resp, err := hc.Get(m.ClientURL + "/mesh/status")
+		if err != nil {
+			t.Logf("not healthy after 30 s; /mesh/status of %s: %v", m.Name, err)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		t.Logf("not healthy after 30 s (%v); /mesh/status of %s: %s", c.healthy(), m.Name, body)
+	}
+	c.WaitHealthy(t)
 }

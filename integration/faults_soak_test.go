@@ -271,7 +271,8 @@ func TestFaultSchedulesSoak(t *testing.T) {
 	for _, n := range []int{3, 5} {
 		t.Run(fmt.Sprintf("%dmembers", n), func(t *testing.T) {
 			lab := NewNetLab(t, n)
-			c := StartCluster(t, ClusterOptions{Size: n, Lab: lab})
+			// pprof: a stuck member's goroutines go into the log (waitHealthyOrDump).
+			c := StartCluster(t, ClusterOptions{Size: n, Lab: lab, Args: []string{"--enable-pprof"}})
 			c.WaitHealthy(t)
 			var ok, unknown, acked int64
 			for s := 0; s < soakSchedules(); s++ {
@@ -368,7 +369,8 @@ func runFaultSchedule(t *testing.T, c *Cluster, lab *NetLab, seed int64) (porcup
 }
 
 // waitHealthyOrDump waits for a healthy cluster; when that takes more than
-// 30 s it logs every member's /mesh/status (what the routers believe) before
+// 30 s it logs every member's /mesh/status (what the routers believe) and
+// goroutines (--enable-pprof) before
 // waiting the rest of the usual bound, so a stuck cluster leaves evidence.
 func waitHealthyOrDump(t *testing.T, c *Cluster, lab *NetLab) {
 	t.Helper()
@@ -394,6 +396,11 @@ func waitHealthyOrDump(t *testing.T, c *Cluster, lab *NetLab) {
 		body, _ := io.ReadAll(resp.Body)
 		_ = resp.Body.Close()
 		t.Logf("not healthy after 30 s (%v); /mesh/status of %s: %s", c.healthy(), m.Name, body)
+		if resp, err = hc.Get(m.ClientURL + "/debug/pprof/goroutine?debug=2"); err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			t.Logf("goroutines of %s:\n%s", m.Name, body)
+		}
 	}
 	c.WaitHealthy(t)
 }

@@ -134,3 +134,80 @@ func TestDedupWindow(t *testing.T) {
 		}
 	}
 }
+
+// The Lifeguard rules of judgeLink, deterministically (liveness.go).
+func TestJudgeLink(t *testing.T) {
+	base := time.Unix(1000, 0)
+	ms := func(n int) time.Time { return base.Add(time.Duration(n) * time.Millisecond) }
+	ev := func(now, recv, pong, others, suspect int) linkEvidence {
+		e := linkEvidence{now: ms(now), lastRecv: ms(recv), lastPong: ms(pong),
+			dead: 600 * time.Millisecond, backstop: 1200 * time.Millisecond, heartbeat: 150 * time.Millisecond}
+		if others >= 0 {
+			e.othersRecv = ms(others)
+		}
+		if suspect >= 0 {
+			e.suspectedSince = ms(suspect)
+		}
+		return e
+	}
+	const none = -1
+	for _, tc := range []struct {
+		name string
+		e    linkEvidence
+		want linkVerdict
+		err  error
+	}{
+		{"fresh", ev(1000, 900, 900, 950, none), linkAlive, nil},
+		{"silent first check: only suspect", ev(1000, 300, 300, 990, none), linkSuspect, nil},
+		{"a heartbeat short of the timeout: suspect", ev(1000, 500, 500, 990, none), linkSuspect, nil},
+		{"suspect but not yet past the timeout", ev(1000, 500, 500, 990, 900), linkSuspect, nil},
+		{"silent, confirmed a check later with a witness", ev(1150, 300, 300, 1100, 1000), linkDead, errDeadLink},
+		{"confirmation too soon after suspicion", ev(1050, 300, 300, 1040, 1000), linkSuspect, nil},
+		{"no witness: every link silent, we are the slow one", ev(1150, 300, 300, 320, 1000), linkSuspect, nil},
+		{"alone: no other link, trust the timer", ev(1150, 300, 300, none, 1000), linkDead, errDeadLink},
+		{"frames arrive, pings unanswered (one-way)", ev(1150, 1140, 300, 320, 1000), linkDead, errNoPong},
+		{"backstop: silent 2 x dead timeout whatever the evidence", ev(1600, 300, 300, 320, none), linkDead, errDeadLink},
+		{"health-scaled timeout not yet reached", func() linkEvidence {
+			e := ev(1000, 400, 400, 990, none)
+			e.dead = 900 * time.Millisecond
+			return e
+		}(), linkAlive, nil},
+	} {
+		got, err := judgeLink(tc.e)
+		if got != tc.want || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+			t.Errorf("%s: got %v, %v; want %v, %v", tc.name, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// A starved process (late ticks) suspects less eagerly, within bounds,
+// and recovers when its ticks are on time again.
+func TestLocalHealthScalesDeadTimeout(t *testing.T) {
+	var h localHealth
+	hb, dead := 150*time.Millisecond, 600*time.Millisecond
+	if got := h.deadTimeout(dead); got != dead {
+		t.Fatalf("healthy: %v, want %v", got, dead)
+	}
+	for range 3 {
+		h.observeTick(100*time.Millisecond, hb) // > hb/2 late
+	}
+	if got := h.deadTimeout(dead); got <= dead {
+		t.Fatalf("after late ticks: %v, want more than %v", got, dead)
+	}
+	for range 100 {
+		h.observeTick(time.Second, hb)
+	}
+	if got, max := h.deadTimeout(dead), dead*3/2; got != max {
+		t.Fatalf("saturated: %v, want the cap %v (inside Raft's election timeout with the backstop)", got, max)
+	}
+	h.observeTick(50*time.Millisecond, hb) // between: no change
+	if h.get() != maxLocalHealth {
+		t.Fatalf("a tick neither late nor on time changed the score to %d", h.get())
+	}
+	for range maxLocalHealth {
+		h.observeTick(time.Millisecond, hb)
+	}
+	if got := h.deadTimeout(dead); got != dead {
+		t.Fatalf("after on-time ticks: %v, want %v", got, dead)
+	}
+}

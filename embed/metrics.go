@@ -120,7 +120,9 @@ func (c *meshCollector) Collect(ch chan<- prometheus.Metric) {
 		peer := string(l.Peer)
 		counter(c.peerSent, l.BytesSent, peer)
 		counter(c.peerRecv, l.BytesReceived, peer)
-		counter(c.peerSentFailures, l.SendFailures, peer)
+		if l.SendFailures > 0 { // like etcd, whose series appears with the first failure
+			counter(c.peerSentFailures, l.SendFailures, peer)
+		}
 		counter(c.linksLost, l.LinksLost, peer)
 		if l.RTTCount > 0 {
 			buckets := make(map[float64]uint64, len(mesh.RTTBuckets))

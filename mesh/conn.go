@@ -370,7 +370,7 @@ func (c *conn) writeLoop() {
 				c.close(err)
 				return
 			}
-			if c.quality.pinged(now.UnixNano(), r.cfg.HeartbeatInterval) {
+			if c.quality.pinged(now.UnixNano(), r.cfg.HeartbeatInterval, r.health.get() > 0) {
 				r.requestRecalc() // degraded or healthy again: reconsider routes
 			}
 			var tok [8]byte

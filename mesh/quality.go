@@ -45,10 +45,14 @@ type linkQuality struct {
 // pinged records that a ping with token now is being sent, judging the
 // previous one (answered in time or not). It reports whether the degraded
 // state changed, so routes must be recalculated.
-func (q *linkQuality) pinged(now int64, heartbeat time.Duration) (changed bool) {
+//
+// A starved process (local health score above zero) does not count misses:
+// the late pong may be our own backlog, not the link's loss (Lifeguard's
+// lesson again); answered pings still lower the estimate.
+func (q *linkQuality) pinged(now int64, heartbeat time.Duration, starved bool) (changed bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.pings > 0 {
+	if q.pings > 0 && (q.answered || !starved) {
 		miss := 0.0
 		if !q.answered {
 			miss = 1

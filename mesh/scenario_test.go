@@ -392,7 +392,7 @@ func TestQualityScenarios(t *testing.T) {
 				answered := argInt(t, d, "answered-pct", 100)
 				var b strings.Builder
 				for i := range n {
-					if q.pinged(now.UnixNano(), hb) {
+					if q.pinged(now.UnixNano(), hb, false) {
 						fmt.Fprintf(&b, "ping %d: degraded=%v\n", i+1, q.isDegraded())
 					}
 					// Spread the answered share evenly over the pings.

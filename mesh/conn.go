@@ -107,6 +107,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 	c.queues[classBulk] = make(chan *frameBuf, r.cfg.BulkQueueLen)
 	c.lastRecv.Store(now.UnixNano())
 	c.lastPong.Store(now.UnixNano())
+	c.quality.inherit(c.stats.previousQuality())
 	return c
 }
 

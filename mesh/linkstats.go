@@ -35,6 +35,8 @@ type peerLinkStats struct {
 	rttCounts [len(RTTBuckets)]uint64 // per bucket, not cumulative
 	rttSum    float64
 	rttCount  uint64
+	// The last closed connection's quality, inherited by the next one.
+	lastQuality linkQualityStatus
 }
 
 func (s *peerLinkStats) observeRTT(d time.Duration) {
@@ -60,9 +62,17 @@ func (s *peerLinkStats) closed(c *conn, lost bool) {
 	s.framesIn += c.framesIn.Load()
 	s.framesOut += c.framesOut.Load()
 	s.drops += c.drops.Load()
+	s.lastQuality = c.quality.snapshot()
 	if lost {
 		s.linksLost++
 	}
+}
+
+// previousQuality returns the quality the peer's last connection ended with.
+func (s *peerLinkStats) previousQuality() linkQualityStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastQuality
 }
 
 // peerStatsFor returns p's statistics, creating them on first use. They

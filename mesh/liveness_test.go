@@ -211,3 +211,67 @@ func TestLocalHealthScalesDeadTimeout(t *testing.T) {
 		t.Fatalf("after on-time ticks: %v, want %v", got, dead)
 	}
 }
+
+// A lossy direct link (TCP-like: lost writes cost retransmission timeouts)
+// is marked degraded and traffic takes the healthy two-hop path; once the
+// link is clean again it comes back after the hysteresis hold.
+func TestLossyLinkRoutedAroundAndBack(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	c.start("b", nil, "a")
+	c.start("c", nil, "a", "b")
+	direct := func(hop PeerName) func() bool {
+		return func() bool {
+			h, ok := a.routes.Load().nextHop("c")
+			return ok && h == hop && a.Reachable("b")
+		}
+	}
+	testutil.Eventually(t, waitLong, "a routes to c directly", direct("c"))
+	c.net.SetLoss("a", "c", 0.5)
+	c.net.SetLoss("c", "a", 0.5)
+	start := time.Now()
+	testutil.Eventually(t, waitLong, "a routes to c through b", direct("b"))
+	t.Logf("lossy link routed around after %v", time.Since(start))
+	var link LinkStatus
+	for _, l := range a.Status().Links {
+		if l.Peer == "c" {
+			link = l
+		}
+	}
+	if link.State != LinkDegraded || link.Loss < degradeLoss || len(link.Path) != 2 || link.Path[0] != "b" {
+		t.Errorf("status of the lossy link: %+v", link)
+	}
+	c.net.HealAll()
+	healed := time.Now()
+	testutil.Eventually(t, waitLong, "a routes to c directly again", direct("c"))
+	t.Logf("back to direct %v after the heal", time.Since(healed))
+}
+
+// A one-way link (c hears a, a never hears c) is closed by both ends and
+// routed around: a sees silence, c sees its pings unanswered.
+func TestOneWayLinkRoutedAround(t *testing.T) {
+	c := newCluster(t)
+	fast := func(cfg *Config) {
+		cfg.HeartbeatInterval = 100 * time.Millisecond
+		cfg.DeadTimeout = 600 * time.Millisecond
+	}
+	a := c.start("a", fast)
+	c.start("b", fast, "a")
+	rc := c.start("c", fast, "a", "b")
+	via := func(r *Router, dst, hop PeerName) func() bool {
+		return func() bool {
+			h, ok := r.routes.Load().nextHop(dst)
+			return ok && h == hop
+		}
+	}
+	testutil.Eventually(t, waitLong, "a and c linked directly", func() bool {
+		return via(a, "c", "c")() && via(rc, "a", "a")() && a.Reachable("b") && rc.Reachable("b")
+	})
+	c.net.SetOneWay("c", "a", true)
+	start := time.Now()
+	testutil.Eventually(t, waitLong, "both ends route through b", func() bool { return via(a, "c", "b")() && via(rc, "a", "b")() })
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("one-way link routed around after %v, want well inside Raft's election timeout", d)
+	}
+	t.Logf("one-way link routed around after %v; c's losses %v", time.Since(start), rc.Status().RecentLosses)
+}

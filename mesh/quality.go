@@ -88,18 +88,33 @@ func (q *linkQuality) updateLocked(now time.Time) bool {
 	return false
 }
 
+// inherit starts a new connection's estimate where the peer's previous
+// connection left it, so a link that keeps dying and coming back does not
+// start healthy each time (the hysteresis would not hold otherwise).
+func (q *linkQuality) inherit(prev linkQualityStatus) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.loss, q.degraded, q.degradedSince = prev.loss, prev.degraded, prev.degradedSince
+	if prev.pings >= minQualityPings {
+		// No ping of this connection is outstanding: the first round
+		// judges nothing.
+		q.pings, q.answered = prev.pings, true
+	}
+}
+
 // linkQualityStatus is a snapshot for Status.
 type linkQualityStatus struct {
 	loss          float64
 	degraded      bool
 	pings, pongs  uint64
 	degradedTimes uint64
+	degradedSince time.Time
 }
 
 func (q *linkQuality) snapshot() linkQualityStatus {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return linkQualityStatus{loss: q.loss, degraded: q.degraded, pings: q.pings, pongs: q.pongs, degradedTimes: q.degradedEvents}
+	return linkQualityStatus{loss: q.loss, degraded: q.degraded, pings: q.pings, pongs: q.pongs, degradedTimes: q.degradedEvents, degradedSince: q.degradedSince}
 }
 
 func (q *linkQuality) isDegraded() bool {

@@ -527,13 +527,19 @@ func (c *conn) checkLiveness(now time.Time) error {
 		e.othersRecv = r.latestRecvExcept(c) // only when suspect: walks the table
 	}
 	verdict, err := judgeLink(e)
+	// A suspect link keeps its connection but routes avoid it like a
+	// degraded one (routes.go) until it is confirmed dead or speaks again:
+	// traffic moves to a healthy path a heartbeat before the dead timeout.
 	switch verdict {
 	case linkAlive:
-		c.suspectSince.Store(0)
+		if c.suspectSince.Swap(0) != 0 {
+			r.requestRecalc()
+		}
 	case linkSuspect:
 		if e.suspectedSince.IsZero() {
 			c.suspectSince.Store(now.UnixNano())
 			r.counters.suspicions.Add(1)
+			r.requestRecalc()
 		}
 	case linkDead:
 		return err

@@ -47,7 +47,7 @@ func (r *Router) recalcLocked() {
 	var degraded map[PeerName]bool
 	for name, c := range inUse {
 		direct[name] = c.remoteUID
-		if c.quality.isDegraded() {
+		if c.quality.isDegraded() || c.suspectSince.Load() != 0 {
 			if degraded == nil {
 				degraded = map[PeerName]bool{}
 			}

@@ -197,7 +197,9 @@
 // is declared dead on a later check past the timeout only with a witness
 // that our own receive path works (another connection received a frame
 // within two heartbeats, or the link itself delivers but never answers).
-// Silence of 2 × DeadTimeout is dead regardless (the reader's deadline is
+// While a link is suspect, routes avoid it like a degraded link (below),
+// so traffic moves a heartbeat before the dead timeout without tearing
+// the connection down. Silence of 2 × DeadTimeout is dead regardless (the reader's deadline is
 // the same backstop). Raise both for WANs, keeping DeadTimeout ≥ 3 ×
 // heartbeat.
 //

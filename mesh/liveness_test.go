@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -240,6 +241,9 @@ func TestLossyLinkRoutedAroundAndBack(t *testing.T) {
 	}
 	if link.State != LinkDegraded || link.Loss < degradeLoss || len(link.Path) != 2 || link.Path[0] != "b" {
 		t.Errorf("status of the lossy link: %+v", link)
+	}
+	if js, err := json.Marshal(a.Status().Links); err == nil {
+		t.Logf("a's links: %s", js)
 	}
 	c.net.HealAll()
 	healed := time.Now()

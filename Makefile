@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 # Packages with goroutines and shared state run under the race detector.
 RACE_PKGS := ./internal/... ./mesh/... ./meshconn/... ./peer/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/...
 
-.PHONY: all build run etcdctl etcdutl test test-unit test-integration test-diff bench soak fuzz clean check-imports
+.PHONY: all build run etcdctl etcdutl test test-unit test-integration test-diff bench soak fuzz clean check-imports stress-blackhole false-deaths
 
 all: build
 
@@ -94,6 +94,20 @@ SOAK_DURATION ?= 10m
 soak: build etcdctl nftables
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 MESHETCD_SOAK_DURATION=$(SOAK_DURATION) \
 		$(GO) test -count=1 -timeout 120m -v -run 'Soak|TestFencedLock|TestPartialLinkShapes|TestNoStaleReadAfterRestart' ./integration/...
+
+## stress-blackhole: the in-process triangle blackhole test STRESS_COUNT (50) times under full CPU
+## load (a spinning goroutine per core); any write stall of 2 s or more fails it. Not in `make test`.
+STRESS_COUNT ?= 50
+stress-blackhole: build etcdctl
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_CPU_BURN=1 \
+		$(GO) test -count=$(STRESS_COUNT) -timeout 90m -v -run 'TestPartialInProcessTriangleBlackhole$$' ./integration/
+
+## false-deaths: three in-process members, no fault, every core busy for FALSE_DEATHS_DURATION (10m);
+## counts mesh links lost (false deaths, goal 0). Not in `make test`.
+FALSE_DEATHS_DURATION ?= 10m
+false-deaths: build etcdctl
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_FALSE_DEATHS_DURATION=$(FALSE_DEATHS_DURATION) \
+		$(GO) test -count=1 -timeout 90m -v -run 'TestFalseLinkDeathsUnderCPULoad$$' ./integration/
 
 ## fuzz: run each fuzz target for a while (FUZZTIME=30s); the seed corpora already run in `make test`
 FUZZTIME ?= 30s

@@ -93,7 +93,7 @@ bench: build
 SOAK_DURATION ?= 10m
 soak: build etcdctl nftables
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 MESHETCD_SOAK_DURATION=$(SOAK_DURATION) \
-		$(GO) test -count=1 -timeout 120m -v -run 'Soak|TestFencedLock|TestPartialLinkShapes|TestNoStaleReadAfterRestart' ./integration/...
+		$(GO) test -count=1 -timeout 180m -v -run 'Soak|TestFencedLock|TestPartialLinkShapes|TestNoStaleReadAfterRestart' ./integration/...
 
 ## stress-blackhole: the in-process triangle blackhole test STRESS_COUNT (50) times under full CPU
 ## load (a spinning goroutine per core); any write stall of 2 s or more fails it. Not in `make test`.

@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 # Packages with goroutines and shared state run under the race detector.
 RACE_PKGS := ./internal/... ./mesh/... ./meshconn/... ./peer/... ./raftnode/... ./kvstore/... ./grpcapi/... ./embed/... ./meshview/...
 
-.PHONY: all build run etcdctl etcdutl test test-unit test-integration test-diff bench soak fuzz clean check-imports
+.PHONY: all build run etcdctl etcdutl test test-unit test-integration test-diff bench soak fuzz clean check-imports stress-blackhole false-deaths
 
 all: build
 
@@ -60,8 +60,14 @@ check-imports:
 	$(GO) test -count=1 -run TestImportRules ./internal/archtest/
 
 # etcd 3.7.3 (bin/etcd) is built for the differential, metric-name and migration tests.
-test-integration: build etcdctl etcdutl etcd chromium
+test-integration: build etcdctl etcdutl etcd chromium nftables
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl ETCDUTL_BIN=$(BIN)/etcdutl $(GO) test -count=1 -timeout 15m ./integration/...
+
+## nftables: Debian's nftables for the hostile-link tests in network namespaces (loss, one-way,
+## rate limit, the delay relay's DNAT; this kernel has no netem); installed with apt-get when missing
+.PHONY: nftables
+nftables:
+	@integration/scripts/install-nftables.sh
 
 ## chromium: Debian's chromium for the mesh page browser test (installed with apt-get when missing; needs root)
 .PHONY: chromium
@@ -82,11 +88,26 @@ bench: build
 ## soak: long randomized fault runs, not part of `make test`: random kill/pause/partition/link cuts
 ## under a porcupine linearizability check (also against etcd when bin/etcd exists), random
 ## connected topologies (root: network namespaces), a ≥50 MiB snapshot catch-up.
-## Each randomized test runs SOAK_DURATION (default 10m) and logs its seed and figures.
+## Each randomized test runs SOAK_DURATION (default 10m) and logs its seed and figures; the fault
+## schedules, fenced locks, link shapes and stale-read rounds run their long variants.
 SOAK_DURATION ?= 10m
-soak: build etcdctl
+soak: build etcdctl nftables
 	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_SOAK=1 MESHETCD_SOAK_DURATION=$(SOAK_DURATION) \
-		$(GO) test -count=1 -timeout 120m -v -run Soak ./integration/...
+		$(GO) test -count=1 -timeout 180m -v -run 'Soak|TestFencedLock|TestPartialLinkShapes|TestNoStaleReadAfterRestart' ./integration/...
+
+## stress-blackhole: the in-process triangle blackhole test STRESS_COUNT (50) times under full CPU
+## load (a spinning goroutine per core); any write stall of 2 s or more fails it. Not in `make test`.
+STRESS_COUNT ?= 50
+stress-blackhole: build etcdctl
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_CPU_BURN=1 \
+		$(GO) test -count=$(STRESS_COUNT) -timeout 90m -v -run 'TestPartialInProcessTriangleBlackhole$$' ./integration/
+
+## false-deaths: three in-process members, no fault, every core busy for FALSE_DEATHS_DURATION (10m);
+## counts mesh links lost (false deaths, goal 0). Not in `make test`.
+FALSE_DEATHS_DURATION ?= 10m
+false-deaths: build etcdctl
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl MESHETCD_FALSE_DEATHS_DURATION=$(FALSE_DEATHS_DURATION) \
+		$(GO) test -count=1 -timeout 90m -v -run 'TestFalseLinkDeathsUnderCPULoad$$' ./integration/
 
 ## fuzz: run each fuzz target for a while (FUZZTIME=30s); the seed corpora already run in `make test`
 FUZZTIME ?= 30s

@@ -58,7 +58,9 @@ type Member struct {
 // StartMember validates cfg, opens the client listeners, starts the kvstore
 // (which recovers or bootstraps the data directory), serves the etcd gRPC
 // API and HTTP endpoints on every listener, and returns once the member is
-// ready to serve linearizable requests. ctx bounds the start only; the
+// ready to serve linearizable requests. Like etcd, it serves no client
+// request before that: a restarted member answers nothing, serializable
+// reads included, until it has re-applied what its WAL had committed. ctx bounds the start only; the
 // member then runs until Close or a fatal error (see Err).
 //
 // A second member on a data directory that is in use fails at once.
@@ -380,6 +382,17 @@ func StartMember(ctx context.Context, cfg Config) (m *Member, err error) {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
+			// Like etcd's serveCtx.serve, no client request is served before
+			// the member is ready: on a restart the backend may lag the WAL
+			// until every committed entry is re-applied, and even a
+			// serializable read must not see that older state. Connections
+			// wait in the listen backlog meanwhile.
+			select {
+			case <-srv.ReadyNotify():
+			case <-serveCtx.Done():
+				_ = l.Close()
+				return
+			}
 			if err := serve(); err != nil {
 				m.fail(fmt.Errorf("serving client traffic on %s: %w", addr, err))
 			}

@@ -20,6 +20,12 @@ type meshCollector struct {
 	linkRTT, linkSent, linkRecv, linkFramesSent, linkFramesRecv    *prometheus.Desc
 	linkDrops, linkQueued                                          *prometheus.Desc
 	relayed, rerouted, dropped, handshakeFailures, connectionsLost *prometheus.Desc
+
+	// Per-peer link health, cumulative across link re-establishments
+	// (mesh.LinkStatus): etcd's peer series where the meaning matches,
+	// labelled like etcd's (To/From) with the peer's mesh name.
+	peerRTT, peerSent, peerRecv, peerSentFailures         *prometheus.Desc
+	linkLoss, linkState, pathHops, linksLost, localHealth *prometheus.Desc
 }
 
 func newMeshCollector(status func() mesh.Status) *meshCollector {
@@ -44,13 +50,27 @@ func newMeshCollector(status func() mesh.Status) *meshCollector {
 		dropped:           d("dropped_frames_total", "Frames the router dropped, by reason.", "reason"),
 		handshakeFailures: d("handshake_failures_total", "Mesh handshakes that failed or were refused (wrong secret, wrong cluster token, ...)."),
 		connectionsLost:   d("connections_lost_total", "Established mesh connections that were lost."),
+		peerRTT: prometheus.NewDesc("etcd_network_peer_round_trip_time_seconds",
+			"Round-Trip-Time histogram between peers (mesh heartbeats on the direct link).", []string{"To"}, nil),
+		peerSent: prometheus.NewDesc("etcd_network_peer_sent_bytes_total",
+			"The total number of bytes sent to peers (on the direct mesh link).", []string{"To"}, nil),
+		peerRecv: prometheus.NewDesc("etcd_network_peer_received_bytes_total",
+			"The total number of bytes received from peers (on the direct mesh link).", []string{"From"}, nil),
+		peerSentFailures: prometheus.NewDesc("etcd_network_peer_sent_failures_total",
+			"The total number of send failures to peers (frames refused by a full mesh send queue).", []string{"To"}, nil),
+		linkLoss:    d("link_loss_ratio", "Share of heartbeats to a neighbour not answered within one heartbeat interval (moving average).", "peer"),
+		linkState:   d("link_state", "State of the direct link to a peer: 1 for the current state, 0 for the others.", "peer", "state"),
+		pathHops:    d("path_hops", "Hops on the path traffic (Raft's included) to a peer takes; 0 when unreachable.", "peer", "next_hop"),
+		linksLost:   d("peer_links_lost_total", "Direct links to a peer that were lost (cumulative across re-establishments).", "peer"),
+		localHealth: d("local_health", "Lifeguard local health score: 0 healthy, up to 8 when this process runs late (lengthens link dead timeouts)."),
 	}
 }
 
 func (c *meshCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.linksUp, c.peers, c.reachable, c.routeHops, c.linkRTT, c.linkSent, c.linkRecv,
 		c.linkFramesSent, c.linkFramesRecv, c.linkDrops, c.linkQueued, c.relayed, c.rerouted, c.dropped,
-		c.handshakeFailures, c.connectionsLost} {
+		c.handshakeFailures, c.connectionsLost, c.peerRTT, c.peerSent, c.peerRecv, c.peerSentFailures,
+		c.linkLoss, c.linkState, c.pathHops, c.linksLost, c.localHealth} {
 		ch <- d
 	}
 }
@@ -94,5 +114,37 @@ func (c *meshCollector) Collect(ch chan<- prometheus.Metric) {
 		if reason, ok := strings.CutPrefix(name, "drop_"); ok {
 			counter(c.dropped, v, reason)
 		}
+	}
+	gauge(c.localHealth, float64(st.LocalHealth))
+	for _, l := range st.Links {
+		peer := string(l.Peer)
+		counter(c.peerSent, l.BytesSent, peer)
+		counter(c.peerRecv, l.BytesReceived, peer)
+		if l.SendFailures > 0 { // like etcd, whose series appears with the first failure
+			counter(c.peerSentFailures, l.SendFailures, peer)
+		}
+		counter(c.linksLost, l.LinksLost, peer)
+		if l.RTTCount > 0 {
+			buckets := make(map[float64]uint64, len(mesh.RTTBuckets))
+			var cum uint64
+			for i, ub := range mesh.RTTBuckets {
+				cum += l.RTTHistogram[i]
+				buckets[ub] = cum
+			}
+			ch <- prometheus.MustNewConstHistogram(c.peerRTT, l.RTTCount, l.RTTSum, buckets, peer)
+		}
+		gauge(c.linkLoss, l.Loss, peer)
+		for _, s := range []string{mesh.LinkUp, mesh.LinkSuspect, mesh.LinkDegraded, mesh.LinkDown} {
+			v := 0.0
+			if s == l.State {
+				v = 1
+			}
+			gauge(c.linkState, v, peer, s)
+		}
+		next := ""
+		if len(l.Path) > 0 {
+			next = string(l.Path[0])
+		}
+		gauge(c.pathHops, float64(l.Hops), peer, next)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -99,6 +100,7 @@ type workload struct {
 	c       *Cluster
 	h       *history
 	keys    int
+	prefix  string // keys are <prefix>k<i>: a fresh prefix is a fresh register set
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	putsOK  atomic.Int64
@@ -108,6 +110,15 @@ type workload struct {
 	notSent atomic.Int64
 	// maxLat is the longest successful operation (ns).
 	maxLat atomic.Int64
+	// acked are the acknowledged puts with the revision they were given,
+	// for the no-lost-ack check.
+	ackMu sync.Mutex
+	acked []ackedPut
+}
+
+type ackedPut struct {
+	key, value string
+	rev        int64
 }
 
 // startWorkload starts n workers. Worker i uses a client bound to member
@@ -115,7 +126,14 @@ type workload struct {
 // unreachable member for a third of its requests, and a bound client is
 // what the product promises to serve.
 func startWorkload(t testing.TB, c *Cluster, n, keys int, opTimeout time.Duration) *workload {
-	w := &workload{t: t, c: c, h: &history{start: time.Now()}, keys: keys, stop: make(chan struct{})}
+	return startWorkloadOn(t, c, "lin/", n, keys, opTimeout)
+}
+
+// startWorkloadOn is startWorkload on the keys under prefix: a history
+// starts from empty registers, so a second workload on the same cluster
+// needs a prefix of its own.
+func startWorkloadOn(t testing.TB, c *Cluster, prefix string, n, keys int, opTimeout time.Duration) *workload {
+	w := &workload{t: t, c: c, h: &history{start: time.Now()}, keys: keys, prefix: prefix, stop: make(chan struct{})}
 	for i := 0; i < n; i++ {
 		cli := c.clientCfg(t, clientv3.Config{DialTimeout: 2 * time.Second, DialKeepAliveTime: time.Second, DialKeepAliveTimeout: time.Second}, i%len(c.Members))
 		w.wg.Add(1)
@@ -134,7 +152,7 @@ func (w *workload) worker(id int, cli *clientv3.Client, opTimeout time.Duration)
 			return
 		default:
 		}
-		key := fmt.Sprintf("lin/k%d", rng.Intn(w.keys))
+		key := fmt.Sprintf("%sk%d", w.prefix, rng.Intn(w.keys))
 		in := kvInput{Key: key}
 		if rng.Intn(2) == 0 {
 			in.Put, in.Value = true, fmt.Sprintf("w%d-%d", id, seq)
@@ -144,7 +162,13 @@ func (w *workload) worker(id int, cli *clientv3.Client, opTimeout time.Duration)
 		var out kvOutput
 		var err error
 		if in.Put {
-			_, err = cli.Put(cctx, in.Key, in.Value)
+			var resp *clientv3.PutResponse
+			resp, err = cli.Put(cctx, in.Key, in.Value)
+			if err == nil {
+				w.ackMu.Lock()
+				w.acked = append(w.acked, ackedPut{in.Key, in.Value, resp.Header.Revision})
+				w.ackMu.Unlock()
+			}
 		} else {
 			var resp *clientv3.GetResponse
 			resp, err = cli.Get(cctx, in.Key)
@@ -215,8 +239,10 @@ func (w *workload) WaitProgress(t testing.TB, n int64) {
 
 // Check stops the workload, waits until the cluster is healthy, reads every
 // key linearizably through every running member (adding those reads to the
-// history), checks the history with porcupine and compares replica hashes.
-func (w *workload) Check(t testing.TB) {
+// history), checks the history with porcupine, checks that every
+// acknowledged put is in the store at its revision, and compares replica
+// hashes. It returns porcupine's verdict (Ok or Unknown; Illegal fails).
+func (w *workload) Check(t testing.TB) porcupine.CheckResult {
 	t.Helper()
 	w.Stop()
 	w.c.WaitHealthy(t)
@@ -226,7 +252,7 @@ func (w *workload) Check(t testing.TB) {
 		}
 		cli := w.c.statusClient(i)
 		for k := 0; k < w.keys; k++ {
-			key := fmt.Sprintf("lin/k%d", k)
+			key := fmt.Sprintf("%sk%d", w.prefix, k)
 			call := w.h.now()
 			resp, err := cli.Get(ctx(t), key)
 			if err != nil {
@@ -261,7 +287,45 @@ func (w *workload) Check(t testing.TB) {
 	case porcupine.Unknown:
 		t.Logf("porcupine timed out after %v: linearizability not decided (not a failure)", checkTimeout)
 	}
+	w.checkNoLostAcks(t)
 	w.c.checkHashes(t)
+	return res
+}
+
+// checkNoLostAcks reads every acknowledged put back at the revision it was
+// acknowledged with: the key must hold exactly that value, created or
+// modified at exactly that revision (the workload never compacts).
+func (w *workload) checkNoLostAcks(t testing.TB) {
+	t.Helper()
+	w.ackMu.Lock()
+	acked := slices.Clone(w.acked)
+	w.ackMu.Unlock()
+	cli := w.c.Client(t)
+	var lost atomic.Int64
+	var wg sync.WaitGroup
+	const readers = 8
+	for r := 0; r < readers; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := r; i < len(acked); i += readers {
+				a := acked[i]
+				cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				resp, err := cli.Get(cctx, a.key, clientv3.WithRev(a.rev))
+				cancel()
+				switch {
+				case err != nil:
+					t.Errorf("reading acknowledged put %s=%s back at revision %d: %v", a.key, a.value, a.rev, err)
+					lost.Add(1)
+				case len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != a.value || resp.Kvs[0].ModRevision != a.rev:
+					t.Errorf("acknowledged put %s=%s at revision %d lost: the store has %v at that revision", a.key, a.value, a.rev, resp.Kvs)
+					lost.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("no-lost-ack check: %d acknowledged puts, %d lost", len(acked), lost.Load())
 }
 
 // checkHashes waits until every running member has applied the current

@@ -34,6 +34,7 @@ type NetLab struct {
 	Hosts []*NSHost
 	mu    sync.Mutex
 	cuts  map[[2]int]bool
+	shape *linkShapes // loss, one-way, slow, flapping, delay (netns_shapes_test.go)
 }
 
 // NSHost is one namespace.
@@ -100,6 +101,7 @@ func NewNetLab(t testing.TB, n int) *NetLab {
 }
 
 func (l *NetLab) destroy() {
+	l.clearShapes()
 	for _, h := range l.Hosts {
 		_, _, _ = runCmd(30*time.Second, "ip", "netns", "del", h.NS)
 	}
@@ -134,8 +136,9 @@ func (l *NetLab) Heal(a, b int) {
 	delete(l.cuts, k)
 }
 
-// HealAll removes every cut.
+// HealAll removes every cut and every link shape.
 func (l *NetLab) HealAll() {
+	l.clearShapes()
 	l.mu.Lock()
 	var ks [][2]int
 	for k := range l.cuts {

@@ -72,6 +72,11 @@ type conn struct {
 	lastRecv atomic.Int64 // unix nanos
 	lastPong atomic.Int64
 	rtt      atomic.Int64 // nanos, EWMA
+	// Liveness and link quality (liveness.go, quality.go), written by
+	// the writer's checks and the reader's pong handling.
+	suspectSince atomic.Int64 // unix nanos; 0: not suspect
+	quality      linkQuality
+	stats        *peerLinkStats // the remote's cumulative figures (linkstats.go)
 
 	framesIn, framesOut, bytesIn, bytesOut atomic.Uint64
 	drops                                  atomic.Uint64
@@ -95,12 +100,14 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 		wake:        make(chan struct{}, 1),
 		pending:     map[ChannelID]GossipData{},
 		done:        make(chan struct{}),
+		stats:       r.peerStatsFor(hs.remote.name),
 	}
 	c.queues[classControl] = make(chan *frameBuf, r.cfg.ControlQueueLen)
 	c.queues[classInteractive] = make(chan *frameBuf, r.cfg.InteractiveQueueLen)
 	c.queues[classBulk] = make(chan *frameBuf, r.cfg.BulkQueueLen)
 	c.lastRecv.Store(now.UnixNano())
 	c.lastPong.Store(now.UnixNano())
+	c.quality.inherit(c.stats.previousQuality())
 	return c
 }
 
@@ -300,9 +307,14 @@ func (c *conn) dispatch(f *frameBuf) error {
 			return fmt.Errorf("mesh: bad pong")
 		}
 		now := time.Now().UnixNano()
-		sample := now - int64(binary.BigEndian.Uint64(env.payload))
+		sent := int64(binary.BigEndian.Uint64(env.payload))
+		sample := now - sent
 		r.pool.put(f)
 		c.lastPong.Store(now)
+		c.quality.pong(sent, time.Duration(sample))
+		if sample > 0 {
+			c.stats.observeRTT(time.Duration(sample))
+		}
 		if sample > 0 {
 			old := c.rtt.Load()
 			if old == 0 {
@@ -341,7 +353,6 @@ func (c *conn) writeLoop() {
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	nextPing := time.Now()
-	lastCheck := nextPing
 	bulkTokens := float64(r.bulkBurst)
 	lastRefill := time.Now()
 	var bulkWait *time.Timer
@@ -354,15 +365,14 @@ func (c *conn) writeLoop() {
 	for {
 		now := time.Now()
 		if !now.Before(nextPing) {
-			// If this goroutine ran far later than scheduled, the process
-			// was starved (GC, overloaded CPU): the peer's apparent silence
-			// may be our own backlog, so judge it next round instead of
-			// tearing down a healthy link (Lifeguard's lesson).
-			starved := now.Sub(lastCheck) > 3*r.cfg.HeartbeatInterval
-			lastCheck = now
-			if err := c.checkLiveness(now); err != nil && !starved {
+			// Lifeguard-style (liveness.go): a starved process waits
+			// longer, and suspicion needs a confirming check and a witness.
+			if err := c.checkLiveness(now); err != nil {
 				c.close(err)
 				return
+			}
+			if c.quality.pinged(now.UnixNano(), r.cfg.HeartbeatInterval, r.health.get() > 0) {
+				r.requestRecalc() // degraded or healthy again: reconsider routes
 			}
 			var tok [8]byte
 			binary.BigEndian.PutUint64(tok[:], uint64(now.UnixNano()))
@@ -433,7 +443,8 @@ func (c *conn) writeLoop() {
 		case <-c.done:
 			return
 		case <-c.wake:
-		case <-ticker.C:
+		case tick := <-ticker.C:
+			r.health.observeTick(time.Since(tick), r.cfg.HeartbeatInterval)
 		case <-bulkC:
 		}
 	}
@@ -497,16 +508,59 @@ func (c *conn) writeFrame(w *bufio.Writer, f *frameBuf) error {
 }
 
 // checkLiveness fails a connection that has gone quiet, or whose peer
-// stopped answering our pings (a peer that stopped reading still sends).
+// stopped answering our pings (a peer that stopped reading still sends),
+// by the rules of judgeLink.
 func (c *conn) checkLiveness(now time.Time) error {
-	dead := c.r.cfg.DeadTimeout
-	if now.Sub(time.Unix(0, c.lastRecv.Load())) > dead {
-		return errDeadLink
+	r := c.r
+	e := linkEvidence{
+		now:       now,
+		lastRecv:  time.Unix(0, c.lastRecv.Load()),
+		lastPong:  time.Unix(0, c.lastPong.Load()),
+		dead:      r.health.deadTimeout(r.cfg.DeadTimeout),
+		backstop:  2 * r.cfg.DeadTimeout,
+		heartbeat: r.cfg.HeartbeatInterval,
 	}
-	if now.Sub(time.Unix(0, c.lastPong.Load())) > dead {
-		return errNoPong
+	if s := c.suspectSince.Load(); s != 0 {
+		e.suspectedSince = time.Unix(0, s)
+	}
+	if now.Sub(e.lastRecv) > e.dead-e.heartbeat || now.Sub(e.lastPong) > e.dead-e.heartbeat {
+		e.othersRecv = r.latestRecvExcept(c) // only when suspect: walks the table
+	}
+	verdict, err := judgeLink(e)
+	// A suspect link keeps its connection but routes avoid it like a
+	// degraded one (routes.go) until it is confirmed dead or speaks again:
+	// traffic moves to a healthy path a heartbeat before the dead timeout.
+	switch verdict {
+	case linkAlive:
+		if c.suspectSince.Swap(0) != 0 {
+			r.requestRecalc()
+		}
+	case linkSuspect:
+		if e.suspectedSince.IsZero() {
+			c.suspectSince.Store(now.UnixNano())
+			r.counters.suspicions.Add(1)
+			r.requestRecalc()
+		}
+	case linkDead:
+		return err
 	}
 	return nil
+}
+
+// latestRecvExcept returns the latest frame received on any connection in
+// use other than c (zero if there is none): the witness that our own
+// receive path works.
+func (r *Router) latestRecvExcept(c *conn) time.Time {
+	var latest int64
+	for _, o := range r.conns.current() {
+		if o != c && o.remote != c.remote {
+			latest = max(latest, o.lastRecv.Load())
+		}
+	}
+	if latest == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, latest)
 }
 
 // drain empties the queues of a closed connection and returns the frames.

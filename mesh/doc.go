@@ -28,6 +28,10 @@
 //	maintenance.go      our record, route recalculation, anti-entropy, GC
 //	connmaker.go        dialling seeds and discovered peers with backoff
 //	conn.go, frame.go   one connection's reader, writer, queues; framing
+//	liveness.go, quality.go  Lifeguard-style failure detection; link
+//	                    quality (loss) with hysteresis
+//	linkstats.go, status_links.go  per-peer cumulative link figures and
+//	                    Status.Links
 //	handshake.go, crypto.go  preamble, hello, key agreement, AEAD
 //	tls.go, tls_san.go  optional mutual X.509 TLS around each connection,
 //	                    run before the mesh handshake (peer certificates)
@@ -184,12 +188,27 @@
 // Defaults: a ping every HeartbeatInterval (150 ms); the writer checks
 // each interval and declares the connection dead after DeadTimeout
 // (600 ms) with nothing received, or with no pong to our pings (a peer that
-// stopped reading), so a cut or silently blackholed link is routed around
-// within about 750 ms, inside Raft's 1 s election timeout. A check that
-// runs far later than scheduled (our own process starved) is skipped
-// rather than trusted, so CPU starvation does not tear down healthy links;
-// the reader's deadline of 2 × DeadTimeout is the backstop. Raise both for
-// WANs, keeping DeadTimeout ≥ 3 × heartbeat.
+// stopped reading, or a one-way link), so a cut or silently blackholed
+// link is routed around within about 750 ms, inside Raft's 1 s election
+// timeout. The detector is Lifeguard-style (liveness.go) so a busy CPU
+// cannot fool it: heartbeat ticks that the runtime delivers late raise a
+// local health score that lengthens every dead timeout (up to 1.5 ×); a
+// link silent for a heartbeat less than the timeout is only suspect, and
+// is declared dead on a later check past the timeout only with a witness
+// that our own receive path works (another connection received a frame
+// within two heartbeats, or the link itself delivers but never answers).
+// While a link is suspect, routes avoid it like a degraded link (below),
+// so traffic moves a heartbeat before the dead timeout without tearing
+// the connection down. Silence of 2 × DeadTimeout is dead regardless (the reader's deadline is
+// the same backstop). Raise both for WANs, keeping DeadTimeout ≥ 3 ×
+// heartbeat.
+//
+// Link quality (quality.go): the share of pings not answered within one
+// heartbeat, as a moving average, marks a link degraded at 25 % and
+// healthy again at 5 % after at least 3 s (hysteresis). Status.Links and
+// the metrics report each peer's link state (up, suspect, degraded, down),
+// RTT, loss, the path our traffic takes, and byte, frame and failure totals
+// that survive link re-establishment (linkstats.go).
 //
 // # Topology
 //
@@ -218,7 +237,11 @@
 // equal views give equal routes everywhere. Tables are immutable and
 // published through an atomic pointer (lookups take no lock); topology
 // changes recompute after RouteDebounce (10 ms), local connection changes
-// at once. SubscribeRoutes reports changes (reachability, next hop, UID),
+// at once. Our own degraded links cost like three hops: a destination
+// whose shortest path starts on one takes the shortest path avoiding our
+// degraded links if it is at most one hop longer, so a healthy two-hop
+// path beats a lossy direct link, and a three-hop detour does not (the
+// testdata/routes/quality.txt and testdata/quality scenarios). SubscribeRoutes reports changes (reachability, next hop, UID),
 // coalesced per peer for slow subscribers so the router never blocks.
 //
 // # Connection maker

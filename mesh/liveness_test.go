@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -133,4 +134,148 @@ func TestDedupWindow(t *testing.T) {
 			t.Fatalf("observe(%d) = %v, want %v", tc.seq, got, tc.want)
 		}
 	}
+}
+
+// The Lifeguard rules of judgeLink, deterministically (liveness.go).
+func TestJudgeLink(t *testing.T) {
+	base := time.Unix(1000, 0)
+	ms := func(n int) time.Time { return base.Add(time.Duration(n) * time.Millisecond) }
+	ev := func(now, recv, pong, others, suspect int) linkEvidence {
+		e := linkEvidence{now: ms(now), lastRecv: ms(recv), lastPong: ms(pong),
+			dead: 600 * time.Millisecond, backstop: 1200 * time.Millisecond, heartbeat: 150 * time.Millisecond}
+		if others >= 0 {
+			e.othersRecv = ms(others)
+		}
+		if suspect >= 0 {
+			e.suspectedSince = ms(suspect)
+		}
+		return e
+	}
+	const none = -1
+	for _, tc := range []struct {
+		name string
+		e    linkEvidence
+		want linkVerdict
+		err  error
+	}{
+		{"fresh", ev(1000, 900, 900, 950, none), linkAlive, nil},
+		{"silent first check: only suspect", ev(1000, 300, 300, 990, none), linkSuspect, nil},
+		{"a heartbeat short of the timeout: suspect", ev(1000, 500, 500, 990, none), linkSuspect, nil},
+		{"suspect but not yet past the timeout", ev(1000, 500, 500, 990, 900), linkSuspect, nil},
+		{"silent, confirmed a check later with a witness", ev(1150, 300, 300, 1100, 1000), linkDead, errDeadLink},
+		{"confirmation too soon after suspicion", ev(1050, 300, 300, 1040, 1000), linkSuspect, nil},
+		{"no witness: every link silent, we are the slow one", ev(1150, 300, 300, 320, 1000), linkSuspect, nil},
+		{"alone: no other link, trust the timer", ev(1150, 300, 300, none, 1000), linkDead, errDeadLink},
+		{"frames arrive, pings unanswered (one-way)", ev(1150, 1140, 300, 320, 1000), linkDead, errNoPong},
+		{"backstop: silent 2 x dead timeout whatever the evidence", ev(1600, 300, 300, 320, none), linkDead, errDeadLink},
+		{"health-scaled timeout not yet reached", func() linkEvidence {
+			e := ev(1000, 400, 400, 990, none)
+			e.dead = 900 * time.Millisecond
+			return e
+		}(), linkAlive, nil},
+	} {
+		got, err := judgeLink(tc.e)
+		if got != tc.want || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+			t.Errorf("%s: got %v, %v; want %v, %v", tc.name, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// A starved process (late ticks) suspects less eagerly, within bounds,
+// and recovers when its ticks are on time again.
+func TestLocalHealthScalesDeadTimeout(t *testing.T) {
+	var h localHealth
+	hb, dead := 150*time.Millisecond, 600*time.Millisecond
+	if got := h.deadTimeout(dead); got != dead {
+		t.Fatalf("healthy: %v, want %v", got, dead)
+	}
+	for range 3 {
+		h.observeTick(100*time.Millisecond, hb) // > hb/2 late
+	}
+	if got := h.deadTimeout(dead); got <= dead {
+		t.Fatalf("after late ticks: %v, want more than %v", got, dead)
+	}
+	for range 100 {
+		h.observeTick(time.Second, hb)
+	}
+	if got, max := h.deadTimeout(dead), dead*3/2; got != max {
+		t.Fatalf("saturated: %v, want the cap %v (inside Raft's election timeout with the backstop)", got, max)
+	}
+	h.observeTick(50*time.Millisecond, hb) // between: no change
+	if h.get() != maxLocalHealth {
+		t.Fatalf("a tick neither late nor on time changed the score to %d", h.get())
+	}
+	for range maxLocalHealth {
+		h.observeTick(time.Millisecond, hb)
+	}
+	if got := h.deadTimeout(dead); got != dead {
+		t.Fatalf("after on-time ticks: %v, want %v", got, dead)
+	}
+}
+
+// A lossy direct link (TCP-like: lost writes cost retransmission timeouts)
+// is marked degraded and traffic takes the healthy two-hop path; once the
+// link is clean again it comes back after the hysteresis hold.
+func TestLossyLinkRoutedAroundAndBack(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	c.start("b", nil, "a")
+	c.start("c", nil, "a", "b")
+	direct := func(hop PeerName) func() bool {
+		return func() bool {
+			h, ok := a.routes.Load().nextHop("c")
+			return ok && h == hop && a.Reachable("b")
+		}
+	}
+	testutil.Eventually(t, waitLong, "a routes to c directly", direct("c"))
+	c.net.SetLoss("a", "c", 0.5)
+	c.net.SetLoss("c", "a", 0.5)
+	start := time.Now()
+	testutil.Eventually(t, waitLong, "a routes to c through b", direct("b"))
+	t.Logf("lossy link routed around after %v", time.Since(start))
+	var link LinkStatus
+	for _, l := range a.Status().Links {
+		if l.Peer == "c" {
+			link = l
+		}
+	}
+	if link.State != LinkDegraded || link.Loss < degradeLoss || len(link.Path) != 2 || link.Path[0] != "b" {
+		t.Errorf("status of the lossy link: %+v", link)
+	}
+	if js, err := json.Marshal(a.Status().Links); err == nil {
+		t.Logf("a's links: %s", js)
+	}
+	c.net.HealAll()
+	healed := time.Now()
+	testutil.Eventually(t, waitLong, "a routes to c directly again", direct("c"))
+	t.Logf("back to direct %v after the heal", time.Since(healed))
+}
+
+// A one-way link (c hears a, a never hears c) is closed by both ends and
+// routed around: a sees silence, c sees its pings unanswered.
+func TestOneWayLinkRoutedAround(t *testing.T) {
+	c := newCluster(t)
+	fast := func(cfg *Config) {
+		cfg.HeartbeatInterval = 100 * time.Millisecond
+		cfg.DeadTimeout = 600 * time.Millisecond
+	}
+	a := c.start("a", fast)
+	c.start("b", fast, "a")
+	rc := c.start("c", fast, "a", "b")
+	via := func(r *Router, dst, hop PeerName) func() bool {
+		return func() bool {
+			h, ok := r.routes.Load().nextHop(dst)
+			return ok && h == hop
+		}
+	}
+	testutil.Eventually(t, waitLong, "a and c linked directly", func() bool {
+		return via(a, "c", "c")() && via(rc, "a", "a")() && a.Reachable("b") && rc.Reachable("b")
+	})
+	c.net.SetOneWay("c", "a", true)
+	start := time.Now()
+	testutil.Eventually(t, waitLong, "both ends route through b", func() bool { return via(a, "c", "b")() && via(rc, "a", "b")() })
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("one-way link routed around after %v, want well inside Raft's election timeout", d)
+	}
+	t.Logf("one-way link routed around after %v; c's losses %v", time.Since(start), rc.Status().RecentLosses)
 }

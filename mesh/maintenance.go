@@ -44,10 +44,17 @@ func (r *Router) requestRecalc() {
 func (r *Router) recalcLocked() {
 	inUse := r.conns.current()
 	direct := make(map[PeerName]uint64, len(inUse))
+	var degraded map[PeerName]bool
 	for name, c := range inUse {
 		direct[name] = c.remoteUID
+		if c.quality.isDegraded() || c.suspectSince.Load() != 0 {
+			if degraded == nil {
+				degraded = map[PeerName]bool{}
+			}
+			degraded[name] = true
+		}
 	}
-	cur := computeRoutes(r.name, r.topo.records, direct)
+	cur := computeRoutesAvoiding(r.name, r.topo.records, direct, degraded)
 	old := r.routes.Swap(cur)
 	r.counters.routeRecalcs.Add(1)
 	evs := routeEvents(old, cur)

@@ -61,6 +61,10 @@ type Router struct {
 	throttle    *acceptThrottle
 	failures    *failureLog
 	counters    routerCounters
+	health      localHealth // Lifeguard local health score (liveness.go)
+
+	linkStatsMu sync.Mutex
+	linkStats   map[PeerName]*peerLinkStats // cumulative per peer (linkstats.go)
 }
 
 type routerCounters struct {
@@ -68,6 +72,7 @@ type routerCounters struct {
 	forwarded, rerouted, acceptThrottled, handshakeFailures                atomic.Uint64
 	routeRecalcs, rejectedRecords                                          atomic.Uint64
 	connsLost                                                              atomic.Uint64
+	suspicions                                                             atomic.Uint64 // links found silent (liveness.go)
 	lastLossMu                                                             sync.Mutex
 	lastLoss                                                               []string // recent lost connections, for status
 }
@@ -102,6 +107,7 @@ func New(cfg Config) (*Router, error) {
 		conns:       newConnTable(cfg.Name, cfg.ConnLimit, cfg.MaxPendingHandshakes),
 		channels:    map[ChannelID]*channel{},
 		subs:        map[*routeSub]struct{}{},
+		linkStats:   map[PeerName]*peerLinkStats{},
 		dedup:       map[PeerName]*dedupWindow{},
 		recalcReq:   make(chan struct{}, 1),
 		selfChanged: make(chan struct{}, 1),
@@ -291,6 +297,7 @@ func (r *Router) connFor(p PeerName) *conn { return r.conns.lookup(p) }
 func (r *Router) connClosed(c *conn, err error) {
 	r.mu.Lock()
 	out := r.conns.remove(c)
+	c.stats.closed(c, out.lost && !r.stopped)
 	if out.changed {
 		r.updateSelfLocked()
 		r.recalcLocked()

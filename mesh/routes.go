@@ -14,12 +14,36 @@ type routeTable struct {
 	next map[PeerName]PeerName
 	hops map[PeerName]int
 	uids map[PeerName]uint64
+	// parent is each destination's predecessor on its path from us;
+	// detour holds whole paths for destinations moved off a degraded link.
+	parent map[PeerName]PeerName
+	detour map[PeerName][]PeerName
 	// adj is the symmetric graph the routes were computed over, with each
 	// neighbour list sorted.
 	adj map[PeerName][]PeerName
 
 	treeMu sync.Mutex
 	trees  map[PeerName][]PeerName // source → our children in its tree
+}
+
+// path returns the peers a frame to dst passes, dst last (nil if
+// unreachable).
+func (t *routeTable) path(dst PeerName) []PeerName {
+	if p, ok := t.detour[dst]; ok {
+		return p
+	}
+	if _, ok := t.hops[dst]; !ok || dst == t.self {
+		return nil
+	}
+	var rev []PeerName
+	for at := dst; at != t.self; at = t.parent[at] {
+		rev = append(rev, at)
+		if len(rev) > len(t.hops) {
+			return nil // cannot happen: parents form a tree
+		}
+	}
+	slices.Reverse(rev)
+	return rev
 }
 
 // nextHop returns the neighbour to send to dst through.
@@ -72,12 +96,13 @@ func buildGraph(self PeerName, records map[PeerName]*peerRecord, direct map[Peer
 func computeRoutes(self PeerName, records map[PeerName]*peerRecord, direct map[PeerName]uint64) *routeTable {
 	adj := buildGraph(self, records, direct)
 	t := &routeTable{
-		self:  self,
-		next:  map[PeerName]PeerName{},
-		hops:  map[PeerName]int{self: 0},
-		uids:  map[PeerName]uint64{},
-		adj:   adj,
-		trees: map[PeerName][]PeerName{},
+		self:   self,
+		next:   map[PeerName]PeerName{},
+		hops:   map[PeerName]int{self: 0},
+		parent: map[PeerName]PeerName{},
+		uids:   map[PeerName]uint64{},
+		adj:    adj,
+		trees:  map[PeerName][]PeerName{},
 	}
 	for n, r := range records {
 		t.uids[n] = r.UID
@@ -94,6 +119,7 @@ func computeRoutes(self PeerName, records map[PeerName]*peerRecord, direct map[P
 					continue
 				}
 				t.hops[v] = depth
+				t.parent[v] = u
 				if u == self {
 					t.next[v] = v
 				} else {
@@ -104,6 +130,42 @@ func computeRoutes(self PeerName, records map[PeerName]*peerRecord, direct map[P
 		}
 		slices.Sort(nextLevel)
 		level = nextLevel
+	}
+	return t
+}
+
+// computeRoutesAvoiding is computeRoutes preferring healthy paths over our
+// degraded direct links (quality.go): a destination whose shortest path
+// starts on a degraded link takes the shortest path that avoids our
+// degraded links instead if it is at most one hop longer. A degraded link
+// thus costs like three hops: a healthy two-hop path beats a lossy direct
+// link, a three-hop detour does not (ties keep the direct link). Broadcast
+// trees stay on the shared view (t.adj), so every peer still agrees on them.
+func computeRoutesAvoiding(self PeerName, records map[PeerName]*peerRecord, direct map[PeerName]uint64, degraded map[PeerName]bool) *routeTable {
+	t := computeRoutes(self, records, direct)
+	if len(degraded) == 0 {
+		return t
+	}
+	healthy := make(map[PeerName]uint64, len(direct))
+	for n, uid := range direct {
+		if !degraded[n] {
+			healthy[n] = uid
+		}
+	}
+	// Our own edges come only from direct (buildGraph), so leaving the
+	// degraded links out of it is the graph without them.
+	alt := computeRoutes(self, records, healthy)
+	for d, hop := range t.next {
+		if !degraded[hop] {
+			continue
+		}
+		if h, ok := alt.hops[d]; ok && h <= t.hops[d]+1 {
+			t.next[d], t.hops[d] = alt.next[d], h
+			if t.detour == nil {
+				t.detour = map[PeerName][]PeerName{}
+			}
+			t.detour[d] = alt.path(d)
+		}
 	}
 	return t
 }

@@ -298,7 +298,11 @@ func TestRouteScenarios(t *testing.T) {
 						}
 					}
 				}
-				rt := computeRoutes(self, records, direct)
+				degraded := map[PeerName]bool{}
+				for _, p := range argNames(d, "degraded") {
+					degraded[p] = true
+				}
+				rt := computeRoutesAvoiding(self, records, direct, degraded)
 				var dests []PeerName
 				for p := range rt.next {
 					dests = append(dests, p)
@@ -306,7 +310,11 @@ func TestRouteScenarios(t *testing.T) {
 				slices.Sort(dests)
 				var b strings.Builder
 				for _, p := range dests {
-					fmt.Fprintf(&b, "%s -> %s via %s (%d hops)\n", self, p, rt.next[p], rt.hops[p])
+					fmt.Fprintf(&b, "%s -> %s via %s (%d hops)", self, p, rt.next[p], rt.hops[p])
+					if argString(d, "paths", "-") != "-" {
+						fmt.Fprintf(&b, " path %v", rt.path(p))
+					}
+					b.WriteString("\n")
 				}
 				var unreachable []string
 				for p := range records {
@@ -360,6 +368,46 @@ func TestRouteScenarios(t *testing.T) {
 				}
 				fmt.Fprintf(&b, "transmissions: %d\n", transmissions)
 				return b.String()
+			default:
+				t.Fatalf("unknown command %q", d.Cmd)
+				return ""
+			}
+		})
+	})
+}
+
+// TestQualityScenarios drives one link's quality state machine (quality.go)
+// through a sequence of pings: each "pings" command sends n pings one
+// heartbeat apart, the given share of them answered in time, and prints the
+// loss estimate and whether the link is degraded after each command.
+func TestQualityScenarios(t *testing.T) {
+	datadriven.Walk(t, "testdata/quality", func(t *testing.T, path string) {
+		const hb = 150 * time.Millisecond
+		var q linkQuality
+		now := time.Unix(1000, 0)
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			switch d.Cmd {
+			case "pings":
+				n := argInt(t, d, "n", 1)
+				answered := argInt(t, d, "answered-pct", 100)
+				var b strings.Builder
+				for i := range n {
+					if q.pinged(now.UnixNano(), hb, false) {
+						fmt.Fprintf(&b, "ping %d: degraded=%v\n", i+1, q.isDegraded())
+					}
+					// Spread the answered share evenly over the pings.
+					k := int(q.pings) - 1
+					if (k+1)*answered/100 > k*answered/100 {
+						q.pong(now.UnixNano(), time.Millisecond)
+					}
+					now = now.Add(hb)
+				}
+				st := q.snapshot()
+				fmt.Fprintf(&b, "loss %.2f degraded=%v\n", st.loss, st.degraded)
+				return b.String()
+			case "wait":
+				now = now.Add(time.Duration(argInt(t, d, "ms", 0)) * time.Millisecond)
+				return ""
 			default:
 				t.Fatalf("unknown command %q", d.Cmd)
 				return ""

@@ -28,6 +28,7 @@ type Status struct {
 	Peers         []PeerStatus       `json:"peers"`
 	Connections   []ConnectionStatus `json:"connections"`
 	Routes        []RouteStatus      `json:"routes"`
+	Links         []LinkStatus       `json:"links"` // per-peer link health and path (status_links.go)
 	Targets       []TargetStatus     `json:"targets"`
 	// HandshakeFailures are the most recent refused handshakes, newest
 	// last; ErrAuth and ErrWrongCluster show up here.
@@ -37,6 +38,10 @@ type Status struct {
 	RecentLosses []string          `json:"recent_losses,omitempty"`
 	Counters     map[string]uint64 `json:"counters"`
 	Channels     []ChannelStatus   `json:"channels"`
+	// LocalHealth is the Lifeguard local health score: 0 healthy, up to 8
+	// when our own goroutines run late (a starved process), which
+	// lengthens the dead timeout of every link by up to half.
+	LocalHealth int `json:"local_health"`
 }
 
 // PeerStatus is one topology record as we know it.
@@ -133,7 +138,9 @@ func (r *Router) Status() Status {
 		st.Tombstones = append(st.Tombstones, name)
 	}
 	slices.Sort(st.Tombstones)
+	st.Links = r.linksLocked(rt)
 	r.mu.Unlock()
+	st.LocalHealth = r.health.get()
 	st.HandshakeFailures = r.failures.snapshot()
 	now := r.cfg.Clock.Now()
 	entries, handshakes := r.conns.snapshot()
@@ -206,6 +213,7 @@ func (r *Router) Status() Status {
 		"route_recalculations":    c.routeRecalcs.Load(),
 		"rejected_topology_items": c.rejectedRecords.Load(),
 		"connections_lost":        c.connsLost.Load(),
+		"link_suspicions":         c.suspicions.Load(),
 	}
 	c.lastLossMu.Lock()
 	st.RecentLosses = slices.Clone(c.lastLoss)

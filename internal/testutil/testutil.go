@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"testing"
@@ -85,4 +86,30 @@ func LastWALSegment(t testing.TB, walDir string) (string, int64) {
 		end--
 	}
 	return last, end
+}
+
+// BurnCPU keeps every core busy with one spinning goroutine per
+// GOMAXPROCS until the test ends: the CPU saturation under which failure
+// detectors must not be fooled (a starved process mistaking its own
+// backlog for a dead peer).
+func BurnCPU(t testing.TB) {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for x := uint64(1); ; x = x*6364136223846793005 + 1 {
+				if x&0xffff == 0 {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { close(stop); wg.Wait() })
 }

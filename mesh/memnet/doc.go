@@ -22,5 +22,19 @@
 //   - StallReads / SetReadRate: a host whose reads never complete, or are
 //     limited to a byte rate (a slow reader).
 //
+// Hostile links (hostile.go), as a stream transport like TCP sees them:
+//
+//   - SetLoss(from, to, p): each write is lost with probability p and
+//     retransmitted after LossRTO (200 ms, doubling), bytes behind it
+//     waiting: latency spikes and lower throughput, never corruption.
+//   - SetJitter(from, to, j): a random extra delay in [0, j) per write on
+//     top of SetDelay, order kept (SetDelay 50 ms + SetJitter 250 ms gives
+//     50–300 ms).
+//   - SetOneWay(from, to, true): from → to is silently dropped while
+//     to → from still works; new dials between them hang.
+//   - Flap(a, b, min, max): the link goes down (silent) and up, each phase
+//     lasting [min, max), until Heal(a, b) or HealAll.
+//   - SetBandwidth(from, to, bytesPerSec): a slow link.
+//
 // Package memnet keeps no package-level state; every Network is independent.
 package memnet

@@ -58,6 +58,11 @@ type Network struct {
 	dropRate   map[direction]float64
 	stalled    map[string]bool
 	readRate   map[string]int // bytes per second, 0 = unlimited
+	oneWay     map[direction]bool
+	jitter     map[direction]time.Duration
+	loss       map[direction]float64
+	bandwidth  map[direction]int // bytes per second, 0 = unlimited
+	flappers   map[hostPair]*flapper
 	endpoints  map[*endpoint]struct{}
 	rng        *rand.Rand
 	// changed is closed and replaced whenever a fault changes, waking every
@@ -88,6 +93,11 @@ func New(opts ...Option) *Network {
 		dropRate:   map[direction]float64{},
 		stalled:    map[string]bool{},
 		readRate:   map[string]int{},
+		oneWay:     map[direction]bool{},
+		jitter:     map[direction]time.Duration{},
+		loss:       map[direction]float64{},
+		bandwidth:  map[direction]int{},
+		flappers:   map[hostPair]*flapper{},
 		endpoints:  map[*endpoint]struct{}{},
 		rng:        rand.New(rand.NewPCG(1, 2)),
 		changed:    make(chan struct{}),
@@ -135,8 +145,9 @@ func (nw *Network) Blackhole(a, b string) {
 	nw.mu.Unlock()
 }
 
-// Heal removes Cut and Blackhole faults between a and b.
+// Heal removes Cut, Blackhole and Flap faults between a and b.
 func (nw *Network) Heal(a, b string) {
+	nw.stopFlap(pairOf(a, b))
 	nw.mu.Lock()
 	delete(nw.cut, pairOf(a, b))
 	delete(nw.blackholed, pairOf(a, b))
@@ -158,8 +169,9 @@ func (nw *Network) Partition(groups ...[]string) {
 	}
 }
 
-// HealAll removes every fault of every kind.
+// HealAll removes every fault of every kind and stops every flapping link.
 func (nw *Network) HealAll() {
+	nw.stopAllFlaps()
 	nw.mu.Lock()
 	nw.cut = map[hostPair]bool{}
 	nw.blackholed = map[hostPair]bool{}
@@ -167,6 +179,10 @@ func (nw *Network) HealAll() {
 	nw.dropRate = map[direction]float64{}
 	nw.stalled = map[string]bool{}
 	nw.readRate = map[string]int{}
+	nw.oneWay = map[direction]bool{}
+	nw.jitter = map[direction]time.Duration{}
+	nw.loss = map[direction]float64{}
+	nw.bandwidth = map[direction]int{}
 	nw.notifyLocked()
 	nw.mu.Unlock()
 }
@@ -258,7 +274,7 @@ func (h *Host) Dial(ctx context.Context, address string) (net.Conn, error) {
 			nw.mu.Unlock()
 			return nil, fmt.Errorf("memnet: dial %s: %w", address, ErrRefused)
 		}
-		if nw.blackholed[pair] {
+		if nw.blackholed[pair] || nw.oneWay[direction{h.name, l.host}] || nw.oneWay[direction{l.host, h.name}] {
 			changed := nw.changed
 			nw.mu.Unlock()
 			select {
@@ -341,11 +357,31 @@ type pipe struct {
 	// marks hold back delayed bytes: bytes [start, end) become readable at
 	// at, and nothing behind them may overtake them (it is a stream).
 	marks    []mark
-	eof      bool // writer closed: reader gets EOF after draining
-	gone     bool // reader closed: writer gets EPIPE
-	broken   bool // reset: both sides get ErrReset
+	freeAt   time.Time // bandwidth limit: when the link finishes sending what it has
+	eof      bool      // writer closed: reader gets EOF after draining
+	gone     bool      // reader closed: writer gets EPIPE
+	broken   bool      // reset: both sides get ErrReset
 	readable chan struct{}
 	writable chan struct{}
+}
+
+// readableAtLocked returns when n bytes written now become readable under
+// the faults lf (zero: at once). A bandwidth limit serialises the
+// direction: the bytes leave when the link is free and take n/bandwidth.
+func (p *pipe) readableAtLocked(now time.Time, n int, lf linkFaults) time.Time {
+	at := now
+	if lf.bandwidth > 0 {
+		start := now
+		if p.freeAt.After(start) {
+			start = p.freeAt
+		}
+		p.freeAt = start.Add(time.Duration(n) * time.Second / time.Duration(lf.bandwidth))
+		at = p.freeAt
+	}
+	if lf.hold <= 0 && lf.bandwidth <= 0 {
+		return time.Time{}
+	}
+	return at.Add(lf.hold)
 }
 
 type mark struct {
@@ -435,19 +471,52 @@ func (ep *endpoint) init() {
 	ep.writeDeadline.init()
 }
 
-// linkState reports the faults that apply to reads or writes of ep.
-func (ep *endpoint) linkState() (blackholed, stalled bool, readRate int, delay time.Duration, drop bool, changed chan struct{}) {
+// linkFaults are the faults that apply to one read or write of an endpoint.
+type linkFaults struct {
+	// Reads: nothing is delivered (a blackhole, or the remote's direction
+	// to us dropped), or the local host's reads stall or are rate limited.
+	blackholed, stalled bool
+	readRate            int
+	// Writes: drop corrupts the stream by discarding the write; hold is
+	// how long the write's bytes stay unreadable (delay, jitter and
+	// retransmissions of a lossy link); bandwidth paces the direction.
+	drop      bool
+	hold      time.Duration
+	bandwidth int
+	changed   chan struct{}
+}
+
+// linkState reports the faults that apply to reads or writes of ep now,
+// drawing the random ones (drop, jitter, loss) for one operation.
+func (ep *endpoint) linkState() linkFaults {
 	nw := ep.nw
 	nw.mu.Lock()
 	defer nw.mu.Unlock()
-	blackholed = nw.blackholed[pairOf(ep.localHost, ep.remoteHost)]
-	stalled = nw.stalled[ep.localHost]
-	readRate = nw.readRate[ep.localHost]
-	delay = nw.delay[direction{ep.localHost, ep.remoteHost}]
-	if p := nw.dropRate[direction{ep.localHost, ep.remoteHost}]; p > 0 {
-		drop = nw.rng.Float64() < p
+	out := direction{ep.localHost, ep.remoteHost}
+	f := linkFaults{
+		blackholed: nw.blackholed[pairOf(ep.localHost, ep.remoteHost)] || nw.oneWay[direction{ep.remoteHost, ep.localHost}],
+		stalled:    nw.stalled[ep.localHost],
+		readRate:   nw.readRate[ep.localHost],
+		hold:       nw.delay[out],
+		bandwidth:  nw.bandwidth[out],
+		changed:    nw.changed,
 	}
-	return blackholed, stalled, readRate, delay, drop, nw.changed
+	if p := nw.dropRate[out]; p > 0 {
+		f.drop = nw.rng.Float64() < p
+	}
+	if j := nw.jitter[out]; j > 0 {
+		f.hold += time.Duration(nw.rng.Int64N(int64(j)))
+	}
+	if p := nw.loss[out]; p > 0 {
+		// Each lost transmission costs a retransmission timeout, doubling
+		// like TCP's backoff; bytes behind wait (head-of-line blocking).
+		rto := LossRTO
+		for try := 0; try < maxRetransmits && nw.rng.Float64() < p; try++ {
+			f.hold += rto
+			rto *= 2
+		}
+	}
+	return f
 }
 
 func (ep *endpoint) Read(b []byte) (int, error) {
@@ -456,7 +525,8 @@ func (ep *endpoint) Read(b []byte) (int, error) {
 	}
 	p := ep.in
 	for {
-		blackholed, stalled, readRate, _, _, changed := ep.linkState()
+		lf := ep.linkState()
+		blackholed, stalled, readRate, changed := lf.blackholed, lf.stalled, lf.readRate, lf.changed
 		p.mu.Lock()
 		if p.broken || p.gone {
 			err := ErrReset
@@ -518,7 +588,8 @@ func (ep *endpoint) Write(b []byte) (int, error) {
 	p := ep.out
 	written := 0
 	for {
-		_, _, _, delay, drop, changed := ep.linkState()
+		lf := ep.linkState()
+		drop, changed := lf.drop, lf.changed
 		p.mu.Lock()
 		switch {
 		case p.broken:
@@ -542,8 +613,8 @@ func (ep *endpoint) Write(b []byte) (int, error) {
 			n := min(space, len(b)-written)
 			p.growLocked(p.size + n)
 			p.copyInLocked(b[written : written+n])
-			if delay > 0 {
-				p.marks = append(p.marks, mark{start: p.written - uint64(n), end: p.written, at: time.Now().Add(delay)})
+			if at := p.readableAtLocked(time.Now(), n, lf); !at.IsZero() {
+				p.marks = append(p.marks, mark{start: p.written - uint64(n), end: p.written, at: at})
 			}
 			written += n
 			notify(p.readable)

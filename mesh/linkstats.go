@@ -1,0 +1,90 @@
+package mesh
+
+import (
+	"sync"
+	"time"
+)
+
+// Per-peer link statistics that outlive connections: a link replaced
+// after a failure or a restart keeps adding to the same totals, so the
+// Prometheus counters built from them (etcd_network_peer_*) never reset
+// while the process lives. Live connections keep their own counters on
+// the hot path; their totals are folded in here when they close, and
+// Status adds the live ones on top.
+
+// RTTBuckets are the upper bounds, in seconds, of the round-trip-time
+// histogram in LinkStatus: etcd's etcd_network_peer_round_trip_time_seconds
+// buckets (exponential from 100 µs, factor 2, 16 buckets).
+var RTTBuckets = func() [16]float64 {
+	var b [16]float64
+	v := 0.0001
+	for i := range b {
+		b[i] = v
+		v *= 2
+	}
+	return b
+}()
+
+// peerLinkStats are one peer's cumulative link figures.
+type peerLinkStats struct {
+	mu sync.Mutex
+	// Totals of connections to the peer that have closed.
+	bytesIn, bytesOut, framesIn, framesOut, drops uint64
+	linksLost                                     uint64
+	// Heartbeat round-trip times, all connections.
+	rttCounts [len(RTTBuckets)]uint64 // per bucket, not cumulative
+	rttSum    float64
+	rttCount  uint64
+	// The last closed connection's quality, inherited by the next one.
+	lastQuality linkQualityStatus
+}
+
+func (s *peerLinkStats) observeRTT(d time.Duration) {
+	sec := d.Seconds()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rttSum += sec
+	s.rttCount++
+	for i, ub := range RTTBuckets {
+		if sec <= ub {
+			s.rttCounts[i]++
+			return
+		}
+	}
+}
+
+// closed folds a closing connection's totals in.
+func (s *peerLinkStats) closed(c *conn, lost bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bytesIn += c.bytesIn.Load()
+	s.bytesOut += c.bytesOut.Load()
+	s.framesIn += c.framesIn.Load()
+	s.framesOut += c.framesOut.Load()
+	s.drops += c.drops.Load()
+	s.lastQuality = c.quality.snapshot()
+	if lost {
+		s.linksLost++
+	}
+}
+
+// previousQuality returns the quality the peer's last connection ended with.
+func (s *peerLinkStats) previousQuality() linkQualityStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastQuality
+}
+
+// peerStatsFor returns p's statistics, creating them on first use. They
+// are kept for the router's lifetime (bounded by MaxPeers names in
+// practice, as the topology is).
+func (r *Router) peerStatsFor(p PeerName) *peerLinkStats {
+	r.linkStatsMu.Lock()
+	defer r.linkStatsMu.Unlock()
+	s := r.linkStats[p]
+	if s == nil {
+		s = &peerLinkStats{}
+		r.linkStats[p] = s
+	}
+	return s
+}

@@ -1,0 +1,138 @@
+package mesh
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Link liveness, Lifeguard-style (the lessons HashiCorp's Lifeguard paper
+// drew for memberlist's failure detector, applied to one TCP link):
+//
+//  1. A member that is itself slow suspects less eagerly. Each writer's
+//     heartbeat ticker measures how late the runtime delivered its tick;
+//     late ticks raise the router's local health score, on-time ticks
+//     lower it, and the dead timeout grows with the score
+//     (localHealth.deadTimeout), at most to 1.5 × DeadTimeout.
+//  2. Suspicion is confirmed by independent evidence before a link is
+//     declared dead: a link silent for a heartbeat less than the dead
+//     timeout is suspect; a later check past the timeout confirms it only
+//     if it is still silent AND something shows that our own receive path
+//     works — another connection received a frame recently, or (for a
+//     link that delivers but never answers our pings) the link itself is
+//     delivering. A member alone with one neighbour has no witness and
+//     trusts the timer after the confirmation check.
+//  3. The backstop: a link silent for 2 × DeadTimeout is dead whatever the
+//     evidence (the reader's deadline enforces the same), so a dead link
+//     is always detected inside ~1.2 s with the defaults, and with a
+//     healthy process inside ~0.75 s, within Raft's 1 s election timeout.
+//
+// The old rule skipped any check that ran more than three heartbeats
+// late. A writer blocked for a while in a write to a silently dead link
+// (its buffer full) or a goroutine that was late on every round skipped
+// every check, so detection fell to the reader's backstop alone and, while
+// that goroutine too was starved, to nothing: the cut-off member kept its
+// dead direct route while the other side had rerouted.
+
+// maxLocalHealth caps the local health score; each point adds
+// DeadTimeout/(2 × maxLocalHealth) to the dead timeout.
+const maxLocalHealth = 8
+
+// localHealth is the router's Lifeguard local health multiplier: 0 is
+// healthy; it rises when our own goroutines run late.
+type localHealth struct{ score atomic.Int32 }
+
+// observeTick records how late a heartbeat tick was delivered relative to
+// the interval: more than half an interval late is a sign of starvation,
+// less than a tenth is on time.
+func (h *localHealth) observeTick(late, interval time.Duration) {
+	switch {
+	case late > interval/2:
+		if s := h.score.Load(); s < maxLocalHealth {
+			h.score.CompareAndSwap(s, s+1)
+		}
+	case late < interval/10:
+		if s := h.score.Load(); s > 0 {
+			h.score.CompareAndSwap(s, s-1)
+		}
+	}
+}
+
+// get returns the current score.
+func (h *localHealth) get() int { return int(h.score.Load()) }
+
+// deadTimeout scales base by the local health score: up to 1.5 × base.
+func (h *localHealth) deadTimeout(base time.Duration) time.Duration {
+	return base + base*time.Duration(h.get())/(2*maxLocalHealth)
+}
+
+// linkVerdict is what one liveness check concludes about a link.
+type linkVerdict int
+
+const (
+	linkAlive linkVerdict = iota
+	linkSuspect
+	linkDead
+)
+
+func (v linkVerdict) String() string {
+	switch v {
+	case linkAlive:
+		return "up"
+	case linkSuspect:
+		return "suspect"
+	default:
+		return "dead"
+	}
+}
+
+// linkEvidence is everything one liveness check looks at.
+type linkEvidence struct {
+	now      time.Time
+	lastRecv time.Time // last frame on this link
+	lastPong time.Time // last answer to our pings on this link
+	// othersRecv is the latest frame received on any other connection
+	// (zero: we have no other connection).
+	othersRecv time.Time
+	// suspectedSince is when an earlier check found the link silent (zero:
+	// it was not suspect).
+	suspectedSince time.Time
+	dead           time.Duration // the health-scaled dead timeout
+	backstop       time.Duration // silent this long: dead regardless
+	heartbeat      time.Duration
+}
+
+// judgeLink decides a link's state from the evidence. It is a pure
+// function, so the rules are tested deterministically.
+func judgeLink(e linkEvidence) (linkVerdict, error) {
+	silent := e.now.Sub(e.lastRecv)
+	unanswered := e.now.Sub(e.lastPong)
+	if silent > e.backstop {
+		return linkDead, errDeadLink
+	}
+	// Suspicion starts a heartbeat before the dead timeout, so that the
+	// confirming check costs no detection time.
+	suspectAfter := max(e.dead-e.heartbeat, e.heartbeat)
+	if silent <= suspectAfter && unanswered <= suspectAfter {
+		return linkAlive, nil
+	}
+	// Suspect. Dead only past the timeout, on a later check than the one
+	// that suspected (a starved reader gets a chance to drain what it had
+	// buffered) ...
+	if (silent <= e.dead && unanswered <= e.dead) || e.suspectedSince.IsZero() || e.now.Sub(e.suspectedSince) < e.heartbeat/2 {
+		return linkSuspect, nil
+	}
+	err := errDeadLink
+	if silent <= e.dead {
+		// Frames arrive but our pings go unanswered: the link itself
+		// proves our receive path works (a one-way link, or a peer that
+		// stopped reading).
+		return linkDead, errNoPong
+	}
+	// ... and only with a witness that our receive path works: another
+	// connection received a frame within the last two heartbeats. Without
+	// any other connection there is no witness; trust the timer.
+	if e.othersRecv.IsZero() || e.now.Sub(e.othersRecv) <= 2*e.heartbeat {
+		return linkDead, err
+	}
+	return linkSuspect, nil
+}

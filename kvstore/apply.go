@@ -98,6 +98,7 @@ func (s *Server) applyEntries(ents []*raftpb.Entry) error {
 				return fmt.Errorf("decode conf change at index %d: %w", e.GetIndex(), err)
 			}
 			err := s.applyConfChange(&cc, shouldApplyV3)
+			s.membershipVersion.Add(1)
 			s.w.Trigger(cc.GetId(), &confChangeResponse{members: s.cluster.Members(), err: err})
 		default:
 			// etcd only ever proposes v1 conf changes; anything else is a
@@ -305,6 +306,7 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 	s.authStore.Recover(schema.NewAuthBackend(lg, newbe))
 	s.cluster.SetBackend(schema.NewMembershipBackend(lg, newbe))
 	s.cluster.Recover(api.UpdateCapability)
+	s.membershipVersion.Add(1)
 	s.uberApply = s.newUberApplier()
 	s.appliedIndex.Store(idx)
 	s.appliedTerm.Store(snapshot.GetMetadata().GetTerm())

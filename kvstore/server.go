@@ -69,6 +69,9 @@ type Server struct {
 	// running is set once s.r, s.cluster and s.memberID exist: from then
 	// on the peers may deliver to raft (peerHost).
 	running atomic.Bool
+	// membershipVersion counts membership changes applied (conf changes,
+	// snapshot restores) so the peer transport can reuse resolved peers.
+	membershipVersion atomic.Uint64
 	// bootPeers are the members a joining member learned before applying
 	// any membership; immutable after New.
 	bootPeers map[types.ID][]string

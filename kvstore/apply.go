@@ -137,9 +137,6 @@ func (s *Server) applyEntryNormal(e *raftpb.Entry, shouldApplyV3 membership.Shou
 		return
 	}
 	ar, id := apply.Apply(s.lg, e, s.uberApply, s.w, shouldApplyV3)
-	if shouldApplyV3 {
-		s.flushPending()
-	}
 	if !s.storageVersionCurrent.Load() {
 		// Until the cluster version is set and stamped, any entry may be
 		// the one that sets it.
@@ -275,7 +272,8 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 	if err := os.Rename(snapPath, s.cfg.backendPath()); err != nil {
 		return fmt.Errorf("install snapshot database: %w", err)
 	}
-	newbe, err := openBackend(s.cfg, s.beHooks)
+	hooks := s.backendHooks()
+	newbe, err := openBackend(s.cfg, hooks)
 	if err != nil {
 		return err
 	}
@@ -286,8 +284,8 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 	if err := s.kv.Restore(newbe); err != nil {
 		return fmt.Errorf("restore mvcc from snapshot %d: %w", idx, err)
 	}
-	newbe.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook(newbe))
-	s.dd.seen = loadDedupe(newbe)
+	newbe.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook())
+	s.dd = loadDedupe(newbe, hooks.journal, s.ci.ConsistentIndex())
 	alarms, err := v3alarm.NewAlarmStore(lg, schema.NewAlarmBackend(lg, newbe))
 	if err != nil {
 		return fmt.Errorf("restore alarms from snapshot: %w", err)

@@ -8,6 +8,9 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"go.etcd.io/etcd/server/v3/storage/backend"
 )
@@ -342,6 +345,22 @@ const proposedAtField protowire.Number = 536870900
 func appendProposedAt(data []byte, committed uint64) []byte {
 	data = protowire.AppendTag(data, proposedAtField, protowire.VarintType)
 	return protowire.AppendVarint(data, committed)
+}
+
+// proposedAtMaxLen is the most appendProposedAt adds: the tag of a field
+// number that high (5 bytes) and a 64-bit varint (10).
+const proposedAtMaxLen = 5 + 10
+
+// marshalProposal marshals r into a buffer with room for the stamp, so
+// stamping does not copy the whole request again, and stamps it. size is
+// the request's own size (what --max-request-bytes limits).
+func marshalProposal(r *pb.InternalRaftRequest, committed uint64) (data []byte, size int, err error) {
+	size = proto.Size(r)
+	data, err = proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(make([]byte, 0, size+proposedAtMaxLen), r)
+	if err != nil {
+		return nil, 0, err
+	}
+	return appendProposedAt(data, committed), size, nil
 }
 
 // requestID is the id apply.Apply answers the waiter of: the request's ID

@@ -140,7 +140,7 @@ type journalOnlyHooks struct{ j *dedupeJournal }
 
 func (h *journalOnlyHooks) OnPreCommitUnsafe(tx backend.UnsafeReadWriter) { h.j.save(tx) }
 
-// TestDedupeMatchesModel drives the compact form through several windows
+// TestDedupeMatchesModel drives the compact form past a full window
 // of applied entries (some retried, some retried after being forgotten)
 // and checks every answer against a plain map pruned the documented way:
 // ids applied before pruneBefore(index) are forgotten, all others
@@ -154,7 +154,7 @@ func TestDedupeMatchesModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	model := map[uint64]uint64{}
 	var applied []uint64 // ids in apply order, to pick retries from
-	const last = 3*dedupeWindow + 5*dedupePruneEvery + 17
+	const last = dedupeWindow + 6*dedupePruneEvery + 17
 	for index := uint64(1); index <= last; index++ {
 		id := rng.Uint64() | 1 // 0 is "no id"
 		if len(applied) > 0 && rng.IntN(8) == 0 {

@@ -9,6 +9,8 @@
 #   make bench MEMBERS=3          3-member clusters (skipped if meshetcd cannot form one)
 #   make bench MEMBERS=1,3        one run per cluster size
 #   make -f bench/bench.mk bench-self QUICK=1   etcd against etcd: every ratio should be ~1
+#   make bench GROWTH=1           + growth workloads: 64 KiB / 1 MiB values, 1 key vs 1 M keys,
+#                                 10 vs 10,000 watchers on one key (bench/README.md "Growth")
 #   make bench TLS=1              client TLS variant: https:// client URLs with the same generated
 #                                 certificates for both servers (mutual TLS), the tool with --cacert/--cert/--key
 GO  ?= go
@@ -30,11 +32,12 @@ DURATION  ?=
 WORKLOADS ?=
 PROFILE_WORKLOAD ?=
 TLS       ?=
+GROWTH    ?=
 BENCH_FLAGS ?=
 
 SIDEBYSIDE_FLAGS := --etcd-bin $(ETCD_BIN) --benchmark-bin $(BENCHMARK_BIN) --go $(GO) \
 	$(if $(call truthy,$(QUICK)),--quick) $(if $(call truthy,$(PROFILE)),--profile) \
-	$(if $(call truthy,$(TLS)),--tls) \
+	$(if $(call truthy,$(TLS)),--tls) $(if $(call truthy,$(GROWTH)),--growth) \
 	$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
 	$(if $(WORKLOADS),--workloads $(WORKLOADS)) \
 	$(if $(PROFILE_WORKLOAD),--profile-workload $(PROFILE_WORKLOAD)) $(BENCH_FLAGS)

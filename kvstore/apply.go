@@ -98,6 +98,7 @@ func (s *Server) applyEntries(ents []*raftpb.Entry) error {
 				return fmt.Errorf("decode conf change at index %d: %w", e.GetIndex(), err)
 			}
 			err := s.applyConfChange(&cc, shouldApplyV3)
+			s.membershipVersion.Add(1)
 			s.w.Trigger(cc.GetId(), &confChangeResponse{members: s.cluster.Members(), err: err})
 		default:
 			// etcd only ever proposes v1 conf changes; anything else is a
@@ -136,9 +137,6 @@ func (s *Server) applyEntryNormal(e *raftpb.Entry, shouldApplyV3 membership.Shou
 		return
 	}
 	ar, id := apply.Apply(s.lg, e, s.uberApply, s.w, shouldApplyV3)
-	if shouldApplyV3 {
-		s.flushPending()
-	}
 	if !s.storageVersionCurrent.Load() {
 		// Until the cluster version is set and stamped, any entry may be
 		// the one that sets it.
@@ -274,7 +272,8 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 	if err := os.Rename(snapPath, s.cfg.backendPath()); err != nil {
 		return fmt.Errorf("install snapshot database: %w", err)
 	}
-	newbe, err := openBackend(s.cfg, s.beHooks)
+	hooks := s.backendHooks()
+	newbe, err := openBackend(s.cfg, hooks)
 	if err != nil {
 		return err
 	}
@@ -285,8 +284,8 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 	if err := s.kv.Restore(newbe); err != nil {
 		return fmt.Errorf("restore mvcc from snapshot %d: %w", idx, err)
 	}
-	newbe.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook(newbe))
-	s.dd.seen = loadDedupe(newbe)
+	newbe.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook())
+	s.dd = loadDedupe(newbe, hooks.journal, s.ci.ConsistentIndex())
 	alarms, err := v3alarm.NewAlarmStore(lg, schema.NewAlarmBackend(lg, newbe))
 	if err != nil {
 		return fmt.Errorf("restore alarms from snapshot: %w", err)
@@ -305,6 +304,7 @@ func (s *Server) applySnapshot(snapshot *raftpb.Snapshot) error {
 	s.authStore.Recover(schema.NewAuthBackend(lg, newbe))
 	s.cluster.SetBackend(schema.NewMembershipBackend(lg, newbe))
 	s.cluster.Recover(api.UpdateCapability)
+	s.membershipVersion.Add(1)
 	s.uberApply = s.newUberApplier()
 	s.appliedIndex.Store(idx)
 	s.appliedTerm.Store(snapshot.GetMetadata().GetTerm())

@@ -1,6 +1,16 @@
 package kvstore
 
 import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -8,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/server/v3/storage/backend"
 )
 
 func TestRequestID(t *testing.T) {
@@ -86,25 +97,358 @@ func TestProposedAtStamp(t *testing.T) {
 // refused whatever the records say (the original's record may be pruned);
 // one at the edge of the window is applied (and recorded) normally.
 func TestStaleCopyRefused(t *testing.T) {
-	s := &Server{lg: zap.NewNop(), dd: dedupe{seen: map[uint64]uint64{}}}
+	j := &dedupeJournal{}
+	s := &Server{lg: zap.NewNop(), dd: newDedupe(nil, j)}
 	plain, _ := proto.Marshal(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: 9}, Put: &pb.PutRequest{Key: []byte("k")}})
 	const stamp = 1000
 	data := appendProposedAt(plain, stamp)
 	if !s.isDuplicate(data, stamp+dedupeWindow+1) {
 		t.Fatal("a copy committed past the window was not refused")
 	}
-	if s.dd.pendingID != 0 {
-		t.Fatal("a refused copy was marked to be recorded")
+	if len(j.unsaved) != 0 {
+		t.Fatal("a refused copy was recorded")
 	}
 	if s.isDuplicate(data, stamp+dedupeWindow) {
 		t.Fatal("a copy at the edge of the window was refused")
 	}
-	if s.dd.pendingID != 9 {
-		t.Fatalf("pending id = %d, want 9", s.dd.pendingID)
+	if len(j.unsaved) != 1 || j.unsaved[0] != (dedupeRecord{9, stamp + dedupeWindow}) {
+		t.Fatalf("journal = %v, want id 9 at %d", j.unsaved, stamp+dedupeWindow)
 	}
 	// Unstamped entries (written before the stamp existed) are never stale.
-	s.dd.pendingID = 0
-	if s.isDuplicate(plain, stamp+10*dedupeWindow) {
+	other, _ := proto.Marshal(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: 10}, Put: &pb.PutRequest{Key: []byte("k")}})
+	if s.isDuplicate(other, stamp+10*dedupeWindow) {
 		t.Fatal("an unstamped entry was refused")
 	}
+}
+
+// journaledBackend is a bbolt backend whose commits save the journal in
+// h, as a member's backend does (without etcd's consistent-index hook).
+func journaledBackend(t *testing.T) (backend.Backend, *journalOnlyHooks) {
+	t.Helper()
+	h := &journalOnlyHooks{j: &dedupeJournal{}}
+	bcfg := backend.DefaultBackendConfig(zap.NewNop())
+	bcfg.Hooks = h
+	bcfg.Path = filepath.Join(t.TempDir(), "db")
+	be := backend.New(bcfg)
+	t.Cleanup(func() { be.Close() })
+	return be, h
+}
+
+// journalOnlyHooks saves j; a test swaps j (under the batch lock) where a
+// member would open a new backend.
+type journalOnlyHooks struct{ j *dedupeJournal }
+
+func (h *journalOnlyHooks) OnPreCommitUnsafe(tx backend.UnsafeReadWriter) { h.j.save(tx) }
+
+// TestDedupeMatchesModel drives the compact form past a full window
+// of applied entries (some retried, some retried after being forgotten)
+// and checks every answer against a plain map pruned the documented way:
+// ids applied before pruneBefore(index) are forgotten, all others
+// remembered with the index they were applied at. Now and then the backend
+// commits and the state is rebuilt from what it holds, as a restart does,
+// and expired groups are deleted from it.
+func TestDedupeMatchesModel(t *testing.T) {
+	be, hooks := journaledBackend(t)
+	j := hooks.j
+	d := loadDedupe(be, j, 0)
+	rng := rand.New(rand.NewPCG(1, 2))
+	model := map[uint64]uint64{}
+	var applied []uint64 // ids in apply order, to pick retries from
+	const last = dedupeWindow + 6*dedupePruneEvery + 17
+	for index := uint64(1); index <= last; index++ {
+		id := rng.Uint64() | 1 // 0 is "no id"
+		if len(applied) > 0 && rng.IntN(8) == 0 {
+			id = applied[rng.IntN(len(applied))] // a retry, maybe forgotten
+		}
+		at, ok := d.lookup(id)
+		if mat, mok := model[id]; ok != mok || at != mat {
+			t.Fatalf("index %d: lookup(%x) = %d, %v; model %d, %v", index, id, at, ok, mat, mok)
+		}
+		if !ok {
+			d.add(id, index)
+			model[id] = index
+			applied = append(applied, id)
+		}
+		if index%dedupePruneEvery == 0 {
+			oldest := pruneBefore(index)
+			d.seal(oldest)
+			tx := be.BatchTx()
+			tx.Lock()
+			for _, g := range j.expire(oldest) {
+				tx.UnsafeDelete(requestsBucket, g.key())
+			}
+			tx.Unlock()
+			for id, at := range model {
+				if at < oldest {
+					delete(model, id)
+				}
+			}
+			if d.size() != len(model) || len(d.recent) != 0 {
+				t.Fatalf("index %d: %d ids remembered (%d not sealed), model %d", index, d.size(), len(d.recent), len(model))
+			}
+		}
+		if index%20011 == 0 || index == last {
+			be.ForceCommit()
+			j = &dedupeJournal{}
+			tx := be.BatchTx()
+			tx.Lock()
+			hooks.j = j
+			tx.Unlock()
+			d = loadDedupe(be, j, index)
+			if d.size() != len(model) {
+				t.Fatalf("index %d: %d ids after reload, model %d", index, d.size(), len(model))
+			}
+		}
+	}
+	if d.size() > dedupeWindow+dedupePruneEvery {
+		t.Fatalf("%d ids remembered, more than the window", d.size())
+	}
+}
+
+// TestDedupeConvertsPerRequestRecords: a backend written by a version that
+// kept one key per request (id → index) is converted to one group when
+// loaded, and remembers the same ids.
+func TestDedupeConvertsPerRequestRecords(t *testing.T) {
+	be, hooks := journaledBackend(t)
+	tx := be.BatchTx()
+	tx.Lock()
+	tx.UnsafeCreateBucket(requestsBucket)
+	for i := uint64(0); i < 5; i++ {
+		k := binary.BigEndian.AppendUint64(nil, 100+i)
+		tx.UnsafePut(requestsBucket, k, binary.BigEndian.AppendUint64(nil, 10+i))
+	}
+	tx.Unlock()
+	be.ForceCommit()
+
+	check := func(d dedupe) {
+		t.Helper()
+		for i := uint64(0); i < 5; i++ {
+			if at, ok := d.lookup(100 + i); !ok || at != 10+i {
+				t.Fatalf("lookup(%d) = %d, %v; want %d", 100+i, at, ok, 10+i)
+			}
+		}
+		if _, ok := d.lookup(99); ok {
+			t.Fatal("an id never applied is remembered")
+		}
+	}
+	check(loadDedupe(be, hooks.j, 20))
+	be.ForceCommit()
+	var keys [][]byte
+	tx.Lock()
+	_ = tx.UnsafeForEach(requestsBucket, func(k, _ []byte) error {
+		keys = append(keys, append([]byte(nil), k...))
+		return nil
+	})
+	tx.Unlock()
+	if len(keys) != 1 || len(keys[0]) != 16 {
+		t.Fatalf("bucket keys after conversion = %x, want one group", keys)
+	}
+	hooks.j = &dedupeJournal{}
+	check(loadDedupe(be, hooks.j, 20))
+}
+
+const dedupeCrashChildEnv = "KVSTORE_DEDUPE_CRASH_CHILD_DIR"
+
+// dedupeRequest is the raft request with id putting key dd<id>.
+func dedupeRequest(t testing.TB, id uint64) []byte {
+	t.Helper()
+	data, err := proto.Marshal(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: id}, Put: &pb.PutRequest{Key: fmt.Appendf(nil, "dd%d", id), Value: []byte("v")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// TestDedupeCrashChild is the child half of
+// TestDedupeRecordsSurviveCrash: it applies requests with known ids until
+// killed, printing each id once applied.
+func TestDedupeCrashChild(t *testing.T) {
+	dir := os.Getenv(dedupeCrashChildEnv)
+	if dir == "" {
+		t.Skip("runs only as the child of TestDedupeRecordsSurviveCrash")
+	}
+	s := startServer(t, testConfig(t, dir))
+	for id := uint64(1); ; id++ {
+		if err := s.r.Propose(testCtx(t), dedupeRequest(t, id)); err != nil {
+			t.Fatal(err)
+		}
+		mustPut(t, s, "barrier", "b") // applied after the request
+		fmt.Printf("APPLIED %d\n", id)
+	}
+}
+
+// TestDedupeRecordsSurviveCrash kills a member (SIGKILL: no Stop, no final
+// commit) while it applies requests, restarts it and commits a copy of
+// every applied request: none may apply again, whether its record reached
+// bbolt before the kill or is rebuilt by replaying the WAL.
+func TestDedupeRecordsSurviveCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns a child process")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDedupeCrashChild$", "-test.v")
+	cmd.Env = append(os.Environ(), dedupeCrashChildEnv+"="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill() // in case of an early failure
+	deadline := time.AfterFunc(waitTimeout, func() { cmd.Process.Kill() })
+	defer deadline.Stop()
+	var applied uint64
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && applied < 300 {
+		if v, ok := strings.CutPrefix(sc.Text(), "APPLIED "); ok {
+			applied, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // drain so Wait returns
+		for sc.Scan() {
+		}
+	}()
+	_ = cmd.Wait()
+	if applied < 300 {
+		t.Fatalf("child applied only %d requests before dying", applied)
+	}
+
+	s := startServer(t, testConfig(t, dir))
+	defer s.Stop()
+	for id := uint64(1); id <= applied; id++ {
+		if err := s.r.Propose(testCtx(t), dedupeRequest(t, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPut(t, s, "barrier", "after")
+	for id := uint64(1); id <= applied; id++ {
+		if r := mustGet(t, s, fmt.Sprintf("dd%d", id)); len(r.Kvs) != 1 || r.Kvs[0].Version != 1 {
+			t.Fatalf("request %d after the crash: %v (want applied exactly once)", id, r.Kvs)
+		}
+	}
+}
+
+// BenchmarkDedupeWindow is the apply-time cost of remembering request ids
+// over a full window: per entry one lookup and one add, a seal and prune
+// at every block boundary. "map" is the plain map[id]index form it
+// replaced, as reference. heap-B/id is the live heap per remembered id at
+// the end (after a GC), the figure the member's RSS follows.
+func BenchmarkDedupeWindow(b *testing.B) {
+	const entries = dedupeWindow + dedupePruneEvery
+	ids := make([]uint64, 4*entries)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range ids {
+		ids[i] = rng.Uint64() | 1
+	}
+	heapPerID := func(b *testing.B, before runtime.MemStats, n int) {
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "heap-B/id")
+	}
+	b.Run("map", func(b *testing.B) {
+		var before runtime.MemStats
+		var seen map[uint64]uint64
+		for b.Loop() {
+			b.StopTimer()
+			seen = nil
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b.StartTimer()
+			seen = map[uint64]uint64{}
+			for i, id := range ids {
+				index := uint64(i + 1)
+				if _, ok := seen[id]; !ok {
+					seen[id] = index
+				}
+				if oldest := pruneBefore(index); index%dedupePruneEvery == 0 && oldest > 0 {
+					for id, at := range seen {
+						if at < oldest {
+							delete(seen, id)
+						}
+					}
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ids)), "ns/entry")
+		b.ReportMetric(0, "ns/op")
+		heapPerID(b, before, len(seen))
+		runtime.KeepAlive(seen)
+	})
+	b.Run("sorted", func(b *testing.B) {
+		var before runtime.MemStats
+		var d dedupe
+		for b.Loop() {
+			b.StopTimer()
+			d = dedupe{}
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b.StartTimer()
+			d = newDedupe(nil, &dedupeJournal{})
+			for i, id := range ids {
+				index := uint64(i + 1)
+				if _, ok := d.lookup(id); !ok {
+					d.recent[id] = index // add without the journal: the map form had none
+				}
+				if index%dedupePruneEvery == 0 {
+					d.seal(pruneBefore(index))
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ids)), "ns/entry")
+		b.ReportMetric(0, "ns/op")
+		heapPerID(b, before, d.size())
+		runtime.KeepAlive(&d)
+	})
+}
+
+// TestMarshalProposal: the stamped proposal is etcd's encoding of the
+// request plus the stamp, in one buffer that had room for it.
+func TestMarshalProposal(t *testing.T) {
+	r := &pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: 1 << 60, Username: "u"}, Put: &pb.PutRequest{Key: []byte("k"), Value: make([]byte, 300)}}
+	plain, err := proto.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, committed := range []uint64{0, 1, 1 << 63} {
+		data, size, err := marshalProposal(r, committed)
+		if err != nil || size != len(plain) || string(data[:size]) != string(plain) {
+			t.Fatalf("marshalProposal(%d) = %d bytes (size %d), %v; want the %d-byte encoding first", committed, len(data), size, err, len(plain))
+		}
+		if id, at := requestInfo(data); id != 1<<60 || at != committed {
+			t.Fatalf("requestInfo = %d, %d; want %d, %d", id, at, uint64(1<<60), committed)
+		}
+		if len(data) > cap(data) || cap(data) > size+proposedAtMaxLen {
+			t.Fatalf("buffer of cap %d for %d bytes: stamping reallocated", cap(data), len(data))
+		}
+	}
+}
+
+// BenchmarkMarshalProposal: marshal and stamp a put of 256 bytes, in one
+// buffer ("presized") or marshalled then appended to ("append", the way
+// it was done before).
+func BenchmarkMarshalProposal(b *testing.B) {
+	r := &pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: 1 << 60}, Put: &pb.PutRequest{Key: []byte("key00001"), Value: make([]byte, 256)}}
+	b.Run("append", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			data, err := proto.Marshal(r)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = appendProposedAt(data, 123456)
+		}
+	})
+	b.Run("presized", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := marshalProposal(r, 123456); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

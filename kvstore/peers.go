@@ -54,6 +54,7 @@ type PeerHost interface {
 	ReportSnapshot(id uint64, failed bool)
 	SaveSnapshotDB(r io.Reader, index uint64) (int64, error)
 	PeerURLs(id uint64) (urls []string, ok bool)
+	MembershipVersion() uint64
 	RemovedMemberSends(id uint64, peer string)
 }
 
@@ -128,6 +129,16 @@ func (h peerHost) PeerURLs(id uint64) ([]string, bool) {
 		return nil, false
 	}
 	return h.s.memberPeerURLs(types.ID(id))
+}
+
+// MembershipVersion changes with every applied conf change and snapshot
+// restore (what changes PeerURLs' answers); 0 until the member runs, as
+// PeerURLs answers nothing before.
+func (h peerHost) MembershipVersion() uint64 {
+	if !h.s.running.Load() {
+		return 0
+	}
+	return h.s.membershipVersion.Load() + 1
 }
 
 func (h peerHost) RemovedMemberSends(id uint64, peer string) {

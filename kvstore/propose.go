@@ -52,18 +52,17 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 		}
 	}
 	defer func(start time.Time) { s.metrics.observeRequest(requestType(r), start, err) }(time.Now())
-	data, err := proto.Marshal(r)
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > int(s.cfg.MaxRequestBytes) {
-		return nil, servererrors.ErrRequestTooLarge
-	}
 	// Every copy of this request carries the commit index of now; apply
 	// refuses copies committed more than dedupeWindow entries later (see
 	// isDuplicate), so no copy can outlive the record of the original.
 	firstCommit := s.r.CommittedIndex()
-	data = appendProposedAt(data, firstCommit)
+	data, size, err := marshalProposal(r, firstCommit)
+	if err != nil {
+		return nil, err
+	}
+	if size > int(s.cfg.MaxRequestBytes) {
+		return nil, servererrors.ErrRequestTooLarge
+	}
 	id := r.ID
 	if id == 0 {
 		id = r.Header.ID

@@ -69,6 +69,9 @@ type Server struct {
 	// running is set once s.r, s.cluster and s.memberID exist: from then
 	// on the peers may deliver to raft (peerHost).
 	running atomic.Bool
+	// membershipVersion counts membership changes applied (conf changes,
+	// snapshot restores) so the peer transport can reuse resolved peers.
+	membershipVersion atomic.Uint64
 	// bootPeers are the members a joining member learned before applying
 	// any membership; immutable after New.
 	bootPeers map[types.ID][]string
@@ -183,7 +186,8 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	// and applied index they hold, as in etcd's bootstrap (server/etcdserver/bootstrap.go).
 	s.ci = cindex.NewConsistentIndex(nil)
 	s.beHooks = serverstorage.NewBackendHooks(lg, s.ci)
-	be, err := openBackend(cfg, s.beHooks)
+	hooks := s.backendHooks()
+	be, err := openBackend(cfg, hooks)
 	if err != nil {
 		return nil, err
 	}
@@ -196,13 +200,13 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	s.ci.SetBackend(be)
 	schema.CreateMetaBucket(be.BatchTx())
 	if haveWAL {
-		if be, err = recoverSnapshotBackend(cfg, be, s.ci, s.beHooks); err != nil {
+		if be, err = recoverSnapshotBackend(cfg, be, s.ci, hooks); err != nil {
 			return nil, err
 		}
 		s.be = be
 	}
 
-	s.dd.seen = loadDedupe(be)
+	s.dd = loadDedupe(be, hooks.journal, s.ci.ConsistentIndex())
 
 	raftCfg := raftnode.Config{
 		Logger:                 lg,
@@ -266,7 +270,7 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	s.uberApply = s.newUberApplier()
 	s.lessor.SetCheckpointer(s.checkpointLease)
 	// Installed last so no constructor above runs it (as etcd's NewServer does).
-	be.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook(be))
+	be.SetTxPostLockInsideApplyHook(s.txPostLockInsideApplyHook())
 
 	s.read = read.NewRead(readServer{s}, s.r)
 	s.running.Store(true)
@@ -376,16 +380,14 @@ func (s *Server) newUberApplier() apply.UberApplier {
 }
 
 // txPostLockInsideApplyHook moves the applying index into the consistent
-// index once an apply takes be's batch lock, so the index lands in the same
-// bbolt commit as the data (etcd's getTxPostLockInsideApplyHook), and with them the record of
-// the request being applied (dedupe.go).
-func (s *Server) txPostLockInsideApplyHook(be backend.Backend) func() {
+// index once an apply takes the batch lock, so the index lands in the same
+// bbolt commit as the data (etcd's getTxPostLockInsideApplyHook).
+func (s *Server) txPostLockInsideApplyHook() func() {
 	return func() {
 		applyingIdx, applyingTerm := s.ci.ConsistentApplyingIndex()
 		if applyingIdx > s.ci.UnsafeConsistentIndex() {
 			s.ci.SetConsistentIndex(applyingIdx, applyingTerm)
 		}
-		s.recordPending(be.BatchTx(), applyingIdx)
 	}
 }
 

@@ -49,6 +49,12 @@ type RaftConfig struct {
 	// Resolve maps a member id to the mesh peer that runs it (ok false for
 	// an unknown or removed member).
 	Resolve func(id uint64) (peer mesh.PeerName, ok bool)
+	// MembershipVersion, when set, changes whenever Resolve's answers may
+	// change (a membership change); while it returns the same non-zero
+	// value the transport reuses Resolve's answer per member id instead of
+	// resolving (a member lookup and a URL parse) for every message sent.
+	// Nil or 0: resolve every message.
+	MembershipVersion func() uint64
 	// RaftChannel and BulkChannel default to RaftChannel and BulkChannel;
 	// every member must use the same ones.
 	RaftChannel mesh.ChannelID
@@ -77,13 +83,15 @@ type RaftTransport struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	raft    Raft
-	resolve func(id uint64) (mesh.PeerName, bool)
+	raft       Raft
+	resolve    func(id uint64) (mesh.PeerName, bool)
+	membership func() uint64 // nil: never cache
 
 	mu     sync.Mutex
 	closed bool
-	// names caches id → peer for route events (which speak peer names).
-	names map[uint64]mesh.PeerName
+	// names caches id → peer for route events (which speak peer names)
+	// and, at the membership version it was resolved at, for sending.
+	names map[uint64]resolvedPeer
 	// since is when each reachable peer last became reachable.
 	since map[mesh.PeerName]time.Time
 	// removedTold rate-limits OnRemovedSender per sender (readLoop only).
@@ -126,7 +134,8 @@ func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 	if cfg.BulkChannel == 0 {
 		cfg.BulkChannel = BulkChannel
 	}
-	t := &RaftTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, raft: cfg.Raft, resolve: cfg.Resolve, names: map[uint64]mesh.PeerName{}, since: map[mesh.PeerName]time.Time{},
+	t := &RaftTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, raft: cfg.Raft, resolve: cfg.Resolve, membership: cfg.MembershipVersion,
+		names: map[uint64]resolvedPeer{}, since: map[mesh.PeerName]time.Time{},
 		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier()}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})
@@ -197,12 +206,32 @@ func (t *RaftTransport) Stats() RaftStats {
 	}
 }
 
-// peer resolves id and remembers the answer for route events.
+// resolvedPeer is a member's mesh peer and the membership version it was
+// resolved at (0: not reusable for sending).
+type resolvedPeer struct {
+	name    mesh.PeerName
+	version uint64
+}
+
+// peer resolves id (or reuses the answer resolved at the current
+// membership version) and remembers it for route events.
 func (t *RaftTransport) peer(id uint64) (mesh.PeerName, bool) {
+	var version uint64
+	if t.membership != nil {
+		// Read before resolving: a change in between makes the next
+		// message resolve again.
+		version = t.membership()
+	}
+	t.mu.Lock()
+	if p, ok := t.names[id]; ok && version != 0 && p.version == version {
+		t.mu.Unlock()
+		return p.name, true
+	}
+	t.mu.Unlock()
 	name, ok := t.resolve(id)
 	t.mu.Lock()
 	if ok {
-		t.names[id] = name
+		t.names[id] = resolvedPeer{name: name, version: version}
 	} else {
 		delete(t.names, id)
 	}
@@ -318,8 +347,8 @@ func (t *RaftTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()
 			}
 			delete(t.since, ev.Peer)
 			var ids []uint64
-			for id, name := range t.names {
-				if name == ev.Peer {
+			for id, p := range t.names {
+				if p.name == ev.Peer {
 					ids = append(ids, id)
 				}
 			}

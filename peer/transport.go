@@ -26,6 +26,10 @@ type Host interface {
 	// the member knows (committed, or what it bootstrapped from); ok is
 	// false for an unknown or removed member.
 	PeerURLs(id uint64) (urls []string, ok bool)
+	// MembershipVersion changes whenever PeerURLs' answers may change;
+	// while it stays the same non-zero value the transport reuses the peer
+	// it resolved per member id. 0: do not reuse.
+	MembershipVersion() uint64
 	// RemovedMemberSends is told (at most once a second per sender) that a
 	// member removed from the cluster still sends raft messages from peer,
 	// typically because it was down when its removal was committed.
@@ -82,7 +86,7 @@ func New(cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt, err := NewRaftTransport(RaftConfig{Logger: cfg.Logger, Router: cfg.Router, Raft: cfg.Host, Resolve: t.resolve, Bulk: cfg.Bulk,
+	rt, err := NewRaftTransport(RaftConfig{Logger: cfg.Logger, Router: cfg.Router, Raft: cfg.Host, Resolve: t.resolve, MembershipVersion: cfg.Host.MembershipVersion, Bulk: cfg.Bulk,
 		OnRemovedSender: func(id uint64, p mesh.PeerName) { cfg.Host.RemovedMemberSends(id, string(p)) }})
 	if err != nil {
 		ep.Close()

@@ -382,8 +382,9 @@ func (n *Node) updateCommittedIndex(ap toApply) {
 }
 
 // processMessages drops messages to removed members, keeps only the newest
-// MsgAppResp, and diverts MsgSnap to the apply goroutine, which attaches a
-// database snapshot taken at its applied index (etcd raft.go).
+// MsgAppResp, diverts MsgSnap to the apply goroutine, which attaches a
+// database snapshot taken at its applied index (etcd raft.go), and merges
+// forwarded proposals (coalesceProposals).
 func (n *Node) processMessages(ms []*raftpb.Message) []*raftpb.Message {
 	sentAppResp := false
 	keep := make([]bool, len(ms))
@@ -431,7 +432,7 @@ func (n *Node) processMessages(ms []*raftpb.Message) []*raftpb.Message {
 			out = append(out, ms[i])
 		}
 	}
-	return out
+	return coalesceProposals(out, n.cfg.MaxSizePerMsg)
 }
 
 func (n *Node) send(msgs []*raftpb.Message) {

@@ -32,6 +32,7 @@ type config struct {
 	members, rounds                             int
 	duration                                    time.Duration
 	quick                                       bool
+	growth                                      bool
 	totals                                      string
 	workloads                                   string
 	out                                         string
@@ -68,6 +69,7 @@ func main() {
 	flag.IntVar(&c.profileSeconds, "profile-seconds", 0, "CPU profile length (default 5 with --quick, else 15)")
 	flag.StringVar(&c.serverArgs, "server-args", "", "extra flags for every server of both systems (space-separated)")
 	flag.BoolVar(&c.tls, "tls", false, "client TLS for both systems: https:// client URLs, one generated CA and server certificate, --client-cert-auth; the tool connects with --cacert/--cert/--key")
+	flag.BoolVar(&c.growth, "growth", false, "also run the growth workloads (value size, key count, watchers: "+growthNames()+") after the standard ones")
 	flag.BoolVar(&c.keepData, "keep-data", false, "keep the servers' data dirs under <out>/data")
 	flag.StringVar(&c.lockPath, "lock", filepath.Join(os.TempDir(), "meshetcd-bench.lock"), "lock file that keeps two benchmark runs on one machine from overlapping (empty: no lock)")
 	flag.Parse()
@@ -84,7 +86,15 @@ func main() {
 
 func workloadNames() string {
 	var n []string
-	for _, w := range allWorkloads {
+	for _, w := range append(allWorkloads[:len(allWorkloads):len(allWorkloads)], growthWorkloads...) {
+		n = append(n, w.name)
+	}
+	return strings.Join(n, ",")
+}
+
+func growthNames() string {
+	var n []string
+	for _, w := range growthWorkloads {
 		n = append(n, w.name)
 	}
 	return strings.Join(n, ",")
@@ -154,6 +164,9 @@ func run(c config) error {
 	}
 	if c.workloads == "" {
 		s.ws = allWorkloads
+		if c.growth {
+			s.ws = append(s.ws[:len(s.ws):len(s.ws)], growthWorkloads...)
+		}
 	} else {
 		for _, n := range strings.Split(c.workloads, ",") {
 			w := workloadByName(strings.TrimSpace(n))
@@ -282,6 +295,10 @@ func (s *state) calibrate(ctx context.Context) error {
 		}
 		if w.paced {
 			s.totals[w.name] = max(w.minTotal, int(s.cfg.duration.Seconds()*watchRate))
+			continue
+		}
+		if w.fixed > 0 {
+			s.totals[w.name] = map[bool]int{true: w.fixed / 10, false: w.fixed}[s.cfg.quick]
 			continue
 		}
 		need = append(need, w)

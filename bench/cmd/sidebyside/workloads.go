@@ -32,6 +32,9 @@ type workload struct {
 	minTotal int
 	// paced: throughput is set by the tool's rate limit, not by the server.
 	paced bool
+	// fixed is a request total that is part of what is measured (fill-1m
+	// writes a million keys), never calibrated; --quick takes a tenth.
+	fixed int
 }
 
 const (
@@ -85,8 +88,67 @@ var allWorkloads = []*workload{
 	},
 }
 
+// growthWorkloads (--growth) show how cost grows: value size (put-100 is
+// the 256 B row), key count (one key, then a million written and written
+// over) and watchers on one key (watch-latency is the 100-watcher row).
+// They run after the standard workloads, in this order, on the same
+// servers: put-at-1m needs fill-1m's keys.
+var growthWorkloads = []*workload{
+	{
+		name: "put-64k", desc: "put of 64 KiB values, 100 clients over 10 connections",
+		conns: 10, clients: 100, probe: 300, minTotal: 200,
+		args: func(n int) []string {
+			return []string{"put", "--key-size=8", "--val-size=65536", "--sequential-keys", "--key-space-size=1000", "--total=" + strconv.Itoa(n)}
+		},
+	},
+	{
+		name: "put-1m", desc: "put of 1 MiB values, 10 clients over 10 connections",
+		conns: 10, clients: 10, probe: 30, minTotal: 20,
+		args: func(n int) []string {
+			return []string{"put", "--key-size=8", "--val-size=1048576", "--sequential-keys", "--key-space-size=100", "--total=" + strconv.Itoa(n)}
+		},
+	},
+	{
+		name: "watch-10", desc: "put→watch-event latency: 100 puts/s, 1 stream × 10 watchers on one key",
+		conns: 10, clients: 10, block: "watch events summary", minTotal: 50, paced: true,
+		args: func(n int) []string {
+			return []string{"watch-latency", "--put-total=" + strconv.Itoa(n), "--put-rate=" + strconv.Itoa(watchRate),
+				"--streams=1", "--watchers-per-stream=10", "--key-size=32", "--val-size=32"}
+		},
+	},
+	{
+		name: "watch-10k", desc: "put→watch-event latency: 100 puts/s, 10 streams × 1000 watchers on one key",
+		conns: 10, clients: 10, block: "watch events summary", minTotal: 50, paced: true,
+		args: func(n int) []string {
+			return []string{"watch-latency", "--put-total=" + strconv.Itoa(n), "--put-rate=" + strconv.Itoa(watchRate),
+				"--streams=10", "--watchers-per-stream=1000", "--key-size=32", "--val-size=32"}
+		},
+	},
+	{
+		name: "put-keys-1", desc: "put, 100 clients, every put to the same key (MVCC revisions, one index entry)",
+		conns: 10, clients: 100, probe: 3000, minTotal: 1000,
+		args: func(n int) []string {
+			return []string{"put", "--key-size=8", "--val-size=256", "--key-space-size=1", "--total=" + strconv.Itoa(n)}
+		},
+	},
+	{
+		name: "fill-1m", desc: "put of 1,000,000 distinct keys (100,000 with --quick), 100 clients: throughput and RSS while the key count grows",
+		conns: 10, clients: 100, fixed: 1000000, minTotal: 1000,
+		args: func(n int) []string {
+			return []string{"put", "--key-size=8", "--val-size=256", "--sequential-keys", "--key-space-size=" + strconv.Itoa(n), "--total=" + strconv.Itoa(n)}
+		},
+	},
+	{
+		name: "put-at-1m", desc: "put over the keys fill-1m wrote (random keys of a 1,000,000 key space), 100 clients",
+		conns: 10, clients: 100, probe: 3000, minTotal: 1000,
+		args: func(n int) []string {
+			return []string{"put", "--key-size=8", "--val-size=256", "--key-space-size=1000000", "--total=" + strconv.Itoa(n)}
+		},
+	},
+}
+
 func workloadByName(name string) *workload {
-	for _, w := range allWorkloads {
+	for _, w := range append(allWorkloads[:len(allWorkloads):len(allWorkloads)], growthWorkloads...) {
 		if w.name == name {
 			return w
 		}

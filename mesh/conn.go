@@ -223,7 +223,7 @@ func (c *conn) err() error {
 func (c *conn) readLoop() {
 	defer c.r.wg.Done()
 	r := c.r
-	br := bufio.NewReaderSize(c.nc, 32<<10)
+	br := bufio.NewReaderSize(c.nc, linkReadBufSize)
 	var hdr [frameHeaderLen]byte
 	limit := r.maxFrame + c.recv.overhead()
 	for {
@@ -239,19 +239,11 @@ func (c *conn) readLoop() {
 			c.close(classifyReadErr(err))
 			return
 		}
-		f := r.pool.get(n)
-		if _, err := io.ReadFull(br, f.b[frameHeaderLen:frameHeaderLen+n]); err != nil {
-			r.pool.put(f)
+		f, err := readFrameBody(br, c.recv, &r.pool, n)
+		if err != nil {
 			c.close(classifyReadErr(err))
 			return
 		}
-		plain, err := c.recv.open(f.b[frameHeaderLen:], n)
-		if err != nil {
-			r.pool.put(f)
-			c.close(err)
-			return
-		}
-		f.n = plain
 		c.lastRecv.Store(time.Now().UnixNano())
 		if c.framesIn.Add(1) == 1 {
 			r.firstFrame(c)
@@ -337,7 +329,7 @@ func (c *conn) dispatch(f *frameBuf) error {
 func (c *conn) writeLoop() {
 	defer c.r.wg.Done()
 	r := c.r
-	bw := bufio.NewWriterSize(c.nc, 32<<10)
+	bw := newLinkWriter(c.nc, linkWriteBufSize)
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	nextPing := time.Now()
@@ -481,18 +473,14 @@ func (c *conn) nextFrames(scratch []*frameBuf, bulkAllowed bool) ([]*frameBuf, i
 	return scratch, 0
 }
 
-// writeFrame seals f in place and writes prefix plus body.
-func (c *conn) writeFrame(w *bufio.Writer, f *frameBuf) error {
-	n, err := c.send.seal(f.b[frameHeaderLen:], f.n)
+// writeFrame seals f and queues prefix plus body on w.
+func (c *conn) writeFrame(w *linkWriter, f *frameBuf) error {
+	n, err := w.writeFrame(c.send, f)
 	if err != nil {
 		return err
 	}
-	binary.BigEndian.PutUint32(f.b[:frameHeaderLen], uint32(n))
-	if _, err := w.Write(f.b[:frameHeaderLen+n]); err != nil {
-		return err
-	}
 	c.framesOut.Add(1)
-	c.bytesOut.Add(uint64(frameHeaderLen + n))
+	c.bytesOut.Add(uint64(n))
 	return nil
 }
 

@@ -31,7 +31,7 @@ func BenchmarkEnvelopeDecode(b *testing.B) {
 	}
 }
 
-func benchCiphers(b *testing.B) (*cipherState, *cipherState) {
+func benchCiphers(b testing.TB) (*cipherState, *cipherState) {
 	ka, _ := newEphemeralKey(randReader{})
 	kb, _ := newEphemeralKey(randReader{seed: 1})
 	send, _, err := sessionKeys(ka, kb.pub, testPSK, "x")
@@ -139,7 +139,7 @@ func BenchmarkRelayForward(b *testing.B) {
 			rd := bytes.NewReader(nil)
 			br := bufio.NewReaderSize(rd, linkReadBufSize)
 			var hdr [frameHeaderLen]byte
-			w := newLinkWriter(io.Discard, linkWriteBufSize)
+			w := newLinkWriter(io.Discard, linkWriteBufSize, false)
 			scratch := make([]*frameBuf, 0, 8)
 			b.ReportAllocs()
 			b.SetBytes(int64(size))

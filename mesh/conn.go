@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -53,6 +52,7 @@ type conn struct {
 	addr        string // the dialled address, or the remote address if inbound
 	send, recv  *cipherState
 	mode        uint8 // preamble mode: plaintext, PSK or ephemeral encryption
+	batch       bool  // version 3: small frames travel in batched records
 	since       time.Time
 
 	queues      [numClasses]chan *frameBuf
@@ -90,6 +90,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 		addr:        addr,
 		send:        hs.send,
 		mode:        hs.mode,
+		batch:       hs.version >= versionBatchedRecords,
 		recv:        hs.recv,
 		since:       r.cfg.Clock.Now(),
 		wake:        make(chan struct{}, 1),
@@ -223,23 +224,19 @@ func (c *conn) err() error {
 func (c *conn) readLoop() {
 	defer c.r.wg.Done()
 	r := c.r
-	br := bufio.NewReaderSize(c.nc, linkReadBufSize)
-	var hdr [frameHeaderLen]byte
-	limit := r.maxFrame + c.recv.overhead()
+	lr := newLinkReader(c.nc, c.recv, &r.pool, r.maxFrame+c.recv.overhead(), c.batch)
 	for {
 		// The writer's liveness check is the primary detector (it knows
 		// when our own process was starved); this deadline is the backstop
-		// for a writer stuck in a blocked write.
-		if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
-			c.close(err)
-			return
+		// for a writer stuck in a blocked write. Frames still packed in
+		// an opened record need no read.
+		if !lr.pending() {
+			if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
+				c.close(err)
+				return
+			}
 		}
-		n, err := readFrameLength(br, &hdr, limit)
-		if err != nil {
-			c.close(classifyReadErr(err))
-			return
-		}
-		f, err := readFrameBody(br, c.recv, &r.pool, n)
+		f, n, err := lr.next()
 		if err != nil {
 			c.close(classifyReadErr(err))
 			return
@@ -248,7 +245,7 @@ func (c *conn) readLoop() {
 		if c.framesIn.Add(1) == 1 {
 			r.firstFrame(c)
 		}
-		c.bytesIn.Add(uint64(n + frameHeaderLen))
+		c.bytesIn.Add(uint64(n))
 		if err := c.dispatch(f); err != nil {
 			c.close(err)
 			return
@@ -329,7 +326,7 @@ func (c *conn) dispatch(f *frameBuf) error {
 func (c *conn) writeLoop() {
 	defer c.r.wg.Done()
 	r := c.r
-	bw := newLinkWriter(c.nc, linkWriteBufSize)
+	bw := newLinkWriter(c.nc, linkWriteBufSize, c.batch)
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	nextPing := time.Now()

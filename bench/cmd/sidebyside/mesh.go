@@ -1,0 +1,156 @@
+package main
+
+// The mesh section of a run: what encryption, a relay and a cut link cost.
+// etcd has no mesh, so these are meshetcd against itself, from the Go
+// benchmarks beside the code (meshconn and integration), each repeated
+// --mesh-rounds times; the two sides of a ratio run back to back inside
+// one repetition, so ratios pair runs that saw the same machine load.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// meshBench is one `go test -bench` invocation of the mesh section.
+type meshBench struct {
+	pkg, pattern, benchtime string
+}
+
+var meshBenches = []meshBench{
+	{"./meshconn/", "^BenchmarkDatagramThroughput$", "100000x"},
+	{"./integration/", "^BenchmarkCluster3Put$", "3000x"},
+}
+
+// meshRatio is one row: numerator over denominator, both sub-benchmark
+// names (without the -GOMAXPROCS suffix) and the metric compared.
+type meshRatio struct {
+	label, num, den, unit, target string
+}
+
+var meshRatios = []meshRatio{
+	{"direct link, 100 B datagrams: encrypted / plaintext", "BenchmarkDatagramThroughput/direct/encrypted/100B", "BenchmarkDatagramThroughput/direct/plain/100B", "MB/s", "≥ 0.90"},
+	{"direct link, 4 KiB datagrams: encrypted / plaintext", "BenchmarkDatagramThroughput/direct/encrypted/4KiB", "BenchmarkDatagramThroughput/direct/plain/4KiB", "MB/s", "≥ 0.90"},
+	{"one relay, 100 B datagrams: encrypted / plaintext", "BenchmarkDatagramThroughput/relay/encrypted/100B", "BenchmarkDatagramThroughput/relay/plain/100B", "MB/s", "≥ 0.80"},
+	{"one relay, 4 KiB datagrams: encrypted / plaintext", "BenchmarkDatagramThroughput/relay/encrypted/4KiB", "BenchmarkDatagramThroughput/relay/plain/4KiB", "MB/s", "≥ 0.80"},
+	{"one relay vs direct, 4 KiB encrypted", "BenchmarkDatagramThroughput/relay/encrypted/4KiB", "BenchmarkDatagramThroughput/direct/encrypted/4KiB", "MB/s", ""},
+	{"3 members, put: leader–follower link cut / connected", "BenchmarkCluster3Put/leader-follower-link-cut", "BenchmarkCluster3Put/connected", "req/s", "≥ 0.90"},
+}
+
+// runMeshSection runs the mesh benchmarks and returns the markdown
+// section; their raw output goes to rawDir.
+func runMeshSection(ctx context.Context, goBin, candBin, rawDir string, rounds int) (string, error) {
+	var all strings.Builder
+	for _, mb := range meshBenches {
+		args := []string{"test", "-count", strconv.Itoa(rounds), "-run", "^$", "-bench", mb.pattern, "-benchtime", mb.benchtime, mb.pkg}
+		logf("mesh: %s %s", goBin, strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, goBin, args...)
+		// The integration harness uses these binaries instead of building its own.
+		cmd.Env = append(os.Environ(), "MESHETCD_BIN="+candBin)
+		if etcdctl, err := filepath.Abs(filepath.Join("bin", "etcdctl")); err == nil {
+			if _, err := os.Stat(etcdctl); err == nil {
+				cmd.Env = append(cmd.Env, "ETCDCTL_BIN="+etcdctl)
+			}
+		}
+		out, err := cmd.CombinedOutput()
+		name := strings.Trim(regexp.MustCompile(`\W+`).ReplaceAllString(mb.pattern, "-"), "-")
+		saveMeshRaw(filepath.Join(rawDir, "mesh-"+name+".txt"), out)
+		if err != nil {
+			return "", fmt.Errorf("mesh benchmark %s %s: %w", mb.pkg, mb.pattern, err)
+		}
+		all.Write(out)
+	}
+	samples := parseGoBench(strings.NewReader(all.String()))
+	var b strings.Builder
+	writeMeshTable(&b, samples, rounds)
+	return b.String(), nil
+}
+
+func saveMeshRaw(path string, out []byte) {
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		logf("mesh: %v", err)
+	}
+}
+
+// benchSamples maps a benchmark name (without the -N suffix) to its
+// metrics, one value per repetition in output order.
+type benchSamples map[string]map[string][]float64
+
+var reBenchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
+
+// parseGoBench reads `go test -bench` output. Each result line is a
+// name, an iteration count, then value-unit pairs; ns/op also yields
+// req/s (1e9/ns_op), the throughput of a benchmark whose op is one request.
+func parseGoBench(r io.Reader) benchSamples {
+	s := benchSamples{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		m := reBenchLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		f := strings.Fields(m[2])
+		metrics := s[m[1]]
+		if metrics == nil {
+			metrics = map[string][]float64{}
+			s[m[1]] = metrics
+		}
+		for i := 0; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				continue
+			}
+			metrics[f[i+1]] = append(metrics[f[i+1]], v)
+			if f[i+1] == "ns/op" && v > 0 {
+				metrics["req/s"] = append(metrics["req/s"], 1e9/v)
+			}
+		}
+	}
+	return s
+}
+
+// writeMeshTable writes one row per ratio: both sides' medians, the
+// median of the per-repetition ratios and their range.
+func writeMeshTable(w io.Writer, s benchSamples, rounds int) {
+	fmt.Fprintf(w, "\n## Mesh: encryption, relays, cut links (meshetcd alone)\n\n")
+	fmt.Fprintf(w, "In-process Go benchmarks, %d repetitions; each ratio pairs the two sides of one repetition (run back to back). "+
+		"Datagram throughput: meshconn `BenchmarkDatagramThroughput` over loopback TCP (512 datagrams in flight; a relay is a third router in between). "+
+		"Cut link: integration `BenchmarkCluster3Put` (3 in-process members, 100 clients, fsync on; the link between the leader and one follower cut, so the mesh relays).\n\n", rounds)
+	fmt.Fprintf(w, "| figure | numerator (median) | denominator (median) | ratio (median) | ratio range | target |\n")
+	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---|\n")
+	for _, r := range meshRatios {
+		num, den := s[r.num][r.unit], s[r.den][r.unit]
+		var ratios []float64
+		for i := range min(len(num), len(den)) {
+			if den[i] > 0 {
+				ratios = append(ratios, num[i]/den[i])
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s %s | %s %s | %s | %s | %s |\n", r.label,
+			fmtNum(median(num)), r.unit, fmtNum(median(den)), r.unit,
+			fmtRatio(median(ratios)), fmtRatioSpread(ratios), r.target)
+	}
+}
+
+// runMesh runs the mesh section unless --mesh=false or the candidate is
+// etcd itself (bench-self). A failure becomes a note, not a failed run.
+func (s *state) runMesh(ctx context.Context) {
+	if !s.cfg.mesh || sameFile(s.cfg.etcdBin, s.cand.orig) {
+		return
+	}
+	md, err := runMeshSection(ctx, s.cfg.goBin, s.cand.orig, s.rawDir, s.cfg.rounds)
+	if err != nil {
+		s.notes = append(s.notes, err.Error())
+		logf("%v", err)
+		return
+	}
+	s.meshMD = md
+	fmt.Print(md)
+}

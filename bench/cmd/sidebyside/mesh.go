@@ -86,8 +86,8 @@ type benchSamples map[string]map[string][]float64
 var reBenchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
 
 // parseGoBench reads `go test -bench` output. Each result line is a
-// name, an iteration count, then value-unit pairs; ns/op also yields
-// req/s (1e9/ns_op), the throughput of a benchmark whose op is one request.
+// name, an iteration count, then value-unit pairs; a line without req/s
+// gets 1e9/ns_op, the throughput of a benchmark whose op is one request.
 func parseGoBench(r io.Reader) benchSamples {
 	s := benchSamples{}
 	sc := bufio.NewScanner(r)
@@ -102,15 +102,17 @@ func parseGoBench(r io.Reader) benchSamples {
 			metrics = map[string][]float64{}
 			s[m[1]] = metrics
 		}
+		line := map[string]float64{}
 		for i := 0; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				continue
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				line[f[i+1]] = v
 			}
-			metrics[f[i+1]] = append(metrics[f[i+1]], v)
-			if f[i+1] == "ns/op" && v > 0 {
-				metrics["req/s"] = append(metrics["req/s"], 1e9/v)
-			}
+		}
+		if _, ok := line["req/s"]; !ok && line["ns/op"] > 0 {
+			line["req/s"] = 1e9 / line["ns/op"]
+		}
+		for unit, v := range line {
+			metrics[unit] = append(metrics[unit], v)
 		}
 	}
 	return s

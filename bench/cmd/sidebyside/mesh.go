@@ -3,8 +3,8 @@ package main
 // The mesh section of a run: what encryption, a relay and a cut link cost.
 // etcd has no mesh, so these are meshetcd against itself, from the Go
 // benchmarks beside the code (meshconn and integration), each repeated
-// --mesh-rounds times; the two sides of a ratio run back to back inside
-// one repetition, so ratios pair runs that saw the same machine load.
+// up to 3 times (one per round); the two sides of a ratio run back to back
+// inside one repetition, so ratios pair runs that saw similar machine load.
 
 import (
 	"bufio"
@@ -48,29 +48,43 @@ var meshRatios = []meshRatio{
 // section; their raw output goes to rawDir.
 func runMeshSection(ctx context.Context, goBin, candBin, rawDir string, rounds int) (string, error) {
 	var all strings.Builder
-	for _, mb := range meshBenches {
-		args := []string{"test", "-count", strconv.Itoa(rounds), "-run", "^$", "-bench", mb.pattern, "-benchtime", mb.benchtime, mb.pkg}
-		logf("mesh: %s %s", goBin, strings.Join(args, " "))
-		cmd := exec.CommandContext(ctx, goBin, args...)
-		// The integration harness uses these binaries instead of building its own.
-		cmd.Env = append(os.Environ(), "MESHETCD_BIN="+candBin)
-		if etcdctl, err := filepath.Abs(filepath.Join("bin", "etcdctl")); err == nil {
-			if _, err := os.Stat(etcdctl); err == nil {
-				cmd.Env = append(cmd.Env, "ETCDCTL_BIN="+etcdctl)
+	// One `go test` per benchmark and repetition, not -count: with -count a
+	// benchmark's sub-benchmarks each run count times in a row, so the two
+	// sides of a ratio would not see the same machine load.
+	for rep := 1; rep <= rounds; rep++ {
+		for _, mb := range meshBenches {
+			out, err := runMeshBench(ctx, goBin, candBin, rawDir, mb, rep)
+			if err != nil {
+				return "", err
 			}
+			all.Write(out)
 		}
-		out, err := cmd.CombinedOutput()
-		name := strings.Trim(regexp.MustCompile(`\W+`).ReplaceAllString(mb.pattern, "-"), "-")
-		saveMeshRaw(filepath.Join(rawDir, "mesh-"+name+".txt"), out)
-		if err != nil {
-			return "", fmt.Errorf("mesh benchmark %s %s: %w", mb.pkg, mb.pattern, err)
-		}
-		all.Write(out)
 	}
 	samples := parseGoBench(strings.NewReader(all.String()))
 	var b strings.Builder
 	writeMeshTable(&b, samples, rounds)
 	return b.String(), nil
+}
+
+// runMeshBench runs one benchmark once and saves its output.
+func runMeshBench(ctx context.Context, goBin, candBin, rawDir string, mb meshBench, rep int) ([]byte, error) {
+	args := []string{"test", "-count", "1", "-run", "^$", "-bench", mb.pattern, "-benchtime", mb.benchtime, mb.pkg}
+	logf("mesh: %s %s", goBin, strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, goBin, args...)
+	// The integration harness uses these binaries instead of building its own.
+	cmd.Env = append(os.Environ(), "MESHETCD_BIN="+candBin)
+	if etcdctl, err := filepath.Abs(filepath.Join("bin", "etcdctl")); err == nil {
+		if _, err := os.Stat(etcdctl); err == nil {
+			cmd.Env = append(cmd.Env, "ETCDCTL_BIN="+etcdctl)
+		}
+	}
+	out, err := cmd.CombinedOutput()
+	name := strings.Trim(regexp.MustCompile(`\W+`).ReplaceAllString(mb.pattern, "-"), "-")
+	saveMeshRaw(filepath.Join(rawDir, fmt.Sprintf("mesh-%s-%d.txt", name, rep)), out)
+	if err != nil {
+		return nil, fmt.Errorf("mesh benchmark %s %s: %w", mb.pkg, mb.pattern, err)
+	}
+	return out, nil
 }
 
 func saveMeshRaw(path string, out []byte) {
@@ -147,7 +161,9 @@ func (s *state) runMesh(ctx context.Context) {
 	if !s.cfg.mesh || sameFile(s.cfg.etcdBin, s.cand.orig) {
 		return
 	}
-	md, err := runMeshSection(ctx, s.cfg.goBin, s.cand.orig, s.rawDir, s.cfg.rounds)
+	// At most 3 repetitions: the cluster benchmark starts clusters and
+	// takes about a minute per repetition.
+	md, err := runMeshSection(ctx, s.cfg.goBin, s.cand.orig, s.rawDir, min(s.cfg.rounds, 3))
 	if err != nil {
 		s.notes = append(s.notes, err.Error())
 		logf("%v", err)

@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"testing"
@@ -29,7 +31,7 @@ func BenchmarkEnvelopeDecode(b *testing.B) {
 	}
 }
 
-func benchCiphers(b *testing.B) (*cipherState, *cipherState) {
+func benchCiphers(b testing.TB) (*cipherState, *cipherState) {
 	ka, _ := newEphemeralKey(randReader{})
 	kb, _ := newEphemeralKey(randReader{seed: 1})
 	send, _, err := sessionKeys(ka, kb.pub, testPSK, "x")
@@ -133,25 +135,31 @@ func BenchmarkRelayForward(b *testing.B) {
 
 			plain := appendEnvelope(nil, msgUnicast, 16, 20, 0, "src", "dst", make([]byte, size))
 			plain[1] = classInteractive
-			wire := make([]byte, len(plain)+aeadTagLen)
-			w := bufio.NewWriterSize(io.Discard, 64<<10)
+			wire := make([]byte, frameHeaderLen+len(plain)+aeadTagLen)
+			rd := bytes.NewReader(nil)
+			br := bufio.NewReaderSize(rd, linkReadBufSize)
+			var hdr [frameHeaderLen]byte
+			w := newLinkWriter(io.Discard, linkWriteBufSize, false)
 			scratch := make([]*frameBuf, 0, 8)
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
 			for b.Loop() {
-				copy(wire, plain)
-				n, err := upSend.seal(wire, len(plain))
+				copy(wire[frameHeaderLen:], plain)
+				n, err := upSend.seal(wire[frameHeaderLen:], len(plain))
 				if err != nil {
 					b.Fatal(err)
 				}
+				binary.BigEndian.PutUint32(wire, uint32(n))
 				// Reader side.
-				f := r.pool.get(n)
-				copy(f.b[frameHeaderLen:], wire[:n])
-				pl, err := in.recv.open(f.b[frameHeaderLen:], n)
+				rd.Reset(wire)
+				br.Reset(rd)
+				if n, err = readFrameLength(br, &hdr, len(wire)); err != nil {
+					b.Fatal(err)
+				}
+				f, err := readFrameBody(br, in.recv, &r.pool, n)
 				if err != nil {
 					b.Fatal(err)
 				}
-				f.n = pl
 				if err := in.dispatch(f); err != nil {
 					b.Fatal(err)
 				}

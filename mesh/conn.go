@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -53,6 +52,7 @@ type conn struct {
 	addr        string // the dialled address, or the remote address if inbound
 	send, recv  *cipherState
 	mode        uint8 // preamble mode: plaintext, PSK or ephemeral encryption
+	batch       bool  // version 3: small frames travel in batched records
 	since       time.Time
 
 	queues      [numClasses]chan *frameBuf
@@ -95,6 +95,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 		addr:        addr,
 		send:        hs.send,
 		mode:        hs.mode,
+		batch:       hs.version >= versionBatchedRecords,
 		recv:        hs.recv,
 		since:       r.cfg.Clock.Now(),
 		wake:        make(chan struct{}, 1),
@@ -230,40 +231,28 @@ func (c *conn) err() error {
 func (c *conn) readLoop() {
 	defer c.r.wg.Done()
 	r := c.r
-	br := bufio.NewReaderSize(c.nc, 32<<10)
-	var hdr [frameHeaderLen]byte
-	limit := r.maxFrame + c.recv.overhead()
+	lr := newLinkReader(c.nc, c.recv, &r.pool, r.maxFrame+c.recv.overhead(), c.batch)
 	for {
 		// The writer's liveness check is the primary detector (it knows
 		// when our own process was starved); this deadline is the backstop
-		// for a writer stuck in a blocked write.
-		if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
-			c.close(err)
-			return
+		// for a writer stuck in a blocked write. Frames still packed in
+		// an opened record need no read.
+		if !lr.pending() {
+			if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
+				c.close(err)
+				return
+			}
 		}
-		n, err := readFrameLength(br, &hdr, limit)
+		f, n, err := lr.next()
 		if err != nil {
 			c.close(classifyReadErr(err))
 			return
 		}
-		f := r.pool.get(n)
-		if _, err := io.ReadFull(br, f.b[frameHeaderLen:frameHeaderLen+n]); err != nil {
-			r.pool.put(f)
-			c.close(classifyReadErr(err))
-			return
-		}
-		plain, err := c.recv.open(f.b[frameHeaderLen:], n)
-		if err != nil {
-			r.pool.put(f)
-			c.close(err)
-			return
-		}
-		f.n = plain
 		c.lastRecv.Store(time.Now().UnixNano())
 		if c.framesIn.Add(1) == 1 {
 			r.firstFrame(c)
 		}
-		c.bytesIn.Add(uint64(n + frameHeaderLen))
+		c.bytesIn.Add(uint64(n))
 		if err := c.dispatch(f); err != nil {
 			c.close(err)
 			return
@@ -349,7 +338,7 @@ func (c *conn) dispatch(f *frameBuf) error {
 func (c *conn) writeLoop() {
 	defer c.r.wg.Done()
 	r := c.r
-	bw := bufio.NewWriterSize(c.nc, 32<<10)
+	bw := newLinkWriter(c.nc, linkWriteBufSize, c.batch)
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	nextPing := time.Now()
@@ -492,18 +481,14 @@ func (c *conn) nextFrames(scratch []*frameBuf, bulkAllowed bool) ([]*frameBuf, i
 	return scratch, 0
 }
 
-// writeFrame seals f in place and writes prefix plus body.
-func (c *conn) writeFrame(w *bufio.Writer, f *frameBuf) error {
-	n, err := c.send.seal(f.b[frameHeaderLen:], f.n)
+// writeFrame seals f and queues prefix plus body on w.
+func (c *conn) writeFrame(w *linkWriter, f *frameBuf) error {
+	n, err := w.writeFrame(c.send, f)
 	if err != nil {
 		return err
 	}
-	binary.BigEndian.PutUint32(f.b[:frameHeaderLen], uint32(n))
-	if _, err := w.Write(f.b[:frameHeaderLen+n]); err != nil {
-		return err
-	}
 	c.framesOut.Add(1)
-	c.bytesOut.Add(uint64(frameHeaderLen + n))
+	c.bytesOut.Add(uint64(n))
 	return nil
 }
 

@@ -169,6 +169,38 @@ func (c *cipherState) seal(buf []byte, n int) (int, error) {
 	return len(out), nil
 }
 
+// sealTo seals plain into dst's spare capacity (dst is empty, with room for
+// len(plain)+16 bytes) and returns the sealed length. Sealing into the
+// output buffer spares the copy that sealing in place and then writing
+// would cost.
+func (c *cipherState) sealTo(dst, plain []byte) (int, error) {
+	if c == nil {
+		return len(append(dst, plain...)), nil
+	}
+	nonce, err := c.nextNonce()
+	if err != nil {
+		return 0, err
+	}
+	return len(c.aead.Seal(dst, nonce, plain, nil)), nil
+}
+
+// openTo opens sealed into dst's spare capacity and returns the plaintext
+// length; sealed is left untouched (it may be a read buffer).
+func (c *cipherState) openTo(dst, sealed []byte) (int, error) {
+	if c == nil {
+		return len(append(dst, sealed...)), nil
+	}
+	nonce, err := c.nextNonce()
+	if err != nil {
+		return 0, err
+	}
+	out, err := c.aead.Open(dst, nonce, sealed, nil)
+	if err != nil {
+		return 0, fmt.Errorf("%w: frame failed authentication", ErrAuth)
+	}
+	return len(out), nil
+}
+
 // open decrypts buf[:n] in place and returns the plaintext length.
 func (c *cipherState) open(buf []byte, n int) (int, error) {
 	if c == nil {

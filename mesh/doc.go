@@ -32,6 +32,8 @@
 //	                    quality (loss) with hysteresis
 //	linkstats.go, status_links.go  per-peer cumulative link figures and
 //	                    Status.Links
+//	linkio.go           a connection's byte stream: sealing into and opening
+//	                    out of the I/O buffers, batched records
 //	handshake.go, crypto.go  preamble, hello, key agreement, AEAD
 //	tls.go, tls_san.go  optional mutual X.509 TLS around each connection,
 //	                    run before the mesh handshake (peer certificates)
@@ -60,7 +62,12 @@
 // Then every message is a frame: a big-endian u32 length, validated against
 // the current cap before anything is allocated (4 KiB until the hello is
 // verified, then MaxDatagramSize plus envelope header), followed by the
-// body, sealed with the AEAD when encrypted. The body is an envelope:
+// body, sealed with the AEAD when encrypted. Both ends use the highest
+// version both speak (this code: 2..3). From version 3, an encrypted link
+// may also carry batched records: a length with the top bit set (at most
+// 16 KiB plus tag), then AEAD(u16 length ‖ envelope ‖ ...), packing
+// consecutive envelopes of at most 1 KiB under one seal. The body is an
+// envelope:
 //
 //	type u8 | flags u8 (send class) | ttl u8 | channel u16 | seq u64
 //	| src len u8, src | dst len u8, dst | payload

@@ -118,7 +118,11 @@ func readFrameLength(r io.Reader, hdr *[frameHeaderLen]byte, limit int) (int, er
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
+	return checkFrameLength(binary.BigEndian.Uint32(hdr[:]), limit)
+}
+
+// checkFrameLength validates a frame's length prefix against limit.
+func checkFrameLength(n uint32, limit int) (int, error) {
 	if n == 0 {
 		return 0, fmt.Errorf("mesh: empty frame")
 	}

@@ -15,11 +15,20 @@ import (
 // Protocol constants of the clear preamble.
 const (
 	preambleMagic   = "MESHETCD"
-	protocolVersion = 2 // the only version this code speaks; 2 = AES-256-GCM links
+	protocolVersion = 3 // the highest version this code speaks (see minProtocolVersion)
 	modePlaintext   = 0
 	modeEncrypted   = 1 // X25519 + pre-shared key: confidential and authenticated
 	modeEphemeral   = 2 // X25519 only (--peer-auto-tls): confidential against passive eavesdroppers, not authenticated
 	preambleLen     = 8 + 2 + 2 + 1 + 8 + 32
+)
+
+// Protocol versions: 2 = AES-256-GCM links, one sealed record per frame;
+// 3 = encrypted links may also pack small frames into one batched record
+// (linkio.go). Both ends use the highest version both speak, so a version 3
+// member still talks to a version 2 one.
+const (
+	minProtocolVersion    = 2
+	versionBatchedRecords = 3
 )
 
 // Handshake errors besides the exported ones in api.go.
@@ -256,7 +265,7 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 	if err := nc.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, fmt.Errorf("mesh: set handshake deadline: %w", err)
 	}
-	ours := preamble{minVersion: protocolVersion, maxVersion: protocolVersion, label: labelDigest(local.label)}
+	ours := preamble{minVersion: minProtocolVersion, maxVersion: protocolVersion, label: labelDigest(local.label)}
 	var eph ephemeralKey
 	ours.mode = local.mode()
 	if ours.mode != modePlaintext {
@@ -280,8 +289,9 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 	if err != nil {
 		return nil, err
 	}
-	if theirs.maxVersion < protocolVersion || theirs.minVersion > protocolVersion {
-		return nil, fmt.Errorf("%w: we speak %d, remote %d..%d", ErrVersion, protocolVersion, theirs.minVersion, theirs.maxVersion)
+	version, err := negotiateVersion(ours, theirs)
+	if err != nil {
+		return nil, err
 	}
 	if theirs.mode != ours.mode {
 		return nil, fmt.Errorf("%w: we are %s, the remote is %s", errModeMismatch, modeName(ours.mode), modeName(theirs.mode))
@@ -290,7 +300,7 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 		return nil, fmt.Errorf("%w: cluster label fingerprint %x, ours %x", ErrWrongCluster, theirs.label, ours.label)
 	}
 
-	res := &handshakeResult{version: protocolVersion, mode: ours.mode}
+	res := &handshakeResult{version: version, mode: ours.mode}
 	if ours.mode != modePlaintext {
 		// Ephemeral mode: the same derivation with an empty PSK.
 		send, recv, err := sessionKeys(eph, theirs.pub, local.psk, local.label)
@@ -370,6 +380,15 @@ func handshake(nc net.Conn, local localIdentity, timeout time.Duration) (*handsh
 	}
 	res.remote = remote
 	return res, nil
+}
+
+// negotiateVersion picks the highest protocol version both preambles
+// speak.
+func negotiateVersion(ours, theirs preamble) (uint16, error) {
+	if theirs.maxVersion < ours.minVersion || theirs.minVersion > ours.maxVersion {
+		return 0, fmt.Errorf("%w: we speak %d..%d, remote %d..%d", ErrVersion, ours.minVersion, ours.maxVersion, theirs.minVersion, theirs.maxVersion)
+	}
+	return min(ours.maxVersion, theirs.maxVersion), nil
 }
 
 // modeName describes a preamble mode in errors and logs.

@@ -417,6 +417,7 @@ func BenchmarkBulkTransfer(b *testing.B) {
 				}
 				b.StopTimer()
 				b.ReportMetric(float64(size)*float64(b.N)/b.Elapsed().Seconds()/1e6, "MB/s")
+				b.ReportMetric(float64(bs.Stats().Rewinds)/float64(b.N), "rewinds/op")
 			})
 		}
 	}

@@ -16,8 +16,8 @@ import (
 
 // Defaults of BulkConfig.
 const (
-	DefaultChunkSize         = 256 << 10
-	DefaultWindow            = 4
+	DefaultChunkSize         = 16 << 10
+	DefaultWindow            = 64
 	DefaultRetransmitTimeout = 200 * time.Millisecond
 	DefaultIdleTimeout       = 10 * time.Second
 	DefaultNoRouteGrace      = 2 * time.Second
@@ -29,11 +29,16 @@ const (
 // rejects incoming transfers because it has no Handler.
 type BulkConfig struct {
 	// ChunkSize is the largest chunk sent, capped so a chunk and its
-	// header fit the channel's MaxPayload. Default 256 KiB.
+	// header fit the channel's MaxPayload. Default 16 KiB: a link writes
+	// one chunk at a time and a relay forwards it only once it has all of
+	// it, so a Raft message queued behind a chunk waits for the whole
+	// chunk per hop; smaller chunks keep that wait short. A 16 KiB frame
+	// also fits the mesh link's 64 KiB I/O buffers, so it is sealed and
+	// opened there without a separate write or copy.
 	ChunkSize int
 	// Window is how many chunks a sender keeps in flight (and must keep in
 	// memory for retransmission), and how many chunk sizes a receiver
-	// buffers ahead of its handler. Default 4 (1 MiB of 256 KiB chunks:
+	// buffers ahead of its handler. Default 64 (1 MiB of 16 KiB chunks:
 	// 64 MB/s at a 16 ms round trip; raise it for long fat links).
 	Window int
 	// RetransmitTimeout: a sender that sees no acknowledgement progress for

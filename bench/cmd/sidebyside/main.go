@@ -45,6 +45,7 @@ type config struct {
 	keepData                                    bool
 	tls                                         bool
 	lockPath                                    string
+	mesh                                        bool
 }
 
 func main() {
@@ -72,6 +73,7 @@ func main() {
 	flag.BoolVar(&c.growth, "growth", false, "also run the growth workloads (value size, key count, watchers: "+growthNames()+") after the standard ones")
 	flag.BoolVar(&c.keepData, "keep-data", false, "keep the servers' data dirs under <out>/data")
 	flag.StringVar(&c.lockPath, "lock", filepath.Join(os.TempDir(), "meshetcd-bench.lock"), "lock file that keeps two benchmark runs on one machine from overlapping (empty: no lock)")
+	flag.BoolVar(&c.mesh, "mesh", true, "after the rounds, run the mesh benchmarks (encrypted vs plaintext links, direct and via a relay; 3 members with a cut link) and add their section")
 	flag.Parse()
 
 	if err := run(c); err != nil {
@@ -122,6 +124,7 @@ type state struct {
 	started  time.Time
 	profiles []string
 	tls      *tlsFiles // nil without --tls
+	meshMD   string    // the mesh section (mesh.go), empty without --mesh
 }
 
 func run(c config) error {
@@ -276,6 +279,7 @@ func (s *state) execute(ctx context.Context) error {
 			return err
 		}
 	}
+	s.runMesh(ctx)
 	if s.cfg.profile {
 		if err := s.captureProfiles(ctx); err != nil {
 			s.notes = append(s.notes, "profiles: "+err.Error())
@@ -576,6 +580,7 @@ func (s *state) writeResults() error {
 			fmt.Fprintf(f, "- `%s`\n", p)
 		}
 	}
+	fmt.Fprint(f, s.meshMD)
 	fmt.Fprintf(f, "\nFiles: summary.csv (this table), runs.csv (every run), rounds.csv (per round and system), raw/ (benchmark output), logs/ (server logs).\n")
 	logf("wrote %s (results.md, summary.csv, runs.csv, rounds.csv)", s.outDir)
 	return nil

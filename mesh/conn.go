@@ -75,6 +75,7 @@ type conn struct {
 	// Liveness and link quality (liveness.go, quality.go), written by
 	// the writer's checks and the reader's pong handling.
 	suspectSince atomic.Int64 // unix nanos; 0: not suspect
+	lastFlush    atomic.Int64 // unix nanos of the writer's last completed flush
 	quality      linkQuality
 	stats        *peerLinkStats // the remote's cumulative figures (linkstats.go)
 
@@ -107,6 +108,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 	c.queues[classBulk] = make(chan *frameBuf, r.cfg.BulkQueueLen)
 	c.lastRecv.Store(now.UnixNano())
 	c.lastPong.Store(now.UnixNano())
+	c.lastFlush.Store(now.UnixNano())
 	c.quality.inherit(c.stats.previousQuality())
 	return c
 }
@@ -365,12 +367,6 @@ func (c *conn) writeLoop() {
 	for {
 		now := time.Now()
 		if !now.Before(nextPing) {
-			// Lifeguard-style (liveness.go): a starved process waits
-			// longer, and suspicion needs a confirming check and a witness.
-			if err := c.checkLiveness(now); err != nil {
-				c.close(err)
-				return
-			}
 			if c.quality.pinged(now.UnixNano(), r.cfg.HeartbeatInterval, r.health.get() > 0) {
 				r.requestRecalc() // degraded or healthy again: reconsider routes
 			}
@@ -425,6 +421,7 @@ func (c *conn) writeLoop() {
 				c.close(fmt.Errorf("mesh: write: %w", err))
 				return
 			}
+			c.lastFlush.Store(time.Now().UnixNano())
 			if wrote > 0 {
 				continue
 			}
@@ -443,8 +440,7 @@ func (c *conn) writeLoop() {
 		case <-c.done:
 			return
 		case <-c.wake:
-		case tick := <-ticker.C:
-			r.health.observeTick(time.Since(tick), r.cfg.HeartbeatInterval)
+		case <-ticker.C:
 		case <-bulkC:
 		}
 	}
@@ -517,13 +513,19 @@ func (c *conn) checkLiveness(now time.Time) error {
 		lastRecv:  time.Unix(0, c.lastRecv.Load()),
 		lastPong:  time.Unix(0, c.lastPong.Load()),
 		dead:      r.health.deadTimeout(r.cfg.DeadTimeout),
+		suspect:   max(r.cfg.DeadTimeout-r.cfg.HeartbeatInterval, r.cfg.HeartbeatInterval),
 		backstop:  2 * r.cfg.DeadTimeout,
 		heartbeat: r.cfg.HeartbeatInterval,
 	}
 	if s := c.suspectSince.Load(); s != 0 {
 		e.suspectedSince = time.Unix(0, s)
 	}
-	if now.Sub(e.lastRecv) > e.dead-e.heartbeat || now.Sub(e.lastPong) > e.dead-e.heartbeat {
+	if now.Sub(time.Unix(0, c.lastFlush.Load())) > e.suspect {
+		// Our writer is stuck in a write (a slow link, or a full buffer):
+		// our pings have not left, so missing pongs say nothing.
+		e.lastPong = now
+	}
+	if now.Sub(e.lastRecv) > e.suspect || now.Sub(e.lastPong) > e.suspect {
 		e.othersRecv = r.latestRecvExcept(c) // only when suspect: walks the table
 	}
 	verdict, err := judgeLink(e)

@@ -8,11 +8,12 @@ import (
 // Link liveness, Lifeguard-style (the lessons HashiCorp's Lifeguard paper
 // drew for memberlist's failure detector, applied to one TCP link):
 //
-//  1. A member that is itself slow suspects less eagerly. Each writer's
-//     heartbeat ticker measures how late the runtime delivered its tick;
-//     late ticks raise the router's local health score, on-time ticks
-//     lower it, and the dead timeout grows with the score
-//     (localHealth.deadTimeout), at most to 1.5 × DeadTimeout.
+//  1. A member that is itself slow declares links dead less eagerly. Each
+//     writer's heartbeat ticker measures how late the runtime delivered
+//     its tick; late ticks raise the router's local health score, on-time
+//     ticks lower it, and the dead timeout grows with the score
+//     (localHealth.deadTimeout), at most to 1.5 × DeadTimeout. Suspicion,
+//     which only steers traffic to another path, keeps the unscaled time.
 //  2. Suspicion is confirmed by independent evidence before a link is
 //     declared dead: a link silent for a heartbeat less than the dead
 //     timeout is suspect; a later check past the timeout confirms it only
@@ -26,12 +27,41 @@ import (
 //     is always detected inside ~1.2 s with the defaults, and with a
 //     healthy process inside ~0.75 s, within Raft's 1 s election timeout.
 //
-// The old rule skipped any check that ran more than three heartbeats
-// late. A writer blocked for a while in a write to a silently dead link
-// (its buffer full) or a goroutine that was late on every round skipped
-// every check, so detection fell to the reader's backstop alone and, while
-// that goroutine too was starved, to nothing: the cut-off member kept its
-// dead direct route while the other side had rerouted.
+// The old detector ran in each connection's writer and skipped any check
+// that ran more than three heartbeats late. Under a saturating write load
+// the cut-off member's writer blocks in a write to the silently dead link
+// as soon as its buffer fills, so that link's checks stopped altogether,
+// and the first check after the write returned was skipped as "starved":
+// detection fell to the reader's backstop alone, while the other side,
+// whose writer was not blocked, rerouted. Checks now run in one loop per
+// router (livenessLoop) that never blocks on I/O, and late checks count
+// against local health instead of being skipped.
+
+// livenessLoop checks every connection each heartbeat interval. It runs
+// apart from the connections' writers, so a writer blocked in a write to a
+// silently dead link (its buffer full under load) does not stop its own
+// link's checks, and measures how late its ticks arrive for the local
+// health score. It ends with the router.
+func (r *Router) livenessLoop() {
+	defer r.wg.Done()
+	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case tick := <-ticker.C:
+			now := time.Now()
+			r.health.observeTick(now.Sub(tick), r.cfg.HeartbeatInterval)
+			entries, _ := r.conns.snapshot()
+			for _, e := range entries {
+				if err := e.c.checkLiveness(now); err != nil {
+					e.c.close(err)
+				}
+			}
+		}
+	}
+}
 
 // maxLocalHealth caps the local health score; each point adds
 // DeadTimeout/(2 × maxLocalHealth) to the dead timeout.
@@ -97,8 +127,13 @@ type linkEvidence struct {
 	// it was not suspect).
 	suspectedSince time.Time
 	dead           time.Duration // the health-scaled dead timeout
-	backstop       time.Duration // silent this long: dead regardless
-	heartbeat      time.Duration
+	// suspect is when silence makes the link suspect: a heartbeat before
+	// the unscaled dead timeout. Suspicion only moves traffic to another
+	// path (reversible and cheap), so a starved process is not slower to
+	// reroute; only declaring the link dead waits for the scaled timeout.
+	suspect   time.Duration
+	backstop  time.Duration // silent this long: dead regardless
+	heartbeat time.Duration
 }
 
 // judgeLink decides a link's state from the evidence. It is a pure
@@ -111,8 +146,7 @@ func judgeLink(e linkEvidence) (linkVerdict, error) {
 	}
 	// Suspicion starts a heartbeat before the dead timeout, so that the
 	// confirming check costs no detection time.
-	suspectAfter := max(e.dead-e.heartbeat, e.heartbeat)
-	if silent <= suspectAfter && unanswered <= suspectAfter {
+	if silent <= e.suspect && unanswered <= e.suspect {
 		return linkAlive, nil
 	}
 	// Suspect. Dead only past the timeout, on a later check than the one

@@ -236,9 +236,9 @@ func (c *conn) readLoop() {
 	var hdr [frameHeaderLen]byte
 	limit := r.maxFrame + c.recv.overhead()
 	for {
-		// The writer's liveness check is the primary detector (it knows
-		// when our own process was starved); this deadline is the backstop
-		// for a writer stuck in a blocked write.
+		// The router's liveness loop is the primary detector (it knows
+		// when our own process was starved, liveness.go); this deadline
+		// is the backstop should that loop itself be held up.
 		if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
 			c.close(err)
 			return

@@ -241,7 +241,10 @@
 // whose shortest path starts on one takes the shortest path avoiding our
 // degraded links if it is at most one hop longer, so a healthy two-hop
 // path beats a lossy direct link, and a three-hop detour does not (the
-// testdata/routes/quality.txt and testdata/quality scenarios). SubscribeRoutes reports changes (reachability, next hop, UID),
+// testdata/routes/quality.txt and testdata/quality scenarios). Only the
+// originator steers by quality: relays forward on the plain shortest path
+// of the shared view, so two members avoiding their own bad links to a
+// third never bounce frames between them. SubscribeRoutes reports changes (reachability, next hop, UID),
 // coalesced per peer for slow subscribers so the router never blocks.
 //
 // # Connection maker

@@ -506,7 +506,7 @@ func (c *conn) writeFrame(w *bufio.Writer, f *frameBuf) error {
 // checkLiveness fails a connection that has gone quiet, or whose peer
 // stopped answering our pings (a peer that stopped reading still sends),
 // by the rules of judgeLink.
-func (c *conn) checkLiveness(now time.Time) error {
+func (c *conn) checkLiveness(now time.Time, late bool) error {
 	r := c.r
 	e := linkEvidence{
 		now:       now,
@@ -516,6 +516,7 @@ func (c *conn) checkLiveness(now time.Time) error {
 		suspect:   max(r.cfg.DeadTimeout-r.cfg.HeartbeatInterval, r.cfg.HeartbeatInterval),
 		backstop:  2 * r.cfg.DeadTimeout,
 		heartbeat: r.cfg.HeartbeatInterval,
+		late:      late,
 	}
 	if s := c.suspectSince.Load(); s != 0 {
 		e.suspectedSince = time.Unix(0, s)

@@ -22,6 +22,8 @@ import (
 //     link that delivers but never answers our pings) the link itself is
 //     delivering. A member alone with one neighbour has no witness and
 //     trusts the timer after the confirmation check.
+//     A check that itself ran more than three heartbeats late (we were
+//     starved just now) may suspect but never confirms.
 //  3. The backstop: a link silent for 2 × DeadTimeout is dead whatever the
 //     evidence (the reader's deadline enforces the same), so a dead link
 //     is always detected inside ~1.2 s with the defaults, and with a
@@ -52,10 +54,11 @@ func (r *Router) livenessLoop() {
 			return
 		case tick := <-ticker.C:
 			now := time.Now()
-			r.health.observeTick(now.Sub(tick), r.cfg.HeartbeatInterval)
+			late := now.Sub(tick)
+			r.health.observeTick(late, r.cfg.HeartbeatInterval)
 			entries, _ := r.conns.snapshot()
 			for _, e := range entries {
-				if err := e.c.checkLiveness(now); err != nil {
+				if err := e.c.checkLiveness(now, late > 3*r.cfg.HeartbeatInterval); err != nil {
 					e.c.close(err)
 				}
 			}
@@ -134,6 +137,9 @@ type linkEvidence struct {
 	suspect   time.Duration
 	backstop  time.Duration // silent this long: dead regardless
 	heartbeat time.Duration
+	// late is set when this check itself ran far behind schedule (our own
+	// process starved): it may suspect, but not confirm a death.
+	late bool
 }
 
 // judgeLink decides a link's state from the evidence. It is a pure
@@ -152,7 +158,7 @@ func judgeLink(e linkEvidence) (linkVerdict, error) {
 	// Suspect. Dead only past the timeout, on a later check than the one
 	// that suspected (a starved reader gets a chance to drain what it had
 	// buffered) ...
-	if (silent <= e.dead && unanswered <= e.dead) || e.suspectedSince.IsZero() || e.now.Sub(e.suspectedSince) < e.heartbeat/2 {
+	if (silent <= e.dead && unanswered <= e.dead) || e.suspectedSince.IsZero() || e.now.Sub(e.suspectedSince) < e.heartbeat/2 || e.late {
 		return linkSuspect, nil
 	}
 	err := errDeadLink

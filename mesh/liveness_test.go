@@ -168,6 +168,16 @@ func TestJudgeLink(t *testing.T) {
 		{"alone: no other link, trust the timer", ev(1150, 300, 300, none, 1000), linkDead, errDeadLink},
 		{"frames arrive, pings unanswered (one-way)", ev(1150, 1140, 300, 320, 1000), linkDead, errNoPong},
 		{"backstop: silent 2 x dead timeout whatever the evidence", ev(1600, 300, 300, 320, none), linkDead, errDeadLink},
+		{"a check that ran late suspects but does not confirm", func() linkEvidence {
+			e := ev(1150, 300, 300, 1100, 1000)
+			e.late = true
+			return e
+		}(), linkSuspect, nil},
+		{"a late check still honours the backstop", func() linkEvidence {
+			e := ev(1600, 300, 300, 1590, 1000)
+			e.late = true
+			return e
+		}(), linkDead, errDeadLink},
 		{"health-scaled timeout not yet reached: suspect (rerouted), not dead", func() linkEvidence {
 			e := ev(1000, 200, 200, 990, 800)
 			e.dead = 900 * time.Millisecond

@@ -238,8 +238,9 @@ func (c *conn) readLoop() {
 	for {
 		// The router's liveness loop is the primary detector (it knows
 		// when our own process was starved, liveness.go); this deadline
-		// is the backstop should that loop itself be held up.
-		if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
+		// is the backstop should that loop itself be held up, longer than
+		// the loop's own (2 × the health-scaled dead timeout).
+		if err := c.nc.SetReadDeadline(time.Now().Add(3 * r.cfg.DeadTimeout)); err != nil {
 			c.close(err)
 			return
 		}
@@ -514,7 +515,7 @@ func (c *conn) checkLiveness(now time.Time, late bool) error {
 		lastPong:  time.Unix(0, c.lastPong.Load()),
 		dead:      r.health.deadTimeout(r.cfg.DeadTimeout),
 		suspect:   max(r.cfg.DeadTimeout-r.cfg.HeartbeatInterval, r.cfg.HeartbeatInterval),
-		backstop:  2 * r.cfg.DeadTimeout,
+		backstop:  2 * r.health.deadTimeout(r.cfg.DeadTimeout),
 		heartbeat: r.cfg.HeartbeatInterval,
 		late:      late,
 	}

@@ -199,9 +199,10 @@
 // within two heartbeats, or the link itself delivers but never answers).
 // While a link is suspect, routes avoid it like a degraded link (below),
 // so traffic moves a heartbeat before the dead timeout without tearing
-// the connection down. Silence of 2 × DeadTimeout is dead regardless (the reader's deadline is
-// the same backstop). Raise both for WANs, keeping DeadTimeout ≥ 3 ×
-// heartbeat.
+// the connection down. Silence of twice the (health-scaled) dead timeout
+// is dead regardless, unless the check itself ran late; the reader's
+// deadline of 3 × DeadTimeout is the last backstop. Raise both for WANs,
+// keeping DeadTimeout ≥ 3 × heartbeat.
 //
 // Link quality (quality.go): the share of pings not answered within one
 // heartbeat, as a moving average, marks a link degraded at 25 % and

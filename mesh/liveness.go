@@ -23,11 +23,14 @@ import (
 //     delivering. A member alone with one neighbour has no witness and
 //     trusts the timer after the confirmation check.
 //     A check that itself ran more than three heartbeats late (we were
-//     starved just now) may suspect but never confirms.
-//  3. The backstop: a link silent for 2 × DeadTimeout is dead whatever the
-//     evidence (the reader's deadline enforces the same), so a dead link
-//     is always detected inside ~1.2 s with the defaults, and with a
-//     healthy process inside ~0.75 s, within Raft's 1 s election timeout.
+//     starved just now, and our readers may not have drained what
+//     arrived) may suspect but never confirms, not even by the backstop.
+//  3. The backstop: a link silent for twice the health-scaled dead
+//     timeout is dead whatever the witnesses say (unless the check ran
+//     late), and the reader's deadline of 3 × DeadTimeout ends it in any
+//     case. With the defaults a healthy process moves traffic off a dead
+//     link after ~0.45–0.6 s and declares it dead after ~0.75 s, within
+//     Raft's 1 s election timeout; a starved one takes at most ~1.8 s.
 //
 // The old detector ran in each connection's writer and skipped any check
 // that ran more than three heartbeats late. Under a saturating write load
@@ -147,7 +150,7 @@ type linkEvidence struct {
 func judgeLink(e linkEvidence) (linkVerdict, error) {
 	silent := e.now.Sub(e.lastRecv)
 	unanswered := e.now.Sub(e.lastPong)
-	if silent > e.backstop {
+	if silent > e.backstop && !e.late {
 		return linkDead, errDeadLink
 	}
 	// Suspicion starts a heartbeat before the dead timeout, so that the

@@ -173,11 +173,11 @@ func TestJudgeLink(t *testing.T) {
 			e.late = true
 			return e
 		}(), linkSuspect, nil},
-		{"a late check still honours the backstop", func() linkEvidence {
+		{"a late check does not even trust the backstop (readers may lag)", func() linkEvidence {
 			e := ev(1600, 300, 300, 1590, 1000)
 			e.late = true
 			return e
-		}(), linkDead, errDeadLink},
+		}(), linkSuspect, nil},
 		{"health-scaled timeout not yet reached: suspect (rerouted), not dead", func() linkEvidence {
 			e := ev(1000, 200, 200, 990, 800)
 			e.dead = 900 * time.Millisecond

@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,9 +82,40 @@ func TestPartialInProcessTriangleCut(t *testing.T) {
 // delivered): the mesh must detect it and route around, not black-hole.
 func TestPartialInProcessTriangleBlackhole(t *testing.T) {
 	burnCPUIfAsked(t)
+	var reroutes []func() time.Duration
 	assertPartial(t, runPartialInProcess(t, 3, func(ec *embed.Cluster) {
 		faults(ec).Blackhole(ec.HostName(0), ec.HostName(2))
+		reroutes = append(reroutes, watchReroute(t, ec, 2, 0), watchReroute(t, ec, 0, 2))
 	}))
+	// The mesh's own figure, apart from Raft and the clients: how long each
+	// end kept its traffic on the dead direct link.
+	t.Logf("mesh rerouted m2→m0 after %v, m0→m2 after %v", reroutes[0](), reroutes[1]())
+}
+
+// watchReroute polls member from's mesh status from now until its traffic
+// to member to leaves the direct link (or 10 s pass); the returned func
+// waits and reports how long that took (-1 if it never did).
+func watchReroute(t *testing.T, ec *embed.Cluster, from, to int) func() time.Duration {
+	start := time.Now()
+	done := make(chan time.Duration, 1)
+	prefix := ec.HostName(to) + ":"
+	go func() {
+		for time.Since(start) < 10*time.Second {
+			for _, l := range ec.Members()[from].MeshStatus().Links {
+				if strings.HasPrefix(string(l.Peer), prefix) && l.Hops > 1 {
+					done <- time.Since(start)
+					return
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		done <- -1
+	}()
+	var d time.Duration
+	var once sync.Once
+	wait := func() time.Duration { once.Do(func() { d = <-done }); return d }
+	t.Cleanup(func() { wait() })
+	return wait
 }
 
 // burnCPUIfAsked saturates every core for the test with MESHETCD_CPU_BURN=1

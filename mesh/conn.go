@@ -75,6 +75,7 @@ type conn struct {
 	// Liveness and link quality (liveness.go, quality.go), written by
 	// the writer's checks and the reader's pong handling.
 	suspectSince atomic.Int64 // unix nanos; 0: not suspect
+	lastFlush    atomic.Int64 // unix nanos of the writer's last completed flush
 	quality      linkQuality
 	stats        *peerLinkStats // the remote's cumulative figures (linkstats.go)
 
@@ -108,6 +109,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 	c.queues[classBulk] = make(chan *frameBuf, r.cfg.BulkQueueLen)
 	c.lastRecv.Store(now.UnixNano())
 	c.lastPong.Store(now.UnixNano())
+	c.lastFlush.Store(now.UnixNano())
 	c.quality.inherit(c.stats.previousQuality())
 	return c
 }
@@ -233,12 +235,13 @@ func (c *conn) readLoop() {
 	r := c.r
 	lr := newLinkReader(c.nc, c.recv, &r.pool, r.maxFrame+c.recv.overhead(), c.batch)
 	for {
-		// The writer's liveness check is the primary detector (it knows
-		// when our own process was starved); this deadline is the backstop
-		// for a writer stuck in a blocked write. Frames still packed in
-		// an opened record need no read.
+		// The router's liveness loop is the primary detector (it knows
+		// when our own process was starved, liveness.go); this deadline
+		// is the backstop should that loop itself be held up, longer than
+		// the loop's own (2 × the health-scaled dead timeout). Frames
+		// still packed in an opened record need no read.
 		if !lr.pending() {
-			if err := c.nc.SetReadDeadline(time.Now().Add(2 * r.cfg.DeadTimeout)); err != nil {
+			if err := c.nc.SetReadDeadline(time.Now().Add(3 * r.cfg.DeadTimeout)); err != nil {
 				c.close(err)
 				return
 			}
@@ -354,12 +357,6 @@ func (c *conn) writeLoop() {
 	for {
 		now := time.Now()
 		if !now.Before(nextPing) {
-			// Lifeguard-style (liveness.go): a starved process waits
-			// longer, and suspicion needs a confirming check and a witness.
-			if err := c.checkLiveness(now); err != nil {
-				c.close(err)
-				return
-			}
 			if c.quality.pinged(now.UnixNano(), r.cfg.HeartbeatInterval, r.health.get() > 0) {
 				r.requestRecalc() // degraded or healthy again: reconsider routes
 			}
@@ -414,6 +411,7 @@ func (c *conn) writeLoop() {
 				c.close(fmt.Errorf("mesh: write: %w", err))
 				return
 			}
+			c.lastFlush.Store(time.Now().UnixNano())
 			if wrote > 0 {
 				continue
 			}
@@ -432,8 +430,7 @@ func (c *conn) writeLoop() {
 		case <-c.done:
 			return
 		case <-c.wake:
-		case tick := <-ticker.C:
-			r.health.observeTick(time.Since(tick), r.cfg.HeartbeatInterval)
+		case <-ticker.C:
 		case <-bulkC:
 		}
 	}
@@ -495,20 +492,27 @@ func (c *conn) writeFrame(w *linkWriter, f *frameBuf) error {
 // checkLiveness fails a connection that has gone quiet, or whose peer
 // stopped answering our pings (a peer that stopped reading still sends),
 // by the rules of judgeLink.
-func (c *conn) checkLiveness(now time.Time) error {
+func (c *conn) checkLiveness(now time.Time, late bool) error {
 	r := c.r
 	e := linkEvidence{
 		now:       now,
 		lastRecv:  time.Unix(0, c.lastRecv.Load()),
 		lastPong:  time.Unix(0, c.lastPong.Load()),
 		dead:      r.health.deadTimeout(r.cfg.DeadTimeout),
-		backstop:  2 * r.cfg.DeadTimeout,
+		suspect:   max(r.cfg.DeadTimeout-r.cfg.HeartbeatInterval, r.cfg.HeartbeatInterval),
+		backstop:  2 * r.health.deadTimeout(r.cfg.DeadTimeout),
 		heartbeat: r.cfg.HeartbeatInterval,
+		late:      late,
 	}
 	if s := c.suspectSince.Load(); s != 0 {
 		e.suspectedSince = time.Unix(0, s)
 	}
-	if now.Sub(e.lastRecv) > e.dead-e.heartbeat || now.Sub(e.lastPong) > e.dead-e.heartbeat {
+	if now.Sub(time.Unix(0, c.lastFlush.Load())) > e.suspect {
+		// Our writer is stuck in a write (a slow link, or a full buffer):
+		// our pings have not left, so missing pongs say nothing.
+		e.lastPong = now
+	}
+	if now.Sub(e.lastRecv) > e.suspect || now.Sub(e.lastPong) > e.suspect {
 		e.othersRecv = r.latestRecvExcept(c) // only when suspect: walks the table
 	}
 	verdict, err := judgeLink(e)

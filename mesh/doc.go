@@ -206,9 +206,10 @@
 // within two heartbeats, or the link itself delivers but never answers).
 // While a link is suspect, routes avoid it like a degraded link (below),
 // so traffic moves a heartbeat before the dead timeout without tearing
-// the connection down. Silence of 2 × DeadTimeout is dead regardless (the reader's deadline is
-// the same backstop). Raise both for WANs, keeping DeadTimeout ≥ 3 ×
-// heartbeat.
+// the connection down. Silence of twice the (health-scaled) dead timeout
+// is dead regardless, unless the check itself ran late; the reader's
+// deadline of 3 × DeadTimeout is the last backstop. Raise both for WANs,
+// keeping DeadTimeout ≥ 3 × heartbeat.
 //
 // Link quality (quality.go): the share of pings not answered within one
 // heartbeat, as a moving average, marks a link degraded at 25 % and
@@ -248,7 +249,10 @@
 // whose shortest path starts on one takes the shortest path avoiding our
 // degraded links if it is at most one hop longer, so a healthy two-hop
 // path beats a lossy direct link, and a three-hop detour does not (the
-// testdata/routes/quality.txt and testdata/quality scenarios). SubscribeRoutes reports changes (reachability, next hop, UID),
+// testdata/routes/quality.txt and testdata/quality scenarios). Only the
+// originator steers by quality: relays forward on the plain shortest path
+// of the shared view, so two members avoiding their own bad links to a
+// third never bounce frames between them. SubscribeRoutes reports changes (reachability, next hop, UID),
 // coalesced per peer for slow subscribers so the router never blocks.
 //
 // # Connection maker

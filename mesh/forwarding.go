@@ -66,7 +66,7 @@ func (r *Router) forward(f *frameBuf, env envelope) {
 		return
 	}
 	f.b[frameHeaderLen+2] = env.ttl - 1
-	hop, ok := r.routes.Load().next[PeerName(env.dst)]
+	hop, ok := r.routes.Load().relayHop(PeerName(env.dst))
 	var c *conn
 	if ok {
 		c = r.conns.lookup(hop)
@@ -228,7 +228,12 @@ func (r *Router) reroute(f *frameBuf) {
 		return
 	}
 	f.rerouted = true
-	if hop, ok := r.routes.Load().next[PeerName(env.dst)]; ok {
+	rt := r.routes.Load()
+	hop, ok := rt.nextHop(PeerName(env.dst))
+	if PeerName(env.src) != r.name {
+		hop, ok = rt.relayHop(PeerName(env.dst)) // relayed: the plain shortest path
+	}
+	if ok {
 		if c := r.connFor(hop); c != nil {
 			if c.enqueue(f, int(env.flags&3)%numClasses) == nil {
 				r.counters.rerouted.Add(1)

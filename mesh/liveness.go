@@ -8,11 +8,12 @@ import (
 // Link liveness, Lifeguard-style (the lessons HashiCorp's Lifeguard paper
 // drew for memberlist's failure detector, applied to one TCP link):
 //
-//  1. A member that is itself slow suspects less eagerly. Each writer's
-//     heartbeat ticker measures how late the runtime delivered its tick;
-//     late ticks raise the router's local health score, on-time ticks
-//     lower it, and the dead timeout grows with the score
-//     (localHealth.deadTimeout), at most to 1.5 × DeadTimeout.
+//  1. A member that is itself slow declares links dead less eagerly. Each
+//     writer's heartbeat ticker measures how late the runtime delivered
+//     its tick; late ticks raise the router's local health score, on-time
+//     ticks lower it, and the dead timeout grows with the score
+//     (localHealth.deadTimeout), at most to 1.5 × DeadTimeout. Suspicion,
+//     which only steers traffic to another path, keeps the unscaled time.
 //  2. Suspicion is confirmed by independent evidence before a link is
 //     declared dead: a link silent for a heartbeat less than the dead
 //     timeout is suspect; a later check past the timeout confirms it only
@@ -21,17 +22,52 @@ import (
 //     link that delivers but never answers our pings) the link itself is
 //     delivering. A member alone with one neighbour has no witness and
 //     trusts the timer after the confirmation check.
-//  3. The backstop: a link silent for 2 × DeadTimeout is dead whatever the
-//     evidence (the reader's deadline enforces the same), so a dead link
-//     is always detected inside ~1.2 s with the defaults, and with a
-//     healthy process inside ~0.75 s, within Raft's 1 s election timeout.
+//     A check that itself ran more than three heartbeats late (we were
+//     starved just now, and our readers may not have drained what
+//     arrived) may suspect but never confirms, not even by the backstop.
+//  3. The backstop: a link silent for twice the health-scaled dead
+//     timeout is dead whatever the witnesses say (unless the check ran
+//     late), and the reader's deadline of 3 × DeadTimeout ends it in any
+//     case. With the defaults a healthy process moves traffic off a dead
+//     link after ~0.45–0.6 s and declares it dead after ~0.75 s, within
+//     Raft's 1 s election timeout; a starved one takes at most ~1.8 s.
 //
-// The old rule skipped any check that ran more than three heartbeats
-// late. A writer blocked for a while in a write to a silently dead link
-// (its buffer full) or a goroutine that was late on every round skipped
-// every check, so detection fell to the reader's backstop alone and, while
-// that goroutine too was starved, to nothing: the cut-off member kept its
-// dead direct route while the other side had rerouted.
+// The old detector ran in each connection's writer and skipped any check
+// that ran more than three heartbeats late. Under a saturating write load
+// the cut-off member's writer blocks in a write to the silently dead link
+// as soon as its buffer fills, so that link's checks stopped altogether,
+// and the first check after the write returned was skipped as "starved":
+// detection fell to the reader's backstop alone, while the other side,
+// whose writer was not blocked, rerouted. Checks now run in one loop per
+// router (livenessLoop) that never blocks on I/O, and late checks count
+// against local health instead of being skipped.
+
+// livenessLoop checks every connection each heartbeat interval. It runs
+// apart from the connections' writers, so a writer blocked in a write to a
+// silently dead link (its buffer full under load) does not stop its own
+// link's checks, and measures how late its ticks arrive for the local
+// health score. It ends with the router.
+func (r *Router) livenessLoop() {
+	defer r.wg.Done()
+	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case tick := <-ticker.C:
+			now := time.Now()
+			late := now.Sub(tick)
+			r.health.observeTick(late, r.cfg.HeartbeatInterval)
+			entries, _ := r.conns.snapshot()
+			for _, e := range entries {
+				if err := e.c.checkLiveness(now, late > 3*r.cfg.HeartbeatInterval); err != nil {
+					e.c.close(err)
+				}
+			}
+		}
+	}
+}
 
 // maxLocalHealth caps the local health score; each point adds
 // DeadTimeout/(2 × maxLocalHealth) to the dead timeout.
@@ -97,8 +133,16 @@ type linkEvidence struct {
 	// it was not suspect).
 	suspectedSince time.Time
 	dead           time.Duration // the health-scaled dead timeout
-	backstop       time.Duration // silent this long: dead regardless
-	heartbeat      time.Duration
+	// suspect is when silence makes the link suspect: a heartbeat before
+	// the unscaled dead timeout. Suspicion only moves traffic to another
+	// path (reversible and cheap), so a starved process is not slower to
+	// reroute; only declaring the link dead waits for the scaled timeout.
+	suspect   time.Duration
+	backstop  time.Duration // silent this long: dead regardless
+	heartbeat time.Duration
+	// late is set when this check itself ran far behind schedule (our own
+	// process starved): it may suspect, but not confirm a death.
+	late bool
 }
 
 // judgeLink decides a link's state from the evidence. It is a pure
@@ -106,19 +150,18 @@ type linkEvidence struct {
 func judgeLink(e linkEvidence) (linkVerdict, error) {
 	silent := e.now.Sub(e.lastRecv)
 	unanswered := e.now.Sub(e.lastPong)
-	if silent > e.backstop {
+	if silent > e.backstop && !e.late {
 		return linkDead, errDeadLink
 	}
 	// Suspicion starts a heartbeat before the dead timeout, so that the
 	// confirming check costs no detection time.
-	suspectAfter := max(e.dead-e.heartbeat, e.heartbeat)
-	if silent <= suspectAfter && unanswered <= suspectAfter {
+	if silent <= e.suspect && unanswered <= e.suspect {
 		return linkAlive, nil
 	}
 	// Suspect. Dead only past the timeout, on a later check than the one
 	// that suspected (a starved reader gets a chance to drain what it had
 	// buffered) ...
-	if (silent <= e.dead && unanswered <= e.dead) || e.suspectedSince.IsZero() || e.now.Sub(e.suspectedSince) < e.heartbeat/2 {
+	if (silent <= e.dead && unanswered <= e.dead) || e.suspectedSince.IsZero() || e.now.Sub(e.suspectedSince) < e.heartbeat/2 || e.late {
 		return linkSuspect, nil
 	}
 	err := errDeadLink

@@ -142,7 +142,7 @@ func TestJudgeLink(t *testing.T) {
 	ms := func(n int) time.Time { return base.Add(time.Duration(n) * time.Millisecond) }
 	ev := func(now, recv, pong, others, suspect int) linkEvidence {
 		e := linkEvidence{now: ms(now), lastRecv: ms(recv), lastPong: ms(pong),
-			dead: 600 * time.Millisecond, backstop: 1200 * time.Millisecond, heartbeat: 150 * time.Millisecond}
+			dead: 600 * time.Millisecond, suspect: 450 * time.Millisecond, backstop: 1200 * time.Millisecond, heartbeat: 150 * time.Millisecond}
 		if others >= 0 {
 			e.othersRecv = ms(others)
 		}
@@ -168,11 +168,21 @@ func TestJudgeLink(t *testing.T) {
 		{"alone: no other link, trust the timer", ev(1150, 300, 300, none, 1000), linkDead, errDeadLink},
 		{"frames arrive, pings unanswered (one-way)", ev(1150, 1140, 300, 320, 1000), linkDead, errNoPong},
 		{"backstop: silent 2 x dead timeout whatever the evidence", ev(1600, 300, 300, 320, none), linkDead, errDeadLink},
-		{"health-scaled timeout not yet reached", func() linkEvidence {
-			e := ev(1000, 400, 400, 990, none)
+		{"a check that ran late suspects but does not confirm", func() linkEvidence {
+			e := ev(1150, 300, 300, 1100, 1000)
+			e.late = true
+			return e
+		}(), linkSuspect, nil},
+		{"a late check does not even trust the backstop (readers may lag)", func() linkEvidence {
+			e := ev(1600, 300, 300, 1590, 1000)
+			e.late = true
+			return e
+		}(), linkSuspect, nil},
+		{"health-scaled timeout not yet reached: suspect (rerouted), not dead", func() linkEvidence {
+			e := ev(1000, 200, 200, 990, 800)
 			e.dead = 900 * time.Millisecond
 			return e
-		}(), linkAlive, nil},
+		}(), linkSuspect, nil},
 	} {
 		got, err := judgeLink(tc.e)
 		if got != tc.want || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {

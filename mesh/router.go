@@ -194,9 +194,10 @@ func (r *Router) Start(ctx context.Context) error {
 		r.wg.Add(1)
 		go r.acceptLoop(r.listener)
 	}
-	r.wg.Add(2)
+	r.wg.Add(3)
 	go r.maintenanceLoop()
 	go r.maker.run()
+	go r.livenessLoop()
 	r.maker.addSeeds(r.cfg.Seeds...)
 	r.log.Info("mesh router started", zap.Uint64("uid", r.uid), zap.Strings("advertise", r.advertise),
 		zap.Bool("encrypted", r.psk != nil || r.cfg.EphemeralEncryption || r.cfg.TLS != nil), zap.String("encryption", r.encryption()), zap.String("cluster", r.cfg.ClusterLabel))

@@ -18,6 +18,12 @@ type routeTable struct {
 	// detour holds whole paths for destinations moved off a degraded link.
 	parent map[PeerName]PeerName
 	detour map[PeerName][]PeerName
+	// relay is the plain shortest-path next hop where next was moved off
+	// a degraded link: frames we relay for others follow it, so only the
+	// originator steers by link quality and views that agree stay loop
+	// free (two members each avoiding their own bad link to a third would
+	// otherwise bounce frames between them).
+	relay map[PeerName]PeerName
 	// adj is the symmetric graph the routes were computed over, with each
 	// neighbour list sorted.
 	adj map[PeerName][]PeerName
@@ -44,6 +50,16 @@ func (t *routeTable) path(dst PeerName) []PeerName {
 	}
 	slices.Reverse(rev)
 	return rev
+}
+
+// relayHop returns the neighbour to forward a frame for dst that we did
+// not originate through: the plain shortest path (see relay).
+func (t *routeTable) relayHop(dst PeerName) (PeerName, bool) {
+	if n, ok := t.relay[dst]; ok {
+		return n, true
+	}
+	n, ok := t.next[dst]
+	return n, ok
 }
 
 // nextHop returns the neighbour to send to dst through.
@@ -160,6 +176,10 @@ func computeRoutesAvoiding(self PeerName, records map[PeerName]*peerRecord, dire
 			continue
 		}
 		if h, ok := alt.hops[d]; ok && h <= t.hops[d]+1 {
+			if t.relay == nil {
+				t.relay = map[PeerName]PeerName{}
+			}
+			t.relay[d] = hop
 			t.next[d], t.hops[d] = alt.next[d], h
 			if t.detour == nil {
 				t.detour = map[PeerName][]PeerName{}

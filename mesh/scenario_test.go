@@ -314,6 +314,10 @@ func TestRouteScenarios(t *testing.T) {
 					if argString(d, "paths", "-") != "-" {
 						fmt.Fprintf(&b, " path %v", rt.path(p))
 					}
+					if argString(d, "relay", "-") != "-" {
+						relay, _ := rt.relayHop(p)
+						fmt.Fprintf(&b, ", relayed via %s", relay)
+					}
 					b.WriteString("\n")
 				}
 				var unreachable []string

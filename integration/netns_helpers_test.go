@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -192,48 +193,55 @@ func (l *NetLab) dialByIP(ctx context.Context, addr string) (net.Conn, error) {
 // dialInNetns creates a TCP connection from inside namespace ns. The
 // socket stays in that namespace after the thread switches back.
 func dialInNetns(ctx context.Context, ns, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+	var c net.Conn
+	err := inNetns(ns, func() (io.Closer, error) {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return c, err
+	})
+	return c, err
+}
+
+// inNetns runs open on a thread switched into namespace ns and switches the
+// thread back; sockets open creates stay in ns. If the switch back fails,
+// what open made is closed and the thread stays locked, so Go discards it
+// with its goroutine and no other goroutine runs in the wrong namespace.
+func inNetns(ns string, open func() (io.Closer, error)) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", syscall.Gettid()))
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer orig.Close()
 		target, err := os.Open("/var/run/netns/" + ns)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer target.Close()
 		if err := setns(target.Fd()); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("setns %s: %w", ns, err)}
+			ch <- fmt.Errorf("setns %s: %w", ns, err)
 			return
 		}
-		var d net.Dialer
-		c, derr := d.DialContext(ctx, "tcp", addr)
+		made, oerr := open()
 		if err := setns(orig.Fd()); err != nil {
-			// Leave the thread locked: Go discards it when this goroutine
-			// exits, so no other goroutine runs in the wrong namespace.
-			if c != nil {
-				_ = c.Close()
+			if oerr == nil {
+				_ = made.Close()
 			}
-			ch <- result{nil, fmt.Errorf("setns back: %w", err)}
+			ch <- fmt.Errorf("setns back: %w", err)
 			return
 		}
 		runtime.UnlockOSThread()
-		ch <- result{c, derr}
+		ch <- oerr
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
 }
 
 func setns(fd uintptr) error { return unix.Setns(int(fd), unix.CLONE_NEWNET) }

@@ -6,12 +6,9 @@ import (
 	"io"
 	"math/rand"
 	"net"
-	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -201,45 +198,13 @@ func (l *NetLab) clearShapes() {
 // listenInNetns opens a TCP listener inside namespace ns (the socket stays
 // there after the thread switches back), like dialInNetns.
 func listenInNetns(ns, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", syscall.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := setns(target.Fd()); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("setns %s: %w", ns, err)}
-			return
-		}
-		ln, lerr := net.Listen("tcp", addr)
-		if err := setns(orig.Fd()); err != nil {
-			if ln != nil {
-				_ = ln.Close()
-			}
-			ch <- result{nil, fmt.Errorf("setns back: %w", err)} // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ln, lerr}
-	}()
-	r := <-ch
-	return r.l, r.err
+	var ln net.Listener
+	err := inNetns(ns, func() (io.Closer, error) {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return ln, err
+	})
+	return ln, err
 }
 
 // delayRelay accepts connections on ln and forwards each to upstream

@@ -61,7 +61,7 @@ check-imports:
 
 # etcd 3.7.3 (bin/etcd) is built for the differential, metric-name and migration tests.
 test-integration: build etcdctl etcdutl etcd chromium nftables
-	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl ETCDUTL_BIN=$(BIN)/etcdutl $(GO) test -count=1 -timeout 15m ./integration/...
+	MESHETCD_BIN=$(BIN)/meshetcd ETCDCTL_BIN=$(BIN)/etcdctl ETCDUTL_BIN=$(BIN)/etcdutl $(GO) test -count=1 -timeout 20m ./integration/...
 
 ## nftables: Debian's nftables for the hostile-link tests in network namespaces (loss, one-way,
 ## rate limit, the delay relay's DNAT; this kernel has no netem); installed with apt-get when missing

@@ -97,24 +97,7 @@ func TestServeSharesPortAndStopsCleanly(t *testing.T) {
 	}
 	defer idle.Close()
 
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve after cancel: %v", err)
-		}
-	case <-time.After(testTimeout):
-		t.Fatal("Serve did not return after cancel")
-	}
-	if took := time.Since(start); took > shutdownGrace+10*time.Second {
-		t.Fatalf("shutdown took %v", took)
-	}
-	// The port is closed.
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		c.Close()
-		t.Fatal("listener still accepting after Serve returned")
-	}
+	cancelAndWaitClosed(t, "Serve", cancel, done, addr)
 	// And nothing Serve started is left running once clients are gone.
 	conn.Close()
 	hc.CloseIdleConnections()
@@ -217,4 +200,28 @@ func TestStreamRequiringLeaderIsCancelled(t *testing.T) {
 		_, err = st.Recv()
 	}
 	wantWireError(t, "new stream without leader", err, rpctypes.ErrGRPCNoLeader)
+}
+
+// cancelAndWaitClosed cancels a running Serve or ServeTLS (named what) and
+// checks that it returns without error within the shutdown grace period
+// and that its port is closed.
+func cancelAndWaitClosed(t *testing.T, what string, cancel func(), done <-chan error, addr string) {
+	t.Helper()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s after cancel: %v", what, err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatalf("%s did not return after cancel", what)
+	}
+	if took := time.Since(start); took > shutdownGrace+10*time.Second {
+		t.Fatalf("shutdown took %v", took)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("listener still accepting after %s returned", what)
+	}
 }

@@ -114,23 +114,7 @@ func TestServeTLSSharesPortAndStopsCleanly(t *testing.T) {
 	}
 	defer idle.Close()
 
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("ServeTLS after cancel: %v", err)
-		}
-	case <-time.After(testTimeout):
-		t.Fatal("ServeTLS did not return after cancel")
-	}
-	if took := time.Since(start); took > shutdownGrace+10*time.Second {
-		t.Fatalf("shutdown took %v", took)
-	}
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		c.Close()
-		t.Fatal("listener still accepting after ServeTLS returned")
-	}
+	cancelAndWaitClosed(t, "ServeTLS", cancel, done, addr)
 	conn.Close()
 	idle.Close()
 	noCert.CloseIdleConnections()

@@ -67,12 +67,12 @@ test-integration: build etcdctl etcdutl etcd chromium nftables
 ## rate limit, the delay relay's DNAT; this kernel has no netem); installed with apt-get when missing
 .PHONY: nftables
 nftables:
-	@integration/scripts/install-nftables.sh
+	@integration/scripts/install-debian.sh nft nftables "the hostile-link tests in network namespaces"
 
 ## chromium: Debian's chromium for the mesh page browser test (installed with apt-get when missing; needs root)
 .PHONY: chromium
 chromium:
-	@integration/scripts/install-chromium.sh
+	@integration/scripts/install-debian.sh chromium chromium "the mesh page browser test"
 
 ## test-diff: build etcd 3.7.3 (bin/etcd) and run the differential tests live: the clientv3 KV
 ## suites and the etcdctl transcript against both servers (`make test` compares with the

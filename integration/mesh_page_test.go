@@ -33,12 +33,12 @@ func requireChromium(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, errOut, err := runCmd(10*time.Minute, filepath.Join(root, "integration", "scripts", "install-chromium.sh")); err != nil {
+	if out, errOut, err := runCmd(10*time.Minute, filepath.Join(root, "integration", "scripts", "install-debian.sh"), "chromium", "chromium", "the mesh page browser test"); err != nil {
 		t.Fatalf("installing chromium: %v\n%s%s", err, out, errOut)
 	}
 	p, err := exec.LookPath("chromium")
 	if err != nil {
-		t.Fatalf("chromium still missing after integration/scripts/install-chromium.sh: %v", err)
+		t.Fatalf("chromium still missing after integration/scripts/install-debian.sh: %v", err)
 	}
 	return p
 }

@@ -32,7 +32,7 @@ import (
 const peerPort = 30380
 
 // requireNft skips unless nft(8) is available; `make test-integration`
-// installs it (integration/scripts/install-nftables.sh), and the test runs
+// installs it (integration/scripts/install-debian.sh), and the test runs
 // that script itself when nft is missing.
 func requireNft(t testing.TB) {
 	t.Helper()
@@ -42,7 +42,7 @@ func requireNft(t testing.TB) {
 	}
 	root, err := repoRoot()
 	if err == nil {
-		_, _, err = runCmd(10*time.Minute, "sh", root+"/integration/scripts/install-nftables.sh")
+		_, _, err = runCmd(10*time.Minute, "sh", root+"/integration/scripts/install-debian.sh", "nft", "nftables", "the hostile-link tests in network namespaces")
 	}
 	if _, lerr := exec.LookPath("nft"); lerr != nil {
 		t.Skipf("hostile link shapes need nftables (nft): %v", err)

@@ -27,6 +27,7 @@ type meshBench struct {
 var meshBenches = []meshBench{
 	{"./meshconn/", "^BenchmarkDatagramThroughput$", "100000x"},
 	{"./integration/", "^BenchmarkCluster3Put$", "3000x"},
+	{"./integration/", "^BenchmarkSnapshotCatchUp$", "1x"},
 }
 
 // meshRatio is one row: numerator over denominator, both sub-benchmark
@@ -42,6 +43,7 @@ var meshRatios = []meshRatio{
 	{"one relay, 4 KiB datagrams: encrypted / plaintext", "BenchmarkDatagramThroughput/relay/encrypted/4KiB", "BenchmarkDatagramThroughput/relay/plain/4KiB", "MB/s", "≥ 0.80"},
 	{"one relay vs direct, 4 KiB encrypted", "BenchmarkDatagramThroughput/relay/encrypted/4KiB", "BenchmarkDatagramThroughput/direct/encrypted/4KiB", "MB/s", ""},
 	{"3 members, put: leader–follower link cut / connected", "BenchmarkCluster3Put/leader-follower-link-cut", "BenchmarkCluster3Put/connected", "req/s", "≥ 0.90"},
+	{"snapshot catch-up of a ~390 MiB backend: meshetcd / etcd (time)", "BenchmarkSnapshotCatchUp/meshetcd", "BenchmarkSnapshotCatchUp/etcd", "s/catch-up", "≤ 1.00"},
 }
 
 // runMeshSection runs the mesh benchmarks and returns the markdown
@@ -138,7 +140,8 @@ func writeMeshTable(w io.Writer, s benchSamples, rounds int) {
 	fmt.Fprintf(w, "\n## Mesh: encryption, relays, cut links (meshetcd alone)\n\n")
 	fmt.Fprintf(w, "In-process Go benchmarks, %d repetitions; each ratio pairs the two sides of one repetition (run back to back). "+
 		"Datagram throughput: meshconn `BenchmarkDatagramThroughput` over loopback TCP (512 datagrams in flight; a relay is a third router in between). "+
-		"Cut link: integration `BenchmarkCluster3Put` (3 in-process members, 100 clients, fsync on; the link between the leader and one follower cut, so the mesh relays).\n\n", rounds)
+		"Cut link: integration `BenchmarkCluster3Put` (3 in-process members, 100 clients, fsync on; the link between the leader and one follower cut, so the mesh relays). "+
+		"Snapshot catch-up: integration `BenchmarkSnapshotCatchUp` (3 processes of each system; a follower down while 6,000 × 64 KiB are written, timed from its restart until it serves every key; needs bin/etcd).\n\n", rounds)
 	fmt.Fprintf(w, "| figure | numerator (median) | denominator (median) | ratio (median) | ratio range | target |\n")
 	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---|\n")
 	for _, r := range meshRatios {
@@ -161,8 +164,8 @@ func (s *state) runMesh(ctx context.Context) {
 	if !s.cfg.mesh || sameFile(s.cfg.etcdBin, s.cand.orig) {
 		return
 	}
-	// At most 3 repetitions: the cluster benchmark starts clusters and
-	// takes about a minute per repetition.
+	// At most 3 repetitions: the cluster and snapshot benchmarks start
+	// clusters and take about two minutes per repetition.
 	md, err := runMeshSection(ctx, s.cfg.goBin, s.cand.orig, s.rawDir, min(s.cfg.rounds, 3))
 	if err != nil {
 		s.notes = append(s.notes, err.Error())

@@ -1,0 +1,93 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// BenchmarkSnapshotCatchUp: a 3-member cluster whose follower was down
+// while ~390 MiB were written (6,000 puts of 64 KiB, beyond the entries
+// either server keeps) catches up by a Raft snapshot of the whole backend;
+// meshetcd streams it over the mesh's bulk path, etcd over its peer HTTP.
+// One op is one catch-up, timed from the follower's restart until it
+// serves every key; writing the data is not timed. Run it next to etcd
+// with bin/etcd present:
+//
+//	go test -run '^$' -bench 'SnapshotCatchUp' -benchtime 1x -count 5 ./integration/
+func BenchmarkSnapshotCatchUp(b *testing.B) {
+	for _, sys := range []struct{ name, bin string }{{"meshetcd", bins.meshetcd}, {"etcd", bins.etcd}} {
+		if sys.bin == "" {
+			continue
+		}
+		b.Run(sys.name, func(b *testing.B) {
+			var took time.Duration
+			var bytes int64
+			for range b.N {
+				b.StopTimer()
+				db, d := snapshotCatchUp(b, sys.bin, 6000, 64<<10, b.StartTimer)
+				b.StopTimer()
+				took += d
+				bytes += db
+			}
+			b.ReportMetric(took.Seconds()/float64(b.N), "s/catch-up")
+			b.ReportMetric(float64(bytes)/took.Seconds()/1e6, "backend-MB/s")
+			b.ReportMetric(float64(bytes)/float64(b.N)/(1<<20), "backend-MiB")
+		})
+	}
+}
+
+// snapshotCatchUp starts a fresh 3-member cluster of bin, writes n values
+// of valSize bytes while a follower is down (with the compaction settings
+// that make the leader's log too short for it), restarts the follower and
+// waits until it serves all n keys. It calls started (may be nil) right
+// before the restart and returns the leader's backend size and how long
+// the catch-up took. The follower must have installed a Raft snapshot and
+// agree with the others.
+func snapshotCatchUp(t testing.TB, bin string, n, valSize int, started func()) (dbSize int64, took time.Duration) {
+	t.Helper()
+	c := StartCluster(t, ClusterOptions{Bin: bin, Args: []string{"--snapshot-count", "200", "--snapshot-catchup-entries", "50"}})
+	defer func() { // free the machine for the next op at once
+		for i := range c.Members {
+			c.Kill(i)
+		}
+	}()
+	c.WaitHealthy(t)
+	l := c.WaitLeader(t)
+	f := follower(c, l)
+	cli := c.Client(t, l)
+	c.Kill(f)
+	putMany(t, cli, "big/", n, 8, valSize)
+	st, err := cli.Status(ctx(t), c.Endpoints(l)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if started != nil {
+		started()
+	}
+	begin := time.Now()
+	c.Restart(f)
+	fc := c.statusClient(f)
+	for {
+		r, err := fc.Get(ctx(t), "big/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithSerializable())
+		if err == nil && r.Count == int64(n) {
+			break
+		}
+		if time.Since(begin) > 5*time.Minute {
+			t.Fatalf("follower not caught up after %v: %v %v", time.Since(begin), r, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took = time.Since(begin)
+	var restored bool
+	for _, e := range c.Members[f].Logs.entries() {
+		restored = restored || strings.Contains(e.msg(), "restored snapshot")
+	}
+	if !restored {
+		t.Errorf("no raft snapshot installed on the follower")
+	}
+	c.checkHashes(t)
+	return st.DbSize, took
+}

@@ -36,10 +36,12 @@ type BulkConfig struct {
 	// also fits the mesh link's 64 KiB I/O buffers, so it is sealed and
 	// opened there without a separate write or copy.
 	ChunkSize int
-	// Window is how many chunks a sender keeps in flight (and must keep in
+	// Window is the most chunks a sender keeps in flight (and must keep in
 	// memory for retransmission), and how many chunk sizes a receiver
 	// buffers ahead of its handler. Default 64 (1 MiB of 16 KiB chunks:
-	// 64 MB/s at a 16 ms round trip; raise it for long fat links).
+	// 64 MB/s at a 16 ms round trip; raise it for long fat links). Within
+	// it the sender keeps only as many as the path carries without
+	// queueing (bulk_window.go).
 	Window int
 	// RetransmitTimeout: a sender that sees no acknowledgement progress for
 	// this long resends everything unacknowledged (doubling the wait on

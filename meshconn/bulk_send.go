@@ -166,6 +166,9 @@ type chunkOut struct {
 	n    int
 	d    []byte
 	sent bool // handed to the mesh since the last rewind
+
+	sentAt time.Time // first handed to the mesh
+	resent bool      // rewound: its ack gives no RTT sample
 }
 
 // sender is the state of one Send; it lives on the caller's goroutine.
@@ -182,7 +185,7 @@ type sender struct {
 	limit   uint64 // the receiver's window limit
 	eof     bool
 	crc     uint32
-	cwnd    float64 // chunks allowed in flight: halved on loss, regrown on progress
+	win     delayWindow // chunks allowed in flight (bulk_window.go)
 	rewinds int
 	free    [][]byte // datagram buffers of acknowledged chunks, for reuse
 }
@@ -212,7 +215,7 @@ func (s *sender) run(ctx context.Context) error {
 	cfg := &s.b.cfg
 	maxRTO := max(cfg.RetransmitTimeout, cfg.IdleTimeout/4)
 	rto := cfg.RetransmitTimeout
-	s.cwnd = float64(cfg.Window)
+	s.win = newDelayWindow(cfg.Window)
 	lastRewind := uint64(math.MaxUint64)
 	openMsg := encodeBulk(&bulkMsg{typ: bulkTypeOpen, id: s.t.id, metaLen: s.metaLen})
 
@@ -258,7 +261,7 @@ func (s *sender) run(ctx context.Context) error {
 			if f.next > s.readOff {
 				return fmt.Errorf("%w: receiver acknowledged %d bytes, only %d sent", ErrAborted, f.next, s.readOff)
 			}
-			s.ackTo(f.next)
+			s.ackTo(f.next, now)
 			rto = cfg.RetransmitTimeout
 			rtoAt = now.Add(rto)
 		}
@@ -298,7 +301,7 @@ func (s *sender) run(ctx context.Context) error {
 			if err := push(); err != nil {
 				return err
 			}
-			for !s.eof && len(s.unacked) < int(s.cwnd) && s.readOff < s.limit {
+			for !s.eof && len(s.unacked) < s.win.chunks() && s.readOff < s.limit {
 				// Each chunk goes out as soon as it is read: a slow body
 				// must not hold back chunks already in hand.
 				if err := s.readChunk(); err != nil {
@@ -400,24 +403,34 @@ func (s *sender) flush() (bool, error) {
 			return true, nil
 		}
 		c.sent = true
+		if c.sentAt.IsZero() {
+			c.sentAt = time.Now()
+		}
 	}
 	return false, nil
 }
 
-// ackTo forgets acknowledged chunks and regrows the window.
-func (s *sender) ackTo(next uint64) {
+// ackTo forgets acknowledged chunks and feeds the window the RTT of the
+// newest one sent only once.
+func (s *sender) ackTo(next uint64, now time.Time) {
 	i := 0
+	var newest *chunkOut
 	// An empty final chunk is never covered by an ack: only the verdict
 	// settles it, and until then it doubles as the retransmitted probe.
 	for i < len(s.unacked) && s.unacked[i].n > 0 && s.unacked[i].off+uint64(s.unacked[i].n) <= next {
 		// channel.Send copied the datagram, so the buffer is ours again.
 		s.free = append(s.free, s.unacked[i].d[:cap(s.unacked[i].d)])
+		if c := s.unacked[i]; !c.resent && !c.sentAt.IsZero() {
+			newest = c
+		}
 		s.unacked[i] = nil
 		i++
 	}
 	s.unacked = s.unacked[i:]
 	s.acked = next
-	s.cwnd = min(s.cwnd+float64(i)/s.cwnd, float64(s.b.cfg.Window))
+	if newest != nil {
+		s.win.sample(now, now.Sub(newest.sentAt), next, s.readOff)
+	}
 }
 
 // rewind marks every unacknowledged chunk for resending (go-back-N: the
@@ -425,7 +438,8 @@ func (s *sender) ackTo(next uint64) {
 func (s *sender) rewind() {
 	for _, c := range s.unacked {
 		c.sent = false
+		c.resent = true
 	}
-	s.cwnd = max(1, s.cwnd/2)
+	s.win.loss()
 	s.rewinds++
 }

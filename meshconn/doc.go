@@ -19,7 +19,10 @@
 //     database as body). It streams with bounded memory on a bulk-priority
 //     channel: a window of chunks, each checked by CRC32C and placed by its
 //     offset, cumulative end-to-end acknowledgements with receiver flow
-//     control, go-back-N retransmission on loss or timeout, and an idle
+//     control, a delay-based sending window (TCP Vegas: it keeps at most a
+//     chunk or two queued on the path, so the bulk stream runs at the
+//     path's speed without delaying the Raft messages that share its
+//     links), go-back-N retransmission on loss or timeout, and an idle
 //     timeout on both sides. Bulk.Send returns nil only after the receiver's
 //     handler has consumed the complete, verified body and accepted it.
 //

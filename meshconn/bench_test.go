@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,8 +238,9 @@ func benchRTT(b *testing.B, ps *PacketConn, to MeshAddr, size int) {
 
 // BenchmarkDatagramThroughput: one sender, one reader, at most 512
 // datagrams in flight (the reader reports its count every 64, as Raft's
-// MaxInflightMsgs bounds a pipeline); MB/s counts what arrived. A window
-// that stalls for 200 ms is written off as lost and reopened.
+// MaxInflightMsgs bounds a pipeline); MB/s counts what arrived, cpu-µs/op
+// the process's CPU time per datagram (both ends). A window that stalls
+// for 200 ms is written off as lost and reopened.
 func BenchmarkDatagramThroughput(b *testing.B) {
 	benchTopologies(b, datagramThroughput)
 }
@@ -350,7 +352,7 @@ func datagramThroughput(b *testing.B, src, dst *mesh.Router) {
 			stalls := 0
 			forgiven := int64(0)
 			b.ResetTimer()
-			start := time.Now()
+			start, cpu0 := time.Now(), processCPU()
 			for i := range int64(b.N) {
 				for i-acked.Load()-forgiven >= inflight {
 					select {
@@ -380,7 +382,7 @@ func datagramThroughput(b *testing.B, src, dst *mesh.Router) {
 				}
 				time.Sleep(100 * time.Microsecond)
 			}
-			el := time.Since(start)
+			el, cpu := time.Since(start), processCPU()-cpu0
 			b.StopTimer()
 			n := received.Load()
 			pd.SetReadDeadline(time.Now())
@@ -392,6 +394,7 @@ func datagramThroughput(b *testing.B, src, dst *mesh.Router) {
 			b.ReportMetric(float64(el.Microseconds())/float64(b.N), "µs/op")
 			b.ReportMetric(float64(int64(b.N)-n)/float64(b.N), "lost/op")
 			b.ReportMetric(float64(stalls), "stalls")
+			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
 		})
 	}
 }
@@ -436,6 +439,18 @@ func BenchmarkBulkTransfer(b *testing.B) {
 			})
 		}
 	}
+}
+
+// processCPU is the CPU time (user + system) this process has used: both
+// ends of a benchmark's link run in it, so CPU per datagram is the cost
+// of the whole path, which a loaded machine distorts far less than the
+// throughput.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 type zeroReader struct{}

@@ -69,7 +69,10 @@ func snapshotCatchUp(t testing.TB, bin string, n, valSize int, started func()) (
 	}
 	begin := time.Now()
 	c.Restart(f)
-	fc := c.statusClient(f)
+	// A fresh client: one made before the kill would still be in gRPC's
+	// reconnect backoff (seconds, growing while the member was down), and
+	// the catch-up would be timed with it.
+	fc := c.Client(t, f)
 	for {
 		r, err := fc.Get(ctx(t), "big/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithSerializable())
 		if err == nil && r.Count == int64(n) {
@@ -89,5 +92,12 @@ func snapshotCatchUp(t testing.TB, bin string, n, valSize int, started func()) (
 		t.Errorf("no raft snapshot installed on the follower")
 	}
 	c.checkHashes(t)
+	// meshetcd's leader logs each bulk transfer: its time and retransmits
+	// tell the transfer apart from the rest of the catch-up.
+	for _, e := range c.Members[l].Logs.entries() {
+		if e.msg() == "sent bulk transfer" {
+			t.Logf("leader sent %v bytes in %v (%v retransmits)", e["bytes"], e["took"], e["retransmits"])
+		}
+	}
 	return st.DbSize, took
 }

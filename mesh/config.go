@@ -148,8 +148,12 @@ type Config struct {
 	// bulk 1024 frames; QueueBytes bounds their total payload (64 MiB).
 	ControlQueueLen, InteractiveQueueLen, BulkQueueLen int
 	QueueBytes                                         int
-	// BulkRate limits bulk-class bytes per second per connection (64 MiB/s)
-	// so bulk traffic cannot crowd out interactive traffic.
+	// BulkRate limits bulk-class bytes per second per connection (256
+	// MiB/s) so bulk traffic cannot take all of a link's time or a
+	// member's CPU (every hop seals and opens it). Interactive frames
+	// always go first; what keeps them from waiting behind bulk bytes
+	// already in the socket buffers is the bulk sender's delay-based
+	// window (meshconn), not this rate.
 	BulkRate int
 	// InboundQueueLen bounds each channel's delivery queue (4096).
 	InboundQueueLen int
@@ -204,7 +208,7 @@ func DefaultConfig() Config {
 		InteractiveQueueLen:  4096,
 		BulkQueueLen:         1024,
 		QueueBytes:           64 << 20,
-		BulkRate:             64 << 20,
+		BulkRate:             256 << 20,
 		InboundQueueLen:      4096,
 		AcceptRate:           20,
 		AcceptBurst:          32,

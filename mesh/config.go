@@ -148,7 +148,7 @@ type Config struct {
 	// bulk 1024 frames; QueueBytes bounds their total payload (64 MiB).
 	ControlQueueLen, InteractiveQueueLen, BulkQueueLen int
 	QueueBytes                                         int
-	// BulkRate limits bulk-class bytes per second per connection (256
+	// BulkRate limits bulk-class bytes per second per connection (128
 	// MiB/s) so bulk traffic cannot take all of a link's time or a
 	// member's CPU (every hop seals and opens it). Interactive frames
 	// always go first; what keeps them from waiting behind bulk bytes
@@ -208,7 +208,7 @@ func DefaultConfig() Config {
 		InteractiveQueueLen:  4096,
 		BulkQueueLen:         1024,
 		QueueBytes:           64 << 20,
-		BulkRate:             256 << 20,
+		BulkRate:             128 << 20,
 		InboundQueueLen:      4096,
 		AcceptRate:           20,
 		AcceptBurst:          32,

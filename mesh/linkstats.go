@@ -40,6 +40,25 @@ type peerLinkStats struct {
 	// that incarnation.
 	lastQuality linkQualityStatus
 	lastUID     uint64
+	// lastFailure is when a connection to the peer last failed.
+	lastFailure time.Time
+}
+
+// failureMemory is how long a link failure counts against the link: a
+// second failure within it marks the link degraded (see failedAgain).
+const failureMemory = 30 * time.Second
+
+// failedAgain records a failure of a connection to the peer at now and
+// reports whether another one failed within failureMemory before it. One
+// failure alone (a clean cut, a false death of a busy process) says
+// little about the link once it is back; failures that repeat do (a lossy
+// or flapping link whose connections die young).
+func (s *peerLinkStats) failedAgain(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	again := !s.lastFailure.IsZero() && now.Sub(s.lastFailure) < failureMemory
+	s.lastFailure = now
+	return again
 }
 
 func (s *peerLinkStats) observeRTT(d time.Duration) {

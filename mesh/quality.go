@@ -105,7 +105,8 @@ func (q *linkQuality) inherit(prev linkQualityStatus) {
 }
 
 // failed records that the link's connection failed (declared dead, reset,
-// closed without a goodbye): the strongest evidence of a bad link there is.
+// closed without a goodbye) not for the first time in a while
+// (Router.connClosed decides): strong evidence of a bad link.
 // The link is degraded from now on, with the hold starting now, so the
 // next connection over it inherits the verdict and traffic stays on a
 // healthy path until the new connection has proven itself clean for

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +68,9 @@ type RaftConfig struct {
 	// raft messages, typically because it was down when its removal was
 	// committed. kvstore tells it so, like etcd's peers answer it 410 Gone.
 	OnRemovedSender func(id uint64, peer mesh.PeerName)
+
+	// dropReportEvery overrides dropReportInterval (tests).
+	dropReportEvery time.Duration
 }
 
 // RaftTransport is raftnode's Transport over the mesh: ordinary raft
@@ -99,6 +103,11 @@ type RaftTransport struct {
 	onRemoved   func(id uint64, peer mesh.PeerName)
 	// routeChanged is notified on every route event.
 	routeChanged *notify.Notifier
+
+	// dropReportEvery is how often watchRoutes checks the receive
+	// counters and warns about raft datagrams dropped before raft saw
+	// them (dropReportInterval; shorter in tests).
+	dropReportEvery time.Duration
 
 	// Counters (see Stats).
 	sent, sendFailed, received, malformed, misaddressed atomic.Uint64
@@ -136,7 +145,8 @@ func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 	}
 	t := &RaftTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, raft: cfg.Raft, resolve: cfg.Resolve, membership: cfg.MembershipVersion,
 		names: map[uint64]resolvedPeer{}, since: map[mesh.PeerName]time.Time{},
-		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier()}
+		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier(),
+		dropReportEvery: cmp.Or(cfg.dropReportEvery, dropReportInterval)}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})
 	if err != nil {
@@ -330,8 +340,13 @@ func (t *RaftTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()
 	defer t.wg.Done()
 	defer cancel()
 	n := t.raft
+	tick := time.NewTicker(t.dropReportEvery)
+	defer tick.Stop()
+	var reported receiveDrops
 	for {
 		select {
+		case <-tick.C:
+			t.reportDrops(&reported)
 		case ev, ok := <-events:
 			if !ok {
 				return
@@ -361,6 +376,36 @@ func (t *RaftTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()
 			return
 		}
 	}
+}
+
+// dropReportInterval is how often the transport looks for raft datagrams
+// that reached this member but were dropped before raft saw them.
+const dropReportInterval = 5 * time.Second
+
+// receiveDrops are the receive-side drop counters at the last report.
+type receiveDrops struct{ queueFull, malformed, misaddressed uint64 }
+
+// reportDrops logs the raft datagrams dropped on arrival since the last
+// report, if any: a full inbound queue (raft not taking messages as fast
+// as they come, or not at all), undecodable ones, and misaddressed ones
+// (for another member, or arriving before the member runs). A member
+// whose raft hears nothing while its mesh links are up leaves this line
+// (with the total received so far) instead of silence.
+func (t *RaftTransport) reportDrops(last *receiveDrops) {
+	st := t.Stats()
+	cur := receiveDrops{queueFull: st.PacketConn.Dropped, malformed: st.Malformed, misaddressed: st.Misaddressed}
+	if cur == *last {
+		return
+	}
+	fields := []zap.Field{zap.Uint64("inbound-queue-full", cur.queueFull-last.queueFull),
+		zap.Uint64("malformed", cur.malformed-last.malformed), zap.Uint64("misaddressed", cur.misaddressed-last.misaddressed),
+		zap.Uint64("received-total", st.Received), zap.Duration("interval", t.dropReportEvery)}
+	if cur.queueFull != last.queueFull || cur.malformed != last.malformed {
+		t.lg.Warn("raft datagrams dropped on arrival", fields...)
+	} else {
+		t.lg.Info("raft datagrams dropped on arrival", fields...)
+	}
+	*last = cur
 }
 
 // SendSnapshot streams the marshalled MsgSnap (as the transfer's meta) and

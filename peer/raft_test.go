@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/proto"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -144,5 +146,68 @@ func TestMeshTransportDropsGarbage(t *testing.T) {
 	defer host.mu.Unlock()
 	if len(host.unreach) != 1 || host.unreach[0] != 7 {
 		t.Fatalf("unreachable reports %v, want [7]", host.unreach)
+	}
+}
+
+// blockingRaft is a fakeRaft whose Process waits until release is closed:
+// a member whose raft does not take messages.
+type blockingRaft struct {
+	fakeRaft
+	release chan struct{}
+}
+
+func (b *blockingRaft) Process(ctx context.Context, m *raftpb.Message) error {
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+	}
+	return b.fakeRaft.Process(ctx, m)
+}
+
+// Raft datagrams that reach a member whose raft takes none are dropped
+// once the inbound queue is full, and the transport says so in its log
+// instead of leaving the member silently deaf.
+func TestMeshTransportReportsInboundDrops(t *testing.T) {
+	a, b := meshPair(t)
+	host := &blockingRaft{fakeRaft: fakeRaft{id: 1}, release: make(chan struct{})}
+	core, logs := observer.New(zap.InfoLevel)
+	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host, Logger: zap.New(core),
+		Resolve:         func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 },
+		dropReportEvery: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	defer close(host.release)
+	pc, err := meshconn.Listen(b, RaftChannel, meshconn.PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	hb, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(1)), From: new(uint64(2))})
+	deadline := time.Now().Add(waitTimeout)
+	for tr.Stats().PacketConn.Dropped == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v: nothing dropped", tr.Stats())
+		}
+		for range 64 {
+			_, _ = pc.WriteTo(hb, meshconn.MeshAddr{Peer: "a"}) // queue full at the sender: try again
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for {
+		warned := false
+		for _, e := range logs.FilterMessage("raft datagrams dropped on arrival").All() {
+			if e.Level == zap.WarnLevel && e.ContextMap()["inbound-queue-full"].(uint64) > 0 {
+				warned = true
+			}
+		}
+		if warned {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about the full inbound queue; logs: %v", logs.All())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

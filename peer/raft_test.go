@@ -211,3 +211,85 @@ func TestMeshTransportReportsInboundDrops(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// leaderlessRaft blocks MsgProp in Process until release is closed, as
+// raft's Step does while the member knows no leader.
+type leaderlessRaft struct {
+	fakeRaft
+	release chan struct{}
+}
+
+func (l *leaderlessRaft) Process(ctx context.Context, m *raftpb.Message) error {
+	if m.GetType() == raftpb.MsgProp {
+		select {
+		case <-l.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return l.fakeRaft.Process(ctx, m)
+}
+
+// A proposal forwarded to a member that knows no leader (it led, was cut
+// off and stepped down) waits for raft without holding up the messages
+// behind it, the new leader's heartbeat among them. Stepping it on the
+// read loop deadlocked: raft waited for a leader that the blocked loop
+// never let it hear of (the soak's pre-candidate stuck for 90 s).
+func TestMeshTransportProposalDoesNotBlockOtherMessages(t *testing.T) {
+	a, b := meshPair(t)
+	host := &leaderlessRaft{fakeRaft: fakeRaft{id: 1}, release: make(chan struct{})}
+	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host,
+		Resolve: func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	released := false
+	defer func() {
+		if !released {
+			close(host.release)
+		}
+	}()
+	pc, err := meshconn.Listen(b, RaftChannel, meshconn.PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	prop, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgProp.Enum(), To: new(uint64(1)), From: new(uint64(2))})
+	hb, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(1)), From: new(uint64(2)), Term: new(uint64(5))})
+	to := meshconn.MeshAddr{Peer: "a"}
+	if _, err := pc.WriteTo(prop, to); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.WriteTo(hb, to); err != nil {
+		t.Fatal(err)
+	}
+	processed := func(typ raftpb.MessageType) bool {
+		host.mu.Lock()
+		defer host.mu.Unlock()
+		for _, m := range host.processed {
+			if m.GetType() == typ {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for !processed(raftpb.MsgHeartbeat) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the heartbeat behind a blocked proposal was never processed (stats %+v)", tr.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if processed(raftpb.MsgProp) {
+		t.Fatal("the proposal was processed while raft had no leader")
+	}
+	close(host.release)
+	released = true
+	for !processed(raftpb.MsgProp) {
+		if time.Now().After(deadline) {
+			t.Fatal("the proposal was never processed once raft took proposals again")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -35,7 +35,16 @@ var (
 	errNoPong       = errors.New("mesh: peer stopped answering pings")
 	errRemoteClosed = errors.New("mesh: peer closed the connection")
 	errSuperseded   = errors.New("mesh: connection superseded")
+	// errGoodbye is a graceful close by the peer (it said goodbye first).
+	errGoodbye = fmt.Errorf("%w with a goodbye", errRemoteClosed)
 )
+
+// linkFailed reports whether a connection that closed with err failed,
+// as opposed to being closed on purpose by either end (a goodbye, a
+// superseded duplicate, the router stopping).
+func linkFailed(err error) bool {
+	return !errors.Is(err, errGoodbye) && !errors.Is(err, errSuperseded) && !errors.Is(err, ErrClosed)
+}
 
 // conn is one established, authenticated connection to a neighbour. It
 // owns two goroutines: a reader, which decodes frames and hands them on
@@ -110,7 +119,7 @@ func newConn(r *Router, nc net.Conn, hs *handshakeResult, outbound bool, addr st
 	c.lastRecv.Store(now.UnixNano())
 	c.lastPong.Store(now.UnixNano())
 	c.lastFlush.Store(now.UnixNano())
-	c.quality.inherit(c.stats.previousQuality())
+	c.quality.inherit(c.stats.previousQuality(hs.remote.uid))
 	return c
 }
 
@@ -318,7 +327,7 @@ func (c *conn) dispatch(f *frameBuf) error {
 	case msgGoodbye:
 		reason := string(env.payload)
 		r.pool.put(f)
-		return fmt.Errorf("%w: %s", errRemoteClosed, reason)
+		return fmt.Errorf("%w: %s", errGoodbye, reason)
 	case msgGossip:
 		r.deliver(env.channel, deliverGossip, c.remote, f, env.payload)
 	case msgUnicast:

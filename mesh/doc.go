@@ -213,7 +213,14 @@
 //
 // Link quality (quality.go): the share of pings not answered within one
 // heartbeat, as a moving average, marks a link degraded at 25 % and
-// healthy again at 5 % after at least 3 s (hysteresis). Status.Links and
+// healthy again at 5 % after at least 3 s (hysteresis). A connection that
+// fails (declared dead, reset, closed without a goodbye) within 30 s of the
+// link's previous failure leaves the link degraded, the hold starting at
+// the failure; the next connection to the same incarnation inherits the
+// estimate and the pings judged so far. So a lossy or flapping link whose
+// connections die young is not routed straight back onto each time it
+// reconnects, while one failure alone (a healed cut, a false death) costs
+// nothing. Status.Links and
 // the metrics report each peer's link state (up, suspect, degraded, down),
 // RTT, loss, the path our traffic takes, and byte, frame and failure totals
 // that survive link re-establishment (linkstats.go).

@@ -35,8 +35,30 @@ type peerLinkStats struct {
 	rttCounts [len(RTTBuckets)]uint64 // per bucket, not cumulative
 	rttSum    float64
 	rttCount  uint64
-	// The last closed connection's quality, inherited by the next one.
+	// The last closed connection's quality and the remote incarnation
+	// (UID) it was measured with, inherited by the next connection to
+	// that incarnation.
 	lastQuality linkQualityStatus
+	lastUID     uint64
+	// lastFailure is when a connection to the peer last failed.
+	lastFailure time.Time
+}
+
+// failureMemory is how long a link failure counts against the link: a
+// second failure within it marks the link degraded (see failedAgain).
+const failureMemory = 30 * time.Second
+
+// failedAgain records a failure of a connection to the peer at now and
+// reports whether another one failed within failureMemory before it. One
+// failure alone (a clean cut, a false death of a busy process) says
+// little about the link once it is back; failures that repeat do (a lossy
+// or flapping link whose connections die young).
+func (s *peerLinkStats) failedAgain(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	again := !s.lastFailure.IsZero() && now.Sub(s.lastFailure) < failureMemory
+	s.lastFailure = now
+	return again
 }
 
 func (s *peerLinkStats) observeRTT(d time.Duration) {
@@ -53,8 +75,10 @@ func (s *peerLinkStats) observeRTT(d time.Duration) {
 	}
 }
 
-// closed folds a closing connection's totals in.
-func (s *peerLinkStats) closed(c *conn, lost bool) {
+// closed folds a closing connection's totals in. The quality of a
+// connection that was in use is kept for the next one (a standby closing
+// says nothing newer about the link).
+func (s *peerLinkStats) closed(c *conn, inUse, lost bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.bytesIn += c.bytesIn.Load()
@@ -62,16 +86,22 @@ func (s *peerLinkStats) closed(c *conn, lost bool) {
 	s.framesIn += c.framesIn.Load()
 	s.framesOut += c.framesOut.Load()
 	s.drops += c.drops.Load()
-	s.lastQuality = c.quality.snapshot()
+	if inUse {
+		s.lastQuality, s.lastUID = c.quality.snapshot(), c.remoteUID
+	}
 	if lost {
 		s.linksLost++
 	}
 }
 
-// previousQuality returns the quality the peer's last connection ended with.
-func (s *peerLinkStats) previousQuality() linkQualityStatus {
+// previousQuality returns the quality the peer's last connection ended
+// with, if it was to the incarnation uid (a restarted peer starts fresh).
+func (s *peerLinkStats) previousQuality(uid uint64) linkQualityStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.lastUID != uid {
+		return linkQualityStatus{}
+	}
 	return s.lastQuality
 }
 

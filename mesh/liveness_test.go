@@ -289,3 +289,55 @@ func TestOneWayLinkRoutedAround(t *testing.T) {
 	}
 	t.Logf("one-way link routed around after %v; c's losses %v", time.Since(start), rc.Status().RecentLosses)
 }
+
+// A link whose connections keep failing (here: reset twice, before a
+// single ping was missed) comes back degraded when it reconnects: both
+// ends keep their traffic on the healthy two-hop path for the hysteresis
+// hold instead of routing straight back onto a link that just failed
+// again, then return to it once it proved clean. One failure alone (a
+// clean cut healed, a false death) does not. Before, a lossy link whose
+// connections died within a few pings came back "up" each time, took the
+// traffic back and lost it again (the lossy member's writes stalled for
+// seconds in TestHostileInProcessLoss).
+func TestFailedLinkComesBackDegraded(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	c.start("b", nil, "a")
+	rc := c.start("c", nil, "a", "b")
+	via := func(r *Router, dst, hop PeerName) bool {
+		h, ok := r.routes.Load().nextHop(dst)
+		return ok && h == hop
+	}
+	testutil.Eventually(t, waitLong, "a and c linked directly", func() bool {
+		return via(a, "c", "c") && via(rc, "a", "a") && a.Reachable("b") && rc.Reachable("b")
+	})
+	cutAndHeal := func() {
+		t.Helper()
+		c.net.Cut("a", "c")
+		testutil.Eventually(t, waitLong, "the link gone at both ends", func() bool {
+			return a.conns.lookup("c") == nil && rc.conns.lookup("a") == nil
+		})
+		c.net.Heal("a", "c")
+		testutil.Eventually(t, waitLong, "a and c reconnected", func() bool {
+			return a.conns.lookup("c") != nil && rc.conns.lookup("a") != nil
+		})
+	}
+	cutAndHeal()
+	if !via(a, "c", "c") || !via(rc, "a", "a") {
+		t.Fatal("after one failure the link is avoided, want it used again at once")
+	}
+	cutAndHeal()
+	back := time.Now()
+	if !via(a, "c", "b") || !via(rc, "a", "b") {
+		hopA, _ := a.routes.Load().nextHop("c")
+		hopC, _ := rc.routes.Load().nextHop("a")
+		t.Fatalf("right after reconnecting a→c goes through %q and c→a through %q, want both through b (the link just failed)", hopA, hopC)
+	}
+	testutil.Eventually(t, waitLong, "a and c back on the direct link", func() bool {
+		return via(a, "c", "c") && via(rc, "a", "a")
+	})
+	if d := time.Since(back); d < minDegradedHold/2 {
+		t.Errorf("back on the failed link %v after reconnecting, want about the hold (%v)", d, minDegradedHold)
+	}
+	t.Logf("back on the direct link %v after reconnecting", time.Since(back))
+}

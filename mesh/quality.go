@@ -90,16 +90,42 @@ func (q *linkQuality) updateLocked(now time.Time) bool {
 
 // inherit starts a new connection's estimate where the peer's previous
 // connection left it, so a link that keeps dying and coming back does not
-// start healthy each time (the hysteresis would not hold otherwise).
+// start healthy each time (the hysteresis would not hold otherwise). The
+// pings judged so far carry over too: a lossy link whose connections each
+// die before minQualityPings pings still adds up to a verdict.
 func (q *linkQuality) inherit(prev linkQualityStatus) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.loss, q.degraded, q.degradedSince = prev.loss, prev.degraded, prev.degradedSince
-	if prev.pings >= minQualityPings {
+	if prev.pings > 0 {
 		// No ping of this connection is outstanding: the first round
 		// judges nothing.
 		q.pings, q.answered = prev.pings, true
 	}
+}
+
+// failed records that the link's connection failed (declared dead, reset,
+// closed without a goodbye) not for the first time in a while
+// (Router.connClosed decides): strong evidence of a bad link.
+// The link is degraded from now on, with the hold starting now, so the
+// next connection over it inherits the verdict and traffic stays on a
+// healthy path until the new connection has proven itself clean for
+// minDegradedHold. Without this, a lossy link whose connections die before
+// enough pings were judged came back "up" every time, took the traffic
+// back and lost it again (both ends of a 30 % lossy link reconnecting every
+// second, each time routed straight onto it). It reports whether the
+// degraded state changed.
+func (q *linkQuality) failed(now time.Time) (changed bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.loss = max(q.loss, degradeLoss)
+	q.pings = max(q.pings, minQualityPings)
+	changed = !q.degraded
+	if changed {
+		q.degradedEvents++
+	}
+	q.degraded, q.degradedSince = true, now
+	return changed
 }
 
 // linkQualityStatus is a snapshot for Status.

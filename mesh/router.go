@@ -298,7 +298,16 @@ func (r *Router) connFor(p PeerName) *conn { return r.conns.lookup(p) }
 func (r *Router) connClosed(c *conn, err error) {
 	r.mu.Lock()
 	out := r.conns.remove(c)
-	c.stats.closed(c, out.lost && !r.stopped)
+	if now := time.Now(); out.changed && !r.stopped && linkFailed(err) && c.stats.failedAgain(now) {
+		// The link failed again: it is degraded for the next connection
+		// (which inherits c's quality) and for one already up to the same
+		// incarnation, which may have arrived before c was found dead.
+		c.quality.failed(now)
+		if o := r.conns.lookup(c.remote); o != nil && o.remoteUID == c.remoteUID {
+			o.quality.failed(now)
+		}
+	}
+	c.stats.closed(c, out.changed, out.lost && !r.stopped)
 	if out.changed {
 		r.updateSelfLocked()
 		r.recalcLocked()

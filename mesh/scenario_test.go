@@ -384,6 +384,8 @@ func TestRouteScenarios(t *testing.T) {
 // through a sequence of pings: each "pings" command sends n pings one
 // heartbeat apart, the given share of them answered in time, and prints the
 // loss estimate and whether the link is degraded after each command.
+// "reconnect" replaces the connection by a new one that inherits its
+// quality, after it failed (failed=true: declared dead, reset) or not.
 func TestQualityScenarios(t *testing.T) {
 	datadriven.Walk(t, "testdata/quality", func(t *testing.T, path string) {
 		const hb = 150 * time.Millisecond
@@ -412,6 +414,15 @@ func TestQualityScenarios(t *testing.T) {
 			case "wait":
 				now = now.Add(time.Duration(argInt(t, d, "ms", 0)) * time.Millisecond)
 				return ""
+			case "reconnect":
+				if d.HasArg("failed") {
+					q.failed(now)
+				}
+				prev := q.snapshot()
+				q = linkQuality{}
+				q.inherit(prev)
+				st := q.snapshot()
+				return fmt.Sprintf("loss %.2f degraded=%v\n", st.loss, st.degraded)
 			default:
 				t.Fatalf("unknown command %q", d.Cmd)
 				return ""

@@ -16,7 +16,13 @@
 //     (unknown member, no route, queue full, too large) and any route event
 //     saying a member's mesh peer became unreachable is ReportUnreachable;
 //     reachability never changes membership. Undecodable datagrams are
-//     counted and dropped (Stats).
+//     counted and dropped (Stats). Forwarded proposals (MsgProp) are
+//     stepped on their own goroutine, at most 4096 waiting (etcd's
+//     rafthttp does the same): raft blocks a proposal while the member
+//     knows no leader, and on the read loop that would stop the very
+//     messages that tell it the leader. Datagrams dropped on arrival (inbound
+//     queue full, undecodable, misaddressed) are logged at most every 5 s,
+//     so a member whose raft hears nothing over live links says so.
 //   - Peer requests (Endpoint, RequestChannel): what etcd does with HTTP
 //     requests on the peer port outside raft (lease keepalive and
 //     time-to-live forwarded to the leader, learner promotion, the member

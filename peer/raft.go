@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +68,9 @@ type RaftConfig struct {
 	// raft messages, typically because it was down when its removal was
 	// committed. kvstore tells it so, like etcd's peers answer it 410 Gone.
 	OnRemovedSender func(id uint64, peer mesh.PeerName)
+
+	// dropReportEvery overrides dropReportInterval (tests).
+	dropReportEvery time.Duration
 }
 
 // RaftTransport is raftnode's Transport over the mesh: ordinary raft
@@ -100,8 +104,21 @@ type RaftTransport struct {
 	// routeChanged is notified on every route event.
 	routeChanged *notify.Notifier
 
+	// dropReportEvery is how often watchRoutes checks the receive
+	// counters and warns about raft datagrams dropped before raft saw
+	// them (dropReportInterval; shorter in tests).
+	dropReportEvery time.Duration
+
+	// props carries received MsgProp to propLoop: raft's Step blocks a
+	// proposal while this member knows no leader, so stepping it on the
+	// read loop would stop every other raft message, the ones that would
+	// tell it the leader included (etcd's rafthttp steps proposals on
+	// their own goroutine for the same reason).
+	props chan *raftpb.Message
+
 	// Counters (see Stats).
 	sent, sendFailed, received, malformed, misaddressed atomic.Uint64
+	proposalsDropped                                    atomic.Uint64
 	snapsSent, snapsFailed, snapsReceived               atomic.Uint64
 }
 
@@ -109,9 +126,12 @@ type RaftTransport struct {
 type RaftStats struct {
 	Sent, SendFailed                  uint64 // raft datagrams
 	Received, Malformed, Misaddressed uint64
-	SnapshotsSent, SnapshotsFailed    uint64
-	SnapshotsReceived                 uint64
-	PacketConn                        meshconn.PacketStats
+	// ProposalsDropped counts received MsgProp dropped because
+	// maxPendingProposals were already waiting for raft (no leader).
+	ProposalsDropped               uint64
+	SnapshotsSent, SnapshotsFailed uint64
+	SnapshotsReceived              uint64
+	PacketConn                     meshconn.PacketStats
 }
 
 var _ raftnode.Transport = (*RaftTransport)(nil)
@@ -136,7 +156,9 @@ func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 	}
 	t := &RaftTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, raft: cfg.Raft, resolve: cfg.Resolve, membership: cfg.MembershipVersion,
 		names: map[uint64]resolvedPeer{}, since: map[mesh.PeerName]time.Time{},
-		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier()}
+		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier(),
+		dropReportEvery: cmp.Or(cfg.dropReportEvery, dropReportInterval),
+		props:           make(chan *raftpb.Message, maxPendingProposals)}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})
 	if err != nil {
@@ -155,8 +177,9 @@ func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 	}
 	t.bulk = bulk
 	routes, cancel := t.r.SubscribeRoutes(64)
-	t.wg.Add(2)
+	t.wg.Add(3)
 	go t.readLoop()
+	go t.propLoop()
 	go t.watchRoutes(routes, cancel)
 	return t, nil
 }
@@ -201,7 +224,8 @@ func (t *RaftTransport) Stats() RaftStats {
 	return RaftStats{
 		Sent: t.sent.Load(), SendFailed: t.sendFailed.Load(),
 		Received: t.received.Load(), Malformed: t.malformed.Load(), Misaddressed: t.misaddressed.Load(),
-		SnapshotsSent: t.snapsSent.Load(), SnapshotsFailed: t.snapsFailed.Load(), SnapshotsReceived: t.snapsReceived.Load(),
+		ProposalsDropped: t.proposalsDropped.Load(),
+		SnapshotsSent:    t.snapsSent.Load(), SnapshotsFailed: t.snapsFailed.Load(), SnapshotsReceived: t.snapsReceived.Load(),
 		PacketConn: t.pc.Stats(),
 	}
 }
@@ -317,8 +341,40 @@ func (t *RaftTransport) readLoop() {
 			}
 			continue
 		}
+		if m.GetType() == raftpb.MsgProp {
+			select {
+			case t.props <- m:
+			default:
+				t.proposalsDropped.Add(1) // the proposer re-proposes
+			}
+			continue
+		}
 		if err := n.Process(t.ctx, m); err != nil && t.ctx.Err() == nil {
 			t.lg.Debug("raft refused message", zap.Stringer("from", from), zap.Error(err))
+		}
+	}
+}
+
+// maxPendingProposals bounds the forwarded proposals waiting for raft
+// (etcd's rafthttp value: enough for every proposer during an election).
+const maxPendingProposals = 4096
+
+// propLoop steps the proposals other members forwarded to us. Step may
+// block while we know no leader, which must not hold up readLoop (see
+// props): a member that led, was cut off and stepped down would otherwise
+// never hear the new leader once a forwarded proposal reached it (the
+// stuck pre-candidate of soak seed 1796613346906798829).
+func (t *RaftTransport) propLoop() {
+	defer t.wg.Done()
+	n := t.raft
+	for {
+		select {
+		case m := <-t.props:
+			if err := n.Process(t.ctx, m); err != nil && t.ctx.Err() == nil {
+				t.lg.Debug("raft refused a forwarded proposal", zap.String("from", fmt.Sprintf("%x", m.GetFrom())), zap.Error(err))
+			}
+		case <-t.ctx.Done():
+			return
 		}
 	}
 }
@@ -330,8 +386,13 @@ func (t *RaftTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()
 	defer t.wg.Done()
 	defer cancel()
 	n := t.raft
+	tick := time.NewTicker(t.dropReportEvery)
+	defer tick.Stop()
+	var reported receiveDrops
 	for {
 		select {
+		case <-tick.C:
+			t.reportDrops(&reported)
 		case ev, ok := <-events:
 			if !ok {
 				return
@@ -361,6 +422,38 @@ func (t *RaftTransport) watchRoutes(events <-chan mesh.RouteEvent, cancel func()
 			return
 		}
 	}
+}
+
+// dropReportInterval is how often the transport looks for raft datagrams
+// that reached this member but were dropped before raft saw them.
+const dropReportInterval = 5 * time.Second
+
+// receiveDrops are the receive-side drop counters at the last report.
+type receiveDrops struct{ queueFull, malformed, misaddressed, proposals uint64 }
+
+// reportDrops logs the raft datagrams dropped on arrival since the last
+// report, if any: a full inbound queue (raft not taking messages as fast
+// as they come, or not at all), undecodable ones, and misaddressed ones
+// (for another member, or arriving before the member runs). A member
+// whose raft hears nothing while its mesh links are up leaves this line
+// (with the total received so far) instead of silence.
+func (t *RaftTransport) reportDrops(last *receiveDrops) {
+	st := t.Stats()
+	cur := receiveDrops{queueFull: st.PacketConn.Dropped, malformed: st.Malformed, misaddressed: st.Misaddressed,
+		proposals: st.ProposalsDropped}
+	if cur == *last {
+		return
+	}
+	fields := []zap.Field{zap.Uint64("inbound-queue-full", cur.queueFull-last.queueFull),
+		zap.Uint64("malformed", cur.malformed-last.malformed), zap.Uint64("misaddressed", cur.misaddressed-last.misaddressed),
+		zap.Uint64("proposals-pending-full", cur.proposals-last.proposals),
+		zap.Uint64("received-total", st.Received), zap.Duration("interval", t.dropReportEvery)}
+	if cur.queueFull != last.queueFull || cur.malformed != last.malformed || cur.proposals != last.proposals {
+		t.lg.Warn("raft datagrams dropped on arrival", fields...)
+	} else {
+		t.lg.Info("raft datagrams dropped on arrival", fields...)
+	}
+	*last = cur
 }
 
 // SendSnapshot streams the marshalled MsgSnap (as the transfer's meta) and

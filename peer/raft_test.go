@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/proto"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -144,5 +146,150 @@ func TestMeshTransportDropsGarbage(t *testing.T) {
 	defer host.mu.Unlock()
 	if len(host.unreach) != 1 || host.unreach[0] != 7 {
 		t.Fatalf("unreachable reports %v, want [7]", host.unreach)
+	}
+}
+
+// blockingRaft is a fakeRaft whose Process waits until release is closed:
+// a member whose raft does not take messages.
+type blockingRaft struct {
+	fakeRaft
+	release chan struct{}
+}
+
+func (b *blockingRaft) Process(ctx context.Context, m *raftpb.Message) error {
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+	}
+	return b.fakeRaft.Process(ctx, m)
+}
+
+// Raft datagrams that reach a member whose raft takes none are dropped
+// once the inbound queue is full, and the transport says so in its log
+// instead of leaving the member silently deaf.
+func TestMeshTransportReportsInboundDrops(t *testing.T) {
+	a, b := meshPair(t)
+	host := &blockingRaft{fakeRaft: fakeRaft{id: 1}, release: make(chan struct{})}
+	core, logs := observer.New(zap.InfoLevel)
+	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host, Logger: zap.New(core),
+		Resolve:         func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 },
+		dropReportEvery: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	defer close(host.release)
+	pc, err := meshconn.Listen(b, RaftChannel, meshconn.PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	hb, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(1)), From: new(uint64(2))})
+	deadline := time.Now().Add(waitTimeout)
+	for tr.Stats().PacketConn.Dropped == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v: nothing dropped", tr.Stats())
+		}
+		for range 64 {
+			_, _ = pc.WriteTo(hb, meshconn.MeshAddr{Peer: "a"}) // queue full at the sender: try again
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for {
+		warned := false
+		for _, e := range logs.FilterMessage("raft datagrams dropped on arrival").All() {
+			if e.Level == zap.WarnLevel && e.ContextMap()["inbound-queue-full"].(uint64) > 0 {
+				warned = true
+			}
+		}
+		if warned {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about the full inbound queue; logs: %v", logs.All())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// leaderlessRaft blocks MsgProp in Process until release is closed, as
+// raft's Step does while the member knows no leader.
+type leaderlessRaft struct {
+	fakeRaft
+	release chan struct{}
+}
+
+func (l *leaderlessRaft) Process(ctx context.Context, m *raftpb.Message) error {
+	if m.GetType() == raftpb.MsgProp {
+		select {
+		case <-l.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return l.fakeRaft.Process(ctx, m)
+}
+
+// A proposal forwarded to a member that knows no leader (it led, was cut
+// off and stepped down) waits for raft without holding up the messages
+// behind it, the new leader's heartbeat among them. Stepping it on the
+// read loop deadlocked: raft waited for a leader that the blocked loop
+// never let it hear of (the soak's pre-candidate stuck for 90 s).
+func TestMeshTransportProposalDoesNotBlockOtherMessages(t *testing.T) {
+	a, b := meshPair(t)
+	host := &leaderlessRaft{fakeRaft: fakeRaft{id: 1}, release: make(chan struct{})}
+	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host,
+		Resolve: func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	released := false
+	defer func() {
+		if !released {
+			close(host.release)
+		}
+	}()
+	pc, err := meshconn.Listen(b, RaftChannel, meshconn.PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	prop, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgProp.Enum(), To: new(uint64(1)), From: new(uint64(2))})
+	hb, _ := proto.Marshal(&raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(1)), From: new(uint64(2)), Term: new(uint64(5))})
+	to := meshconn.MeshAddr{Peer: "a"}
+	if _, err := pc.WriteTo(prop, to); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.WriteTo(hb, to); err != nil {
+		t.Fatal(err)
+	}
+	processed := func(typ raftpb.MessageType) bool {
+		host.mu.Lock()
+		defer host.mu.Unlock()
+		for _, m := range host.processed {
+			if m.GetType() == typ {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for !processed(raftpb.MsgHeartbeat) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the heartbeat behind a blocked proposal was never processed (stats %+v)", tr.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if processed(raftpb.MsgProp) {
+		t.Fatal("the proposal was processed while raft had no leader")
+	}
+	close(host.release)
+	released = true
+	for !processed(raftpb.MsgProp) {
+		if time.Now().After(deadline) {
+			t.Fatal("the proposal was never processed once raft took proposals again")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

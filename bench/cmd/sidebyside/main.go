@@ -423,7 +423,9 @@ func (s *state) round(ctx context.Context, r int) error {
 	}
 	peaks := map[*system]int64{}
 	n := 0
+	filled := false
 	for _, w := range s.ws {
+		filled = filled || w.name == fillWorkload
 		for _, sys := range order {
 			cl := clusters[sys]
 			if cl == nil {
@@ -438,12 +440,13 @@ func (s *state) round(ctx context.Context, r int) error {
 			s.runs = append(s.runs, res)
 		}
 	}
+	rest := s.restingRSS(ctx, clusters, filled)
 	for _, sys := range []*system{s.base, s.cand} {
 		cl := clusters[sys]
 		if cl == nil {
 			continue
 		}
-		rr := roundResult{Round: r, System: sys.name, ReadySec: cl.ready.Seconds(), Members: cl.perMember()}
+		rr := roundResult{RestRSSKB: rest[sys], Round: r, System: sys.name, ReadySec: cl.ready.Seconds(), Members: cl.perMember()}
 		cpu, hwm, err := cl.usage()
 		if err != nil {
 			rr.Err = firstLine(err)
@@ -454,6 +457,37 @@ func (s *state) round(ctx context.Context, r int) error {
 		logf("[%s] %-8s ready in %.2fs, round CPU %.2fs, peak RSS %.0f MiB", tag, sys.name, rr.ReadySec, rr.CPU, float64(rr.PeakRSSKB)/1024)
 	}
 	return nil
+}
+
+// restSettle is how long both systems sit idle before their resting RSS is
+// read: long enough for the Go runtime's background scavenger (the same in
+// both) to hand back what the last run's garbage left, shorter than the
+// runtime's forced GC every two minutes.
+const restSettle = 10 * time.Second
+
+// restingRSS reads every system's RSS once restSettle has passed with no
+// load on either, after a round that wrote fill-1m's keys (the same data in
+// both); nil otherwise.
+func (s *state) restingRSS(ctx context.Context, clusters map[*system]*cluster, filled bool) map[*system]int64 {
+	if !filled || len(clusters) == 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(restSettle):
+	}
+	rest := map[*system]int64{}
+	for sys, cl := range clusters {
+		rss, err := cl.restingRSS()
+		if err != nil {
+			logf("resting RSS of %s: %v", sys.name, err)
+			continue
+		}
+		rest[sys] = rss
+		logf("%-8s at rest %v after %s: RSS %.0f MiB", sys.name, restSettle, fillWorkload, float64(rss)/1024)
+	}
+	return rest
 }
 
 func (s *state) measure(ctx context.Context, cl *cluster, w *workload, r, order int) runResult {

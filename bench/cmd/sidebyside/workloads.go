@@ -38,8 +38,10 @@ type workload struct {
 }
 
 const (
-	seedKey   = "foo"
-	watchRate = 100 // puts per second in watch-latency (the tool's default)
+	// fillWorkload writes the million keys the resting RSS is measured on.
+	fillWorkload = "fill-1m"
+	seedKey      = "foo"
+	watchRate    = 100 // puts per second in watch-latency (the tool's default)
 )
 
 var allWorkloads = []*workload{
@@ -132,7 +134,7 @@ var growthWorkloads = []*workload{
 		},
 	},
 	{
-		name: "fill-1m", desc: "put of 1,000,000 distinct keys (100,000 with --quick), 100 clients: throughput and RSS while the key count grows",
+		name: fillWorkload, desc: "put of 1,000,000 distinct keys (100,000 with --quick), 100 clients: throughput and RSS while the key count grows",
 		conns: 10, clients: 100, fixed: 1000000, minTotal: 1000,
 		args: func(n int) []string {
 			return []string{"put", "--key-size=8", "--val-size=256", "--sequential-keys", "--key-space-size=" + strconv.Itoa(n), "--total=" + strconv.Itoa(n)}

@@ -147,7 +147,34 @@ func (h *journalOnlyHooks) OnPreCommitUnsafe(tx backend.UnsafeReadWriter) { h.j.
 // remembered with the index they were applied at. Now and then the backend
 // commits and the state is rebuilt from what it holds, as a restart does,
 // and expired groups are deleted from it.
+// It runs with random ids and with ids as members make them (idutil: a
+// counter per member, applied about in the order they were taken).
 func TestDedupeMatchesModel(t *testing.T) {
+	for _, shape := range []string{"random", "counters"} {
+		t.Run(shape, func(t *testing.T) { testDedupeMatchesModel(t, newIDSource(shape, 1)) })
+	}
+}
+
+// newIDSource returns request ids of one shape: "random" 64-bit ids, or
+// "counters": three members' idutil generators taking turns, each id
+// applied a few places away from the order it was taken in.
+func newIDSource(shape string, seed uint64) func() uint64 {
+	rng := rand.New(rand.NewPCG(seed, 2))
+	if shape == "random" {
+		return func() uint64 { return rng.Uint64() | 1 } // 0 is "no id"
+	}
+	var next [3]uint64
+	for m := range next {
+		next[m] = uint64(m+1)<<48 | rng.Uint64()>>24
+	}
+	return func() uint64 {
+		m := rng.IntN(len(next))
+		next[m] += 1 + uint64(rng.IntN(3)) // reads take ids too
+		return next[m] - uint64(rng.IntN(8))
+	}
+}
+
+func testDedupeMatchesModel(t *testing.T, newID func() uint64) {
 	be, hooks := journaledBackend(t)
 	j := hooks.j
 	d := loadDedupe(be, j, 0)
@@ -156,7 +183,7 @@ func TestDedupeMatchesModel(t *testing.T) {
 	var applied []uint64 // ids in apply order, to pick retries from
 	const last = dedupeWindow + 6*dedupePruneEvery + 17
 	for index := uint64(1); index <= last; index++ {
-		id := rng.Uint64() | 1 // 0 is "no id"
+		id := newID()
 		if len(applied) > 0 && rng.IntN(8) == 0 {
 			id = applied[rng.IntN(len(applied))] // a retry, maybe forgotten
 		}
@@ -338,11 +365,16 @@ func TestDedupeRecordsSurviveCrash(t *testing.T) {
 // replaced, as reference. heap-B/id is the live heap per remembered id at
 // the end (after a GC), the figure the member's RSS follows.
 func BenchmarkDedupeWindow(b *testing.B) {
+	for _, shape := range []string{"random", "counters"} {
+		b.Run(shape, func(b *testing.B) { benchmarkDedupeWindow(b, newIDSource(shape, 3)) })
+	}
+}
+
+func benchmarkDedupeWindow(b *testing.B, newID func() uint64) {
 	const entries = dedupeWindow + dedupePruneEvery
 	ids := make([]uint64, 4*entries)
-	rng := rand.New(rand.NewPCG(3, 4))
 	for i := range ids {
-		ids[i] = rng.Uint64() | 1
+		ids[i] = newID()
 	}
 	heapPerID := func(b *testing.B, before runtime.MemStats, n int) {
 		var after runtime.MemStats
@@ -379,7 +411,7 @@ func BenchmarkDedupeWindow(b *testing.B) {
 		heapPerID(b, before, len(seen))
 		runtime.KeepAlive(seen)
 	})
-	b.Run("sorted", func(b *testing.B) {
+	b.Run("packed", func(b *testing.B) {
 		var before runtime.MemStats
 		var d dedupe
 		for b.Loop() {

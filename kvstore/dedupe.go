@@ -45,9 +45,15 @@ import (
 // instead of 16. A lookup binary-searches the runs and decodes one.
 
 // requestsBucket holds one record group per bbolt commit: key = first and
-// last applied index of the group (8 bytes BE each), value = (request id,
-// applied index) pairs (8 bytes BE each). Members written before groups
-// existed kept one key per request (id → index); loadDedupe converts them.
+// last applied index of the group (8 bytes BE each) and the format byte
+// groupPacked, value = per record in apply order the uvarint index delta
+// and the zigzag-varint id delta from the record before (the first from
+// the group's first index and id 0): 2-4 bytes a record, as in memory, so
+// the groups every commit writes (and bbolt reads back through its mmap to
+// rewrite the bucket's last leaf) stay small. Earlier versions wrote
+// 16-byte keys with (request id, applied index) pairs (8 bytes BE each),
+// and before groups existed one key per request (id → index); loadDedupe
+// reads both, converting the per-request form into one group.
 // etcd ignores buckets it does not know (defrag and snapshots copy them).
 var requestsBucket backend.Bucket = meshBucket{id: 200, name: []byte("meshetcd_requests")}
 
@@ -270,14 +276,56 @@ type dedupeJournal struct {
 	saved   []dedupeGroup
 }
 
-// dedupeGroup is the key of one record group: its first and last index.
-type dedupeGroup struct{ first, last uint64 }
+// dedupeGroup is the key of one record group: its first and last index,
+// and whether its value is packed (16-byte pairs otherwise, as earlier
+// versions wrote).
+type dedupeGroup struct {
+	first, last uint64
+	packed      bool
+}
+
+// groupPacked is the last byte of the key of a packed group.
+const groupPacked = 1
 
 func (g dedupeGroup) key() []byte {
-	k := make([]byte, 16)
+	k := make([]byte, 16, 17)
 	binary.BigEndian.PutUint64(k, g.first)
 	binary.BigEndian.PutUint64(k[8:], g.last)
+	if g.packed {
+		k = append(k, groupPacked)
+	}
 	return k
+}
+
+// appendPackedGroup appends records (in apply order) in the packed group
+// form, deltas from first and id 0.
+func appendPackedGroup(v []byte, first uint64, records []dedupeRecord) []byte {
+	prevIndex, prevID := first, uint64(0)
+	for _, r := range records {
+		v = binary.AppendUvarint(v, r.index-prevIndex)
+		v = binary.AppendVarint(v, int64(r.id-prevID))
+		prevIndex, prevID = r.index, r.id
+	}
+	return v
+}
+
+// readPackedGroup calls fn with each record of a packed group value; it
+// stops at the first malformed byte.
+func readPackedGroup(v []byte, first uint64, fn func(dedupeRecord)) {
+	index, id := first, uint64(0)
+	for len(v) > 0 {
+		di, n := binary.Uvarint(v)
+		if n <= 0 {
+			return
+		}
+		did, m := binary.Varint(v[n:])
+		if m <= 0 {
+			return
+		}
+		v = v[n+m:]
+		index, id = index+di, id+uint64(did)
+		fn(dedupeRecord{id: id, index: index})
+	}
 }
 
 func (j *dedupeJournal) add(r dedupeRecord) {
@@ -296,12 +344,8 @@ func (j *dedupeJournal) save(tx backend.UnsafeWriter) {
 	if len(j.unsaved) == 0 {
 		return
 	}
-	g := dedupeGroup{first: j.unsaved[0].index, last: j.unsaved[len(j.unsaved)-1].index}
-	v := make([]byte, 0, 16*len(j.unsaved))
-	for _, r := range j.unsaved {
-		v = binary.BigEndian.AppendUint64(v, r.id)
-		v = binary.BigEndian.AppendUint64(v, r.index)
-	}
+	g := dedupeGroup{first: j.unsaved[0].index, last: j.unsaved[len(j.unsaved)-1].index, packed: true}
+	v := appendPackedGroup(make([]byte, 0, 4*len(j.unsaved)+binary.MaxVarintLen64), g.first, j.unsaved)
 	tx.UnsafePut(requestsBucket, g.key(), v)
 	j.saved = append(j.saved, g)
 	j.unsaved = j.unsaved[:0]
@@ -371,8 +415,16 @@ func loadDedupe(be backend.Backend, j *dedupeJournal, applied uint64) dedupe {
 		switch {
 		case len(k) == 8 && len(v) == 8:
 			legacy = append(legacy, dedupeRecord{binary.BigEndian.Uint64(k), binary.BigEndian.Uint64(v)})
+		case len(k) == 17 && k[16] == groupPacked:
+			g := dedupeGroup{first: binary.BigEndian.Uint64(k), last: binary.BigEndian.Uint64(k[8:]), packed: true}
+			saved = append(saved, g)
+			readPackedGroup(v, g.first, func(r dedupeRecord) {
+				if r.index >= oldest {
+					records = append(records, r)
+				}
+			})
 		case len(k) == 16 && len(v)%16 == 0:
-			saved = append(saved, dedupeGroup{binary.BigEndian.Uint64(k), binary.BigEndian.Uint64(k[8:])})
+			saved = append(saved, dedupeGroup{first: binary.BigEndian.Uint64(k), last: binary.BigEndian.Uint64(k[8:])})
 			for ; len(v) > 0; v = v[16:] {
 				if r := (dedupeRecord{binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:])}); r.index >= oldest {
 					records = append(records, r)

@@ -267,11 +267,44 @@ func TestDedupeConvertsPerRequestRecords(t *testing.T) {
 		return nil
 	})
 	tx.Unlock()
-	if len(keys) != 1 || len(keys[0]) != 16 {
+	if len(keys) != 1 || len(keys[0]) != 17 || keys[0][16] != groupPacked {
 		t.Fatalf("bucket keys after conversion = %x, want one group", keys)
 	}
 	hooks.j = &dedupeJournal{}
 	check(loadDedupe(be, hooks.j, 20))
+}
+
+// TestDedupeReadsUnpackedGroups: groups written by a version that stored
+// 16-byte (id, index) pairs under 16-byte keys are remembered after an
+// upgrade, next to packed ones, and deleted by their own key when they
+// expire.
+func TestDedupeReadsUnpackedGroups(t *testing.T) {
+	be, hooks := journaledBackend(t)
+	tx := be.BatchTx()
+	tx.Lock()
+	tx.UnsafeCreateBucket(requestsBucket)
+	var v []byte
+	for i := uint64(0); i < 5; i++ {
+		v = binary.BigEndian.AppendUint64(v, 100+i)
+		v = binary.BigEndian.AppendUint64(v, 10+i)
+	}
+	old := dedupeGroup{first: 10, last: 14}
+	tx.UnsafePut(requestsBucket, old.key(), v)
+	tx.Unlock()
+	hooks.j.add(dedupeRecord{id: 200, index: 15})
+	be.ForceCommit() // saves id 200 as a packed group
+
+	hooks.j = &dedupeJournal{}
+	d := loadDedupe(be, hooks.j, 20)
+	for id, want := range map[uint64]uint64{100: 10, 104: 14, 200: 15} {
+		if at, ok := d.lookup(id); !ok || at != want {
+			t.Fatalf("lookup(%d) = %d, %v; want %d", id, at, ok, want)
+		}
+	}
+	gone := hooks.j.expire(15)
+	if len(gone) != 1 || gone[0] != old || len(gone[0].key()) != 16 {
+		t.Fatalf("expired %v, want the unpacked group %v", gone, old)
+	}
 }
 
 const dedupeCrashChildEnv = "KVSTORE_DEDUPE_CRASH_CHILD_DIR"

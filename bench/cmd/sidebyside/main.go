@@ -584,6 +584,7 @@ func (s *state) writeResults() error {
 		"This machine is shared and noisy: compare ratios from one run, not absolute numbers across runs.\n\n",
 		s.cand.name, s.base.name, s.cand.name, s.cand.name)
 	writeMarkdownTable(f, rows, s.base.name, s.cand.name)
+	writeGrowthTable(f, rows, s.totals, s.base.name, s.cand.name)
 	fmt.Fprintf(f, "\n## Workloads\n\n")
 	for _, w := range s.ws {
 		fmt.Fprintf(f, "- **%s**: %s. `benchmark --conns=%d --clients=%d %s`\n", w.name, w.desc, w.conns, w.clients, strings.Join(w.args(s.totals[w.name]), " "))

@@ -14,10 +14,10 @@ type growthAxis struct {
 }
 
 var growthAxes = []growthAxis{
-	{"value size", []string{"put-100", "put-64k", "put-1m"}, []string{"256 B", "64 KiB", "1 MiB"}},
-	// The sizes of fill-1m and put-at-1m follow fill-1m's total (a tenth with --quick).
-	{"key count", []string{"put-keys-1", "put-100", fillWorkload, "put-at-1m"}, []string{"1 key", "100,000 keys", "", ""}},
 	{"watchers on one key", []string{"watch-10", "watch-latency", "watch-10k"}, []string{"10", "100", "10,000"}},
+	// The sizes of fill-1m and put-at-1m follow fill-1m's total (a tenth with --quick).
+	{"key count", []string{"put-keys-1", "put-100", fillWorkload, "put-at-1m"}, []string{"1 key", "100,000-key space", "", ""}},
+	{"value size", []string{"put-100", "put-64k", "put-1m"}, []string{"256 B", "64 KiB", "1 MiB"}},
 }
 
 // writeGrowthTable writes the growth table from the summary rows, one line

@@ -423,9 +423,9 @@ func (s *state) round(ctx context.Context, r int) error {
 	}
 	peaks := map[*system]int64{}
 	n := 0
-	filled := false
+	restAfter := s.restAfter()
+	var rest map[*system]int64
 	for _, w := range s.ws {
-		filled = filled || w.name == fillWorkload
 		for _, sys := range order {
 			cl := clusters[sys]
 			if cl == nil {
@@ -439,8 +439,10 @@ func (s *state) round(ctx context.Context, r int) error {
 			peaks[sys] = max(peaks[sys], res.PeakRSSKB)
 			s.runs = append(s.runs, res)
 		}
+		if w == restAfter {
+			rest = s.restingRSS(ctx, clusters)
+		}
 	}
-	rest := s.restingRSS(ctx, clusters, filled)
 	for _, sys := range []*system{s.base, s.cand} {
 		cl := clusters[sys]
 		if cl == nil {
@@ -465,11 +467,26 @@ func (s *state) round(ctx context.Context, r int) error {
 // runtime's forced GC every two minutes.
 const restSettle = 10 * time.Second
 
+// restAfter is the workload after which the resting RSS is read: the last
+// of fill-1m and the overwrites of its keys (put-at-1m) that runs; nil
+// without fill-1m.
+func (s *state) restAfter() *workload {
+	var last *workload
+	for _, w := range s.ws {
+		switch {
+		case w.name == fillWorkload:
+			last = w
+		case w.name == "put-at-1m" && last != nil:
+			last = w
+		}
+	}
+	return last
+}
+
 // restingRSS reads every system's RSS once restSettle has passed with no
-// load on either, after a round that wrote fill-1m's keys (the same data in
-// both); nil otherwise.
-func (s *state) restingRSS(ctx context.Context, clusters map[*system]*cluster, filled bool) map[*system]int64 {
-	if !filled || len(clusters) == 0 {
+// load on either, after fill-1m's keys were written to both (the same data).
+func (s *state) restingRSS(ctx context.Context, clusters map[*system]*cluster) map[*system]int64 {
+	if len(clusters) == 0 {
 		return nil
 	}
 	select {
@@ -485,7 +502,7 @@ func (s *state) restingRSS(ctx context.Context, clusters map[*system]*cluster, f
 			continue
 		}
 		rest[sys] = rss
-		logf("%-8s at rest %v after %s: RSS %.0f MiB", sys.name, restSettle, fillWorkload, float64(rss)/1024)
+		logf("%-8s at rest %v after %s's keys: RSS %.0f MiB", sys.name, restSettle, fillWorkload, float64(rss)/1024)
 	}
 	return rest
 }

@@ -63,7 +63,7 @@ func main() {
 	flag.StringVar(&c.workloads, "workloads", "", "comma-separated subset of workloads (default all: "+workloadNames()+")")
 	flag.StringVar(&c.out, "out", "", "results directory (default bench/results/<UTC timestamp>)")
 	flag.IntVar(&c.portBase, "port-base", 27400, "first port to try; ports stay inside 27000-27999")
-	flag.DurationVar(&c.runTimeout, "run-timeout", 0, "kill a benchmark run after this long (default max(30×duration, 60s))")
+	flag.DurationVar(&c.runTimeout, "run-timeout", 0, "kill a benchmark run after this long (default max(30×duration, 60s); fill-1m gets at least 17m)")
 	flag.DurationVar(&c.readyTimeout, "ready-timeout", 30*time.Second, "how long a fresh cluster may take to elect a leader and accept a write")
 	flag.BoolVar(&c.profile, "profile", false, "after the rounds, capture CPU and heap profiles of each system under one workload via /debug/pprof (--enable-pprof)")
 	flag.StringVar(&c.profileWorkload, "profile-workload", "", "workload to run while profiling (default: the one in --workloads if it names only one, else put-100)")
@@ -461,6 +461,10 @@ func (s *state) round(ctx context.Context, r int) error {
 	return nil
 }
 
+// fixedRunTimeout is the least time a run with a fixed total gets: a
+// million puts at 1,000 req/s.
+const fixedRunTimeout = 17 * time.Minute
+
 // restSettle is how long both systems sit idle before their resting RSS is
 // read: long enough for the Go runtime's background scavenger (the same in
 // both) to hand back what the last run's garbage left, shorter than the
@@ -516,7 +520,13 @@ func (s *state) measure(ctx context.Context, cl *cluster, w *workload, r, order 
 	}
 	res.RSSReset = cl.resetPeakRSS()
 	cpu0, _, err0 := cl.usage()
-	o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, res.Total, s.cfg.runTimeout, s.tls.toolArgs())
+	timeout := s.cfg.runTimeout
+	if w.fixed > 0 {
+		// fill-1m's length is its fixed total at the server's rate, not
+		// --duration: a million puts take minutes on a loaded machine.
+		timeout = max(timeout, fixedRunTimeout)
+	}
+	o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, res.Total, timeout, s.tls.toolArgs())
 	cpu1, hwm, err1 := cl.usage()
 	saveRaw(filepath.Join(s.rawDir, fmt.Sprintf("r%d-%s-%s.txt", r, cl.sys.name, w.name)), o)
 	res.Wall, res.ClientCPU = o.wall.Seconds(), o.clientCPU

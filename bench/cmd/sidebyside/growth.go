@@ -71,6 +71,6 @@ func writeGrowthTable(w io.Writer, rows []row, totals map[string]int, baseName, 
 	}
 	if r := find("(at rest after "+fillWorkload+")", "RSS"); r != nil {
 		rb, rc, rr := cells(r)
-		fmt.Fprintf(w, "| at rest | %s written | idle %v after the round | | | | | %s | %s | %s |\n", filled, restSettle, rb, rc, rr)
+		fmt.Fprintf(w, "| at rest | %s written | idle %v after put-at-1m | | | | | %s | %s | %s |\n", filled, restSettle, rb, rc, rr)
 	}
 }

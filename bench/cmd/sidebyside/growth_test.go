@@ -30,7 +30,7 @@ func TestGrowthTable(t *testing.T) {
 		"| value size | 256 B | put-100 | 1000 | 1200 | 1.20 | 0.80 | 100 | 90.0 | 0.90 |",
 		"| value size | 64 KiB | put-64k | 1000 | 1200 | 1.20 | 0.80 | 100 | 90.0 | 0.90 |",
 		"| key count | 0 → 100000 keys | fill-1m |",
-		"| at rest | 100000 keys written | idle 10s after the round | | | | | 200 | 150 | 0.75 |",
+		"| at rest | 100000 keys written | idle 10s after put-at-1m | | | | | 200 | 150 | 0.75 |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("growth table lacks %q:\n%s", want, out)

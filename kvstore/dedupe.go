@@ -3,6 +3,7 @@ package kvstore
 import (
 	"cmp"
 	"encoding/binary"
+	"math"
 	"slices"
 	"sync"
 
@@ -34,15 +35,25 @@ import (
 // every request up, so they are in memory, never read from bbolt mid-apply
 // (a read under the batch lock would stall every writer). Up to
 // dedupeWindow ids are kept; as a Go map that is ~36 B an id (4.5 MiB,
-// doubled by the GC goal). Instead the ids applied in the current
-// dedupePruneEvery block sit in a small map, and at every block boundary
-// they are merged into one slice sorted by id (16 B an id, no growth
-// slack beyond append's), which a binary search answers.
+// doubled by the GC goal), as sorted (id, index) pairs 16 B. Instead the
+// ids applied in the current dedupePruneEvery block sit in a small map,
+// and at every block boundary they are merged into a packed sorted list:
+// runs of dedupeRunLen records, each run's first record in full and the
+// others as varint deltas from their predecessor. Request ids come from
+// etcd's idutil generator, a counter per member, so consecutive ids differ
+// by a little and were applied a few entries apart: 2-4 bytes a record
+// instead of 16. A lookup binary-searches the runs and decodes one.
 
 // requestsBucket holds one record group per bbolt commit: key = first and
-// last applied index of the group (8 bytes BE each), value = (request id,
-// applied index) pairs (8 bytes BE each). Members written before groups
-// existed kept one key per request (id → index); loadDedupe converts them.
+// last applied index of the group (8 bytes BE each) and the format byte
+// groupPacked, value = per record in apply order the uvarint index delta
+// and the zigzag-varint id delta from the record before (the first from
+// the group's first index and id 0): 2-4 bytes a record, as in memory, so
+// the groups every commit writes (and bbolt reads back through its mmap to
+// rewrite the bucket's last leaf) stay small. Earlier versions wrote
+// 16-byte keys with (request id, applied index) pairs (8 bytes BE each),
+// and before groups existed one key per request (id → index); loadDedupe
+// reads both, converting the per-request form into one group.
 // etcd ignores buckets it does not know (defrag and snapshots copy them).
 var requestsBucket backend.Bucket = meshBucket{id: 200, name: []byte("meshetcd_requests")}
 
@@ -66,49 +77,50 @@ const (
 	dedupePruneEvery = 1 << 12
 )
 
-// fenceEvery is the stride of dedupe.fence: a run of ids spans a few
-// cache lines.
-const fenceEvery = 32
+// dedupeRunLen is how many sealed records one run holds: a lookup
+// decodes at most one run.
+const dedupeRunLen = 32
 
 // dedupeRecord is one applied request: its id and the index it was
 // applied at.
 type dedupeRecord struct{ id, index uint64 }
 
+// dedupeRun is where one run of sealed records starts: its first record in
+// full, and where the others begin in dedupe.packed.
+type dedupeRun struct {
+	id, at uint64
+	// minAt is the run's oldest index: a seal that prunes nothing from
+	// the run and merges nothing into it copies its bytes as they are.
+	minAt uint64
+	// off is where the deltas of its other n-1 records start.
+	off, n uint32
+}
+
 // dedupe is owned by the apply goroutine (and New before raft starts).
 type dedupe struct {
 	// recent are the ids applied since the last block boundary.
 	recent map[uint64]uint64
-	// ids (sorted) and at (parallel: the index each was applied at) are
-	// the older ids still in the window.
-	ids, at []uint64
-	// fence is every fenceEvery-th id: a search narrows to one short run
-	// of ids inside this small (cache-resident) slice first.
-	fence []uint64
+	// runs and packed hold the older ids still in the window, sorted by
+	// id (see dedupeRunLen); sealed counts them.
+	runs   []dedupeRun
+	packed []byte
+	sealed int
 	// journal carries records to the backend's next commit.
 	journal *dedupeJournal
 }
 
-// newDedupe builds the lookup state from records (any order, ids unique).
+// newDedupe builds the lookup state from records (any order).
 func newDedupe(records []dedupeRecord, j *dedupeJournal) dedupe {
 	slices.SortFunc(records, func(a, b dedupeRecord) int { return cmp.Compare(a.id, b.id) })
-	d := dedupe{recent: map[uint64]uint64{}, ids: make([]uint64, 0, len(records)), at: make([]uint64, 0, len(records)), journal: j}
+	var p dedupePacker
+	p.grow(len(records))
 	for i, r := range records {
 		if i > 0 && records[i-1].id == r.id {
 			continue // a group and a replay both recorded it
 		}
-		d.ids = append(d.ids, r.id)
-		d.at = append(d.at, r.index)
+		p.add(r.id, r.index)
 	}
-	d.buildFence()
-	return d
-}
-
-// buildFence samples ids after they changed.
-func (d *dedupe) buildFence() {
-	d.fence = d.fence[:0]
-	for i := 0; i < len(d.ids); i += fenceEvery {
-		d.fence = append(d.fence, d.ids[i])
-	}
+	return dedupe{recent: map[uint64]uint64{}, runs: p.runs, packed: p.packed, sealed: p.n, journal: j}
 }
 
 // lookup is the index id was applied at.
@@ -116,18 +128,27 @@ func (d *dedupe) lookup(id uint64) (uint64, bool) {
 	if at, ok := d.recent[id]; ok {
 		return at, true
 	}
-	// The run that can hold id starts at the last fence post <= id.
-	post, ok := slices.BinarySearch(d.fence, id)
-	if !ok {
-		if post == 0 {
-			return 0, false
-		}
-		post--
+	i, found := slices.BinarySearchFunc(d.runs, id, func(r dedupeRun, id uint64) int { return cmp.Compare(r.id, id) })
+	if found {
+		return d.runs[i].at, true
 	}
-	lo := post * fenceEvery
-	run := d.ids[lo:min(lo+fenceEvery, len(d.ids))]
-	if i, ok := slices.BinarySearch(run, id); ok {
-		return d.at[lo+i], true
+	if i == 0 {
+		return 0, false
+	}
+	// id can only be in the run before the first run that starts above it.
+	r := d.runs[i-1]
+	end := len(d.packed)
+	if i < len(d.runs) {
+		end = int(d.runs[i].off)
+	}
+	u := dedupeUnpacker{packed: d.packed[r.off:end], id: r.id, at: r.at}
+	for u.next() {
+		if u.id == id {
+			return u.at, true
+		}
+		if u.id > id {
+			break
+		}
 	}
 	return 0, false
 }
@@ -138,24 +159,12 @@ func (d *dedupe) add(id, index uint64) {
 	d.journal.add(dedupeRecord{id: id, index: index})
 }
 
-// seal forgets ids applied before oldest (0: none), then merges recent
-// into the sorted slices in place from the back, so no second copy of the
-// window is ever made. The slices grow a block at a time: once the window
-// is full they stop growing (a block pruned, a block merged).
+// seal forgets ids applied before oldest (0: none) and merges recent into
+// the packed list, which it writes anew: the old one (a few bytes an id)
+// is garbage afterwards.
 func (d *dedupe) seal(oldest uint64) {
-	if oldest != 0 {
-		kept := 0
-		for k, at := range d.at {
-			if at >= oldest {
-				d.ids[kept], d.at[kept] = d.ids[k], at
-				kept++
-			}
-		}
-		d.ids, d.at = d.ids[:kept], d.at[:kept]
-	}
-	defer d.buildFence()
 	n := len(d.recent)
-	if n == 0 {
+	if n == 0 && oldest == 0 {
 		return
 	}
 	add := make([]dedupeRecord, 0, n)
@@ -164,32 +173,98 @@ func (d *dedupe) seal(oldest uint64) {
 	}
 	clear(d.recent)
 	slices.SortFunc(add, func(a, b dedupeRecord) int { return cmp.Compare(a.id, b.id) })
-	i, j := len(d.ids)-1, len(add)-1
-	d.ids, d.at = growBy(d.ids, n), growBy(d.at, n)
-	for k := len(d.ids) - 1; j >= 0; k-- {
-		if i >= 0 && d.ids[i] > add[j].id {
-			d.ids[k], d.at[k] = d.ids[i], d.at[i]
-			i--
-		} else {
-			d.ids[k], d.at[k] = add[j].id, add[j].index
-			j--
+	var p dedupePacker
+	p.grow(d.sealed + n)
+	for i, run := range d.runs {
+		end, next := len(d.packed), uint64(math.MaxUint64)
+		if i+1 < len(d.runs) {
+			end, next = int(d.runs[i+1].off), d.runs[i+1].id
+		}
+		if run.minAt >= oldest && (len(add) == 0 || add[0].id >= next) {
+			p.copyRun(run, d.packed[run.off:end])
+			continue
+		}
+		u := dedupeUnpacker{packed: d.packed[run.off:end], id: run.id, at: run.at}
+		for ok := true; ok; ok = u.next() {
+			for len(add) > 0 && add[0].id < u.id {
+				p.add(add[0].id, add[0].index)
+				add = add[1:]
+			}
+			if oldest == 0 || u.at >= oldest {
+				p.add(u.id, u.at)
+			}
 		}
 	}
+	for _, r := range add {
+		p.add(r.id, r.index)
+	}
+	d.runs, d.packed, d.sealed = p.runs, p.packed, p.n
 }
 
-// growBy extends s by n elements, reallocating with room for one more
-// block rather than append's proportional slack.
-func growBy(s []uint64, n int) []uint64 {
-	if len(s)+n <= cap(s) {
-		return s[:len(s)+n]
+// dedupeUnpacker decodes the deltas of one run after its first record.
+type dedupeUnpacker struct {
+	packed []byte
+	id, at uint64
+}
+
+func (u *dedupeUnpacker) next() bool {
+	if len(u.packed) == 0 {
+		return false
 	}
-	grown := make([]uint64, len(s)+n, len(s)+n+dedupePruneEvery)
-	copy(grown, s)
-	return grown
+	did, n := binary.Uvarint(u.packed)
+	dat, m := binary.Varint(u.packed[n:])
+	u.packed = u.packed[n+m:]
+	u.id += did
+	u.at += uint64(dat)
+	return true
+}
+
+// dedupePacker builds a packed list from records added in id order.
+type dedupePacker struct {
+	runs   []dedupeRun
+	packed []byte
+	n      int
+	// inRun counts the records of the last run (dedupeRunLen: start a
+	// new one).
+	inRun          int
+	prevID, prevAt uint64
+}
+
+// grow makes room for about n records: 3 bytes each, the common size of
+// the deltas of one member's ids.
+func (p *dedupePacker) grow(n int) {
+	p.runs = slices.Grow(p.runs, n/dedupeRunLen+1)
+	p.packed = slices.Grow(p.packed, 3*n)
+}
+
+func (p *dedupePacker) add(id, at uint64) {
+	if p.inRun == dedupeRunLen || len(p.runs) == 0 {
+		p.runs = append(p.runs, dedupeRun{id: id, at: at, minAt: at, off: uint32(len(p.packed)), n: 1})
+		p.inRun = 0
+	} else {
+		p.packed = binary.AppendUvarint(p.packed, id-p.prevID)
+		p.packed = binary.AppendVarint(p.packed, int64(at-p.prevAt))
+		last := &p.runs[len(p.runs)-1]
+		last.minAt = min(last.minAt, at)
+		last.n++
+	}
+	p.prevID, p.prevAt = id, at
+	p.inRun++
+	p.n++
+}
+
+// copyRun appends a whole run of another list (its first record and the
+// deltas that follow) as a run of its own.
+func (p *dedupePacker) copyRun(run dedupeRun, deltas []byte) {
+	run.off = uint32(len(p.packed))
+	p.runs = append(p.runs, run)
+	p.packed = append(p.packed, deltas...)
+	p.inRun = dedupeRunLen // the next record starts a run of its own
+	p.n += int(run.n)
 }
 
 // size is how many ids are remembered.
-func (d *dedupe) size() int { return len(d.recent) + len(d.ids) }
+func (d *dedupe) size() int { return len(d.recent) + d.sealed }
 
 // dedupeJournal is what one backend's pre-commit hook writes: the records
 // applied since its last commit, and the groups already in the backend
@@ -201,14 +276,56 @@ type dedupeJournal struct {
 	saved   []dedupeGroup
 }
 
-// dedupeGroup is the key of one record group: its first and last index.
-type dedupeGroup struct{ first, last uint64 }
+// dedupeGroup is the key of one record group: its first and last index,
+// and whether its value is packed (16-byte pairs otherwise, as earlier
+// versions wrote).
+type dedupeGroup struct {
+	first, last uint64
+	packed      bool
+}
+
+// groupPacked is the last byte of the key of a packed group.
+const groupPacked = 1
 
 func (g dedupeGroup) key() []byte {
-	k := make([]byte, 16)
+	k := make([]byte, 16, 17)
 	binary.BigEndian.PutUint64(k, g.first)
 	binary.BigEndian.PutUint64(k[8:], g.last)
+	if g.packed {
+		k = append(k, groupPacked)
+	}
 	return k
+}
+
+// appendPackedGroup appends records (in apply order) in the packed group
+// form, deltas from first and id 0.
+func appendPackedGroup(v []byte, first uint64, records []dedupeRecord) []byte {
+	prevIndex, prevID := first, uint64(0)
+	for _, r := range records {
+		v = binary.AppendUvarint(v, r.index-prevIndex)
+		v = binary.AppendVarint(v, int64(r.id-prevID))
+		prevIndex, prevID = r.index, r.id
+	}
+	return v
+}
+
+// readPackedGroup calls fn with each record of a packed group value; it
+// stops at the first malformed byte.
+func readPackedGroup(v []byte, first uint64, fn func(dedupeRecord)) {
+	index, id := first, uint64(0)
+	for len(v) > 0 {
+		di, n := binary.Uvarint(v)
+		if n <= 0 {
+			return
+		}
+		did, m := binary.Varint(v[n:])
+		if m <= 0 {
+			return
+		}
+		v = v[n+m:]
+		index, id = index+di, id+uint64(did)
+		fn(dedupeRecord{id: id, index: index})
+	}
 }
 
 func (j *dedupeJournal) add(r dedupeRecord) {
@@ -227,12 +344,8 @@ func (j *dedupeJournal) save(tx backend.UnsafeWriter) {
 	if len(j.unsaved) == 0 {
 		return
 	}
-	g := dedupeGroup{first: j.unsaved[0].index, last: j.unsaved[len(j.unsaved)-1].index}
-	v := make([]byte, 0, 16*len(j.unsaved))
-	for _, r := range j.unsaved {
-		v = binary.BigEndian.AppendUint64(v, r.id)
-		v = binary.BigEndian.AppendUint64(v, r.index)
-	}
+	g := dedupeGroup{first: j.unsaved[0].index, last: j.unsaved[len(j.unsaved)-1].index, packed: true}
+	v := appendPackedGroup(make([]byte, 0, 4*len(j.unsaved)+binary.MaxVarintLen64), g.first, j.unsaved)
 	tx.UnsafePut(requestsBucket, g.key(), v)
 	j.saved = append(j.saved, g)
 	j.unsaved = j.unsaved[:0]
@@ -302,8 +415,16 @@ func loadDedupe(be backend.Backend, j *dedupeJournal, applied uint64) dedupe {
 		switch {
 		case len(k) == 8 && len(v) == 8:
 			legacy = append(legacy, dedupeRecord{binary.BigEndian.Uint64(k), binary.BigEndian.Uint64(v)})
+		case len(k) == 17 && k[16] == groupPacked:
+			g := dedupeGroup{first: binary.BigEndian.Uint64(k), last: binary.BigEndian.Uint64(k[8:]), packed: true}
+			saved = append(saved, g)
+			readPackedGroup(v, g.first, func(r dedupeRecord) {
+				if r.index >= oldest {
+					records = append(records, r)
+				}
+			})
 		case len(k) == 16 && len(v)%16 == 0:
-			saved = append(saved, dedupeGroup{binary.BigEndian.Uint64(k), binary.BigEndian.Uint64(k[8:])})
+			saved = append(saved, dedupeGroup{first: binary.BigEndian.Uint64(k), last: binary.BigEndian.Uint64(k[8:])})
 			for ; len(v) > 0; v = v[16:] {
 				if r := (dedupeRecord{binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:])}); r.index >= oldest {
 					records = append(records, r)

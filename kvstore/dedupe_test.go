@@ -147,7 +147,34 @@ func (h *journalOnlyHooks) OnPreCommitUnsafe(tx backend.UnsafeReadWriter) { h.j.
 // remembered with the index they were applied at. Now and then the backend
 // commits and the state is rebuilt from what it holds, as a restart does,
 // and expired groups are deleted from it.
+// It runs with random ids and with ids as members make them (idutil: a
+// counter per member, applied about in the order they were taken).
 func TestDedupeMatchesModel(t *testing.T) {
+	for _, shape := range []string{"random", "counters"} {
+		t.Run(shape, func(t *testing.T) { testDedupeMatchesModel(t, newIDSource(shape, 1)) })
+	}
+}
+
+// newIDSource returns request ids of one shape: "random" 64-bit ids, or
+// "counters": three members' idutil generators taking turns, each id
+// applied a few places away from the order it was taken in.
+func newIDSource(shape string, seed uint64) func() uint64 {
+	rng := rand.New(rand.NewPCG(seed, 2))
+	if shape == "random" {
+		return func() uint64 { return rng.Uint64() | 1 } // 0 is "no id"
+	}
+	var next [3]uint64
+	for m := range next {
+		next[m] = uint64(m+1)<<48 | rng.Uint64()>>24
+	}
+	return func() uint64 {
+		m := rng.IntN(len(next))
+		next[m] += 1 + uint64(rng.IntN(3)) // reads take ids too
+		return next[m] - uint64(rng.IntN(8))
+	}
+}
+
+func testDedupeMatchesModel(t *testing.T, newID func() uint64) {
 	be, hooks := journaledBackend(t)
 	j := hooks.j
 	d := loadDedupe(be, j, 0)
@@ -156,7 +183,7 @@ func TestDedupeMatchesModel(t *testing.T) {
 	var applied []uint64 // ids in apply order, to pick retries from
 	const last = dedupeWindow + 6*dedupePruneEvery + 17
 	for index := uint64(1); index <= last; index++ {
-		id := rng.Uint64() | 1 // 0 is "no id"
+		id := newID()
 		if len(applied) > 0 && rng.IntN(8) == 0 {
 			id = applied[rng.IntN(len(applied))] // a retry, maybe forgotten
 		}
@@ -240,11 +267,44 @@ func TestDedupeConvertsPerRequestRecords(t *testing.T) {
 		return nil
 	})
 	tx.Unlock()
-	if len(keys) != 1 || len(keys[0]) != 16 {
+	if len(keys) != 1 || len(keys[0]) != 17 || keys[0][16] != groupPacked {
 		t.Fatalf("bucket keys after conversion = %x, want one group", keys)
 	}
 	hooks.j = &dedupeJournal{}
 	check(loadDedupe(be, hooks.j, 20))
+}
+
+// TestDedupeReadsUnpackedGroups: groups written by a version that stored
+// 16-byte (id, index) pairs under 16-byte keys are remembered after an
+// upgrade, next to packed ones, and deleted by their own key when they
+// expire.
+func TestDedupeReadsUnpackedGroups(t *testing.T) {
+	be, hooks := journaledBackend(t)
+	tx := be.BatchTx()
+	tx.Lock()
+	tx.UnsafeCreateBucket(requestsBucket)
+	var v []byte
+	for i := uint64(0); i < 5; i++ {
+		v = binary.BigEndian.AppendUint64(v, 100+i)
+		v = binary.BigEndian.AppendUint64(v, 10+i)
+	}
+	old := dedupeGroup{first: 10, last: 14}
+	tx.UnsafePut(requestsBucket, old.key(), v)
+	tx.Unlock()
+	hooks.j.add(dedupeRecord{id: 200, index: 15})
+	be.ForceCommit() // saves id 200 as a packed group
+
+	hooks.j = &dedupeJournal{}
+	d := loadDedupe(be, hooks.j, 20)
+	for id, want := range map[uint64]uint64{100: 10, 104: 14, 200: 15} {
+		if at, ok := d.lookup(id); !ok || at != want {
+			t.Fatalf("lookup(%d) = %d, %v; want %d", id, at, ok, want)
+		}
+	}
+	gone := hooks.j.expire(15)
+	if len(gone) != 1 || gone[0] != old || len(gone[0].key()) != 16 {
+		t.Fatalf("expired %v, want the unpacked group %v", gone, old)
+	}
 }
 
 const dedupeCrashChildEnv = "KVSTORE_DEDUPE_CRASH_CHILD_DIR"
@@ -338,11 +398,16 @@ func TestDedupeRecordsSurviveCrash(t *testing.T) {
 // replaced, as reference. heap-B/id is the live heap per remembered id at
 // the end (after a GC), the figure the member's RSS follows.
 func BenchmarkDedupeWindow(b *testing.B) {
+	for _, shape := range []string{"random", "counters"} {
+		b.Run(shape, func(b *testing.B) { benchmarkDedupeWindow(b, newIDSource(shape, 3)) })
+	}
+}
+
+func benchmarkDedupeWindow(b *testing.B, newID func() uint64) {
 	const entries = dedupeWindow + dedupePruneEvery
 	ids := make([]uint64, 4*entries)
-	rng := rand.New(rand.NewPCG(3, 4))
 	for i := range ids {
-		ids[i] = rng.Uint64() | 1
+		ids[i] = newID()
 	}
 	heapPerID := func(b *testing.B, before runtime.MemStats, n int) {
 		var after runtime.MemStats
@@ -379,7 +444,7 @@ func BenchmarkDedupeWindow(b *testing.B) {
 		heapPerID(b, before, len(seen))
 		runtime.KeepAlive(seen)
 	})
-	b.Run("sorted", func(b *testing.B) {
+	b.Run("packed", func(b *testing.B) {
 		var before runtime.MemStats
 		var d dedupe
 		for b.Loop() {

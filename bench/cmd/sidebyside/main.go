@@ -63,7 +63,7 @@ func main() {
 	flag.StringVar(&c.workloads, "workloads", "", "comma-separated subset of workloads (default all: "+workloadNames()+")")
 	flag.StringVar(&c.out, "out", "", "results directory (default bench/results/<UTC timestamp>)")
 	flag.IntVar(&c.portBase, "port-base", 27400, "first port to try; ports stay inside 27000-27999")
-	flag.DurationVar(&c.runTimeout, "run-timeout", 0, "kill a benchmark run after this long (default max(30×duration, 60s))")
+	flag.DurationVar(&c.runTimeout, "run-timeout", 0, "kill a benchmark run after this long (default max(30×duration, 60s); fill-1m gets at least 17m)")
 	flag.DurationVar(&c.readyTimeout, "ready-timeout", 30*time.Second, "how long a fresh cluster may take to elect a leader and accept a write")
 	flag.BoolVar(&c.profile, "profile", false, "after the rounds, capture CPU and heap profiles of each system under one workload via /debug/pprof (--enable-pprof)")
 	flag.StringVar(&c.profileWorkload, "profile-workload", "", "workload to run while profiling (default: the one in --workloads if it names only one, else put-100)")
@@ -423,6 +423,8 @@ func (s *state) round(ctx context.Context, r int) error {
 	}
 	peaks := map[*system]int64{}
 	n := 0
+	restAfter := s.restAfter()
+	var rest map[*system]int64
 	for _, w := range s.ws {
 		for _, sys := range order {
 			cl := clusters[sys]
@@ -437,13 +439,16 @@ func (s *state) round(ctx context.Context, r int) error {
 			peaks[sys] = max(peaks[sys], res.PeakRSSKB)
 			s.runs = append(s.runs, res)
 		}
+		if w == restAfter {
+			rest = s.restingRSS(ctx, clusters)
+		}
 	}
 	for _, sys := range []*system{s.base, s.cand} {
 		cl := clusters[sys]
 		if cl == nil {
 			continue
 		}
-		rr := roundResult{Round: r, System: sys.name, ReadySec: cl.ready.Seconds(), Members: cl.perMember()}
+		rr := roundResult{RestRSSKB: rest[sys], Round: r, System: sys.name, ReadySec: cl.ready.Seconds(), Members: cl.perMember()}
 		cpu, hwm, err := cl.usage()
 		if err != nil {
 			rr.Err = firstLine(err)
@@ -456,6 +461,56 @@ func (s *state) round(ctx context.Context, r int) error {
 	return nil
 }
 
+// fixedRunTimeout is the least time a run with a fixed total gets: a
+// million puts at 1,000 req/s.
+const fixedRunTimeout = 17 * time.Minute
+
+// restSettle is how long both systems sit idle before their resting RSS is
+// read: long enough for the Go runtime's background scavenger (the same in
+// both) to hand back what the last run's garbage left, shorter than the
+// runtime's forced GC every two minutes.
+const restSettle = 10 * time.Second
+
+// restAfter is the workload after which the resting RSS is read: the last
+// of fill-1m and the overwrites of its keys (put-at-1m) that runs; nil
+// without fill-1m.
+func (s *state) restAfter() *workload {
+	var last *workload
+	for _, w := range s.ws {
+		switch {
+		case w.name == fillWorkload:
+			last = w
+		case w.name == "put-at-1m" && last != nil:
+			last = w
+		}
+	}
+	return last
+}
+
+// restingRSS reads every system's RSS once restSettle has passed with no
+// load on either, after fill-1m's keys were written to both (the same data).
+func (s *state) restingRSS(ctx context.Context, clusters map[*system]*cluster) map[*system]int64 {
+	if len(clusters) == 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(restSettle):
+	}
+	rest := map[*system]int64{}
+	for sys, cl := range clusters {
+		rss, err := cl.restingRSS()
+		if err != nil {
+			logf("resting RSS of %s: %v", sys.name, err)
+			continue
+		}
+		rest[sys] = rss
+		logf("%-8s at rest %v after %s's keys: RSS %.0f MiB", sys.name, restSettle, fillWorkload, float64(rss)/1024)
+	}
+	return rest
+}
+
 func (s *state) measure(ctx context.Context, cl *cluster, w *workload, r, order int) runResult {
 	res := runResult{Round: r, Order: order, System: cl.sys.name, Workload: w.name, Total: s.totals[w.name], Load1: load1()}
 	if err := cl.checkAlive(); err != nil {
@@ -465,7 +520,13 @@ func (s *state) measure(ctx context.Context, cl *cluster, w *workload, r, order 
 	}
 	res.RSSReset = cl.resetPeakRSS()
 	cpu0, _, err0 := cl.usage()
-	o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, res.Total, s.cfg.runTimeout, s.tls.toolArgs())
+	timeout := s.cfg.runTimeout
+	if w.fixed > 0 {
+		// fill-1m's length is its fixed total at the server's rate, not
+		// --duration: a million puts take minutes on a loaded machine.
+		timeout = max(timeout, fixedRunTimeout)
+	}
+	o := runBenchmark(ctx, s.cfg.benchBin, cl.endpoints(), w, res.Total, timeout, s.tls.toolArgs())
 	cpu1, hwm, err1 := cl.usage()
 	saveRaw(filepath.Join(s.rawDir, fmt.Sprintf("r%d-%s-%s.txt", r, cl.sys.name, w.name)), o)
 	res.Wall, res.ClientCPU = o.wall.Seconds(), o.clientCPU
@@ -550,6 +611,7 @@ func (s *state) writeResults() error {
 		"This machine is shared and noisy: compare ratios from one run, not absolute numbers across runs.\n\n",
 		s.cand.name, s.base.name, s.cand.name, s.cand.name)
 	writeMarkdownTable(f, rows, s.base.name, s.cand.name)
+	writeGrowthTable(f, rows, s.totals, s.base.name, s.cand.name)
 	fmt.Fprintf(f, "\n## Workloads\n\n")
 	for _, w := range s.ws {
 		fmt.Fprintf(f, "- **%s**: %s. `benchmark --conns=%d --clients=%d %s`\n", w.name, w.desc, w.conns, w.clients, strings.Join(w.args(s.totals[w.name]), " "))

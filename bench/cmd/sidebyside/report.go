@@ -43,6 +43,9 @@ type roundResult struct {
 	ReadySec  float64 // start to ready (leader, all members, seed write)
 	CPU       float64 // seconds, summed over members, whole round
 	PeakRSSKB int64
+	// RestRSSKB is the largest member's VmRSS restSettle after the round's
+	// last run, when that round wrote fill-1m's keys (0 otherwise).
+	RestRSSKB int64
 	Members   string // per-member CPU and VmHWM (VmHWM since the last per-run reset)
 }
 
@@ -87,6 +90,10 @@ func metricsFor(ws []*workload) []metric {
 		metric{workload: "(whole round)", name: "peak RSS", unit: "MiB",
 			getRound: func(r roundResult) (float64, bool) { return float64(r.PeakRSSKB) / 1024, r.PeakRSSKB > 0 }},
 	)
+	if slices.ContainsFunc(ws, func(w *workload) bool { return w.name == fillWorkload }) {
+		ms = append(ms, metric{workload: "(at rest after " + fillWorkload + ")", name: "RSS", unit: "MiB",
+			getRound: func(r roundResult) (float64, bool) { return float64(r.RestRSSKB) / 1024, r.RestRSSKB > 0 }})
+	}
 	return ms
 }
 
@@ -376,10 +383,10 @@ func writeRoundsCSV(path string, rounds []roundResult) error {
 	}
 	defer f.Close()
 	cw := csv.NewWriter(f)
-	_ = cw.Write([]string{"round", "system", "ok", "error", "ready_s", "server_cpu_s", "server_peak_rss_kb", "members"})
+	_ = cw.Write([]string{"round", "system", "ok", "error", "ready_s", "server_cpu_s", "server_peak_rss_kb", "rest_rss_kb", "members"})
 	for _, r := range rounds {
 		_ = cw.Write([]string{strconv.Itoa(r.Round), r.System, strconv.FormatBool(r.OK), r.Err,
-			f64(r.ReadySec), f64(r.CPU), strconv.FormatInt(r.PeakRSSKB, 10), r.Members})
+			f64(r.ReadySec), f64(r.CPU), strconv.FormatInt(r.PeakRSSKB, 10), strconv.FormatInt(r.RestRSSKB, 10), r.Members})
 	}
 	cw.Flush()
 	return cw.Error()

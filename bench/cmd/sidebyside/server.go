@@ -369,6 +369,19 @@ func (c *cluster) usage() (cpu float64, hwmKB int64, err error) {
 	return cpu, hwmKB, nil
 }
 
+// restingRSS is the largest member's VmRSS now.
+func (c *cluster) restingRSS() (int64, error) {
+	var rss int64
+	for _, m := range c.members {
+		ps, err := readProcStat(m.pid())
+		if err != nil {
+			return 0, fmt.Errorf("%s %s: %w", c.sys.name, m.name, err)
+		}
+		rss = max(rss, ps.rssKB)
+	}
+	return rss, nil
+}
+
 // perMember describes each member's lifetime CPU and current VmHWM, e.g.
 // "m0 cpu=3.10s hwm=61MiB; m1 ...".
 func (c *cluster) perMember() string {

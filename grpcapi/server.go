@@ -161,7 +161,7 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 
 	metrics := newGRPCMetrics()
 	opts := []grpc.ServerOption{
-		grpc.StatsHandler(byteCounter{metrics}),
+		grpc.ForceServerCodecV2(newByteCountingCodec(metrics)),
 		// etcd's order: logging, metrics, then the checks, so refused
 		// requests are logged and counted too.
 		grpc.ChainUnaryInterceptor(

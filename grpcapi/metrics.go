@@ -4,7 +4,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -16,7 +15,7 @@ import (
 // which is process-wide; registerShared makes a second server in the same
 // process reuse the first one's collectors instead of panicking.
 type grpcMetrics struct {
-	server         *grpcprom.ServerMetrics
+	rpc            *rpcMetrics
 	sentBytes      prometheus.Counter
 	receivedBytes  prometheus.Counter
 	clientRequests *prometheus.CounterVec
@@ -49,7 +48,7 @@ func (m grpcMetrics) countClientRequest(kind, ver string) {
 
 func newGRPCMetrics() grpcMetrics {
 	return grpcMetrics{
-		server: registerShared(grpcprom.NewServerMetrics()),
+		rpc: registerShared(newRPCMetrics()),
 		sentBytes: registerShared(prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "etcd", Subsystem: "network", Name: "client_grpc_sent_bytes_total",
 			Help: "The total number of bytes sent to grpc clients.",

@@ -161,17 +161,18 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 	cfg = cfg.withDefaults(s)
 
 	metrics := newGRPCMetrics()
+	rpcSeries := &rpcMethodTable{m: metrics.rpc}
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newByteCountingCodec(metrics)),
 		// etcd's order: logging, metrics, then the checks, so refused
 		// requests are logged and counted too.
 		grpc.ChainUnaryInterceptor(
 			newLogUnaryInterceptor(cfg),
-			metrics.server.UnaryServerInterceptor(),
+			rpcSeries.unaryInterceptor(),
 			newUnaryInterceptor(s, metrics),
 		),
 		grpc.ChainStreamInterceptor(
-			metrics.server.StreamServerInterceptor(),
+			rpcSeries.streamInterceptor(),
 			newStreamInterceptor(s, cfg, metrics),
 		),
 		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes + grpcOverheadBytes)),
@@ -200,7 +201,7 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 
 	// Zero-valued series for every method, as etcd does, so rates exist
 	// before the first call.
-	metrics.server.InitializeMetrics(gs)
+	rpcSeries.initialize(gs)
 
 	return gs
 }

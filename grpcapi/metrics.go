@@ -1,13 +1,10 @@
 package grpcapi
 
 import (
-	"context"
 	"sync/atomic"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc/stats"
 )
 
 // The client-facing metrics etcd's v3rpc exposes (v3rpc/grpc.go and
@@ -18,7 +15,7 @@ import (
 // which is process-wide; registerShared makes a second server in the same
 // process reuse the first one's collectors instead of panicking.
 type grpcMetrics struct {
-	server         *grpcprom.ServerMetrics
+	rpc            *rpcMetrics
 	sentBytes      prometheus.Counter
 	receivedBytes  prometheus.Counter
 	clientRequests *prometheus.CounterVec
@@ -51,7 +48,7 @@ func (m grpcMetrics) countClientRequest(kind, ver string) {
 
 func newGRPCMetrics() grpcMetrics {
 	return grpcMetrics{
-		server: registerShared(grpcprom.NewServerMetrics()),
+		rpc: registerShared(newRPCMetrics()),
 		sentBytes: registerShared(prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "etcd", Subsystem: "network", Name: "client_grpc_sent_bytes_total",
 			Help: "The total number of bytes sent to grpc clients.",
@@ -65,25 +62,6 @@ func newGRPCMetrics() grpcMetrics {
 			Help: "The total number of client requests per client version.",
 		}, []string{"type", "client_api_version"})),
 		lastUnary: new(atomic.Pointer[versionCounter]),
-	}
-}
-
-// byteCounter is a gRPC stats handler counting message bytes as etcd's
-// codec does (marshalled size, before compression and framing).
-type byteCounter struct{ m grpcMetrics }
-
-func (b byteCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (b byteCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return ctx
-}
-func (b byteCounter) HandleConn(context.Context, stats.ConnStats) {}
-
-func (b byteCounter) HandleRPC(_ context.Context, s stats.RPCStats) {
-	switch p := s.(type) {
-	case *stats.InPayload:
-		b.m.receivedBytes.Add(float64(p.Length))
-	case *stats.OutPayload:
-		b.m.sentBytes.Add(float64(p.Length))
 	}
 }
 

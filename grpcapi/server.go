@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"math"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -160,22 +161,24 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 	cfg = cfg.withDefaults(s)
 
 	metrics := newGRPCMetrics()
+	rpcSeries := &rpcMethodTable{m: metrics.rpc}
 	opts := []grpc.ServerOption{
-		grpc.StatsHandler(byteCounter{metrics}),
+		grpc.ForceServerCodecV2(newByteCountingCodec(metrics)),
 		// etcd's order: logging, metrics, then the checks, so refused
 		// requests are logged and counted too.
 		grpc.ChainUnaryInterceptor(
 			newLogUnaryInterceptor(cfg),
-			metrics.server.UnaryServerInterceptor(),
+			rpcSeries.unaryInterceptor(),
 			newUnaryInterceptor(s, metrics),
 		),
 		grpc.ChainStreamInterceptor(
-			metrics.server.StreamServerInterceptor(),
+			rpcSeries.streamInterceptor(),
 			newStreamInterceptor(s, cfg, metrics),
 		),
 		grpc.MaxRecvMsgSize(int(cfg.MaxRequestBytes + grpcOverheadBytes)),
 		grpc.MaxSendMsgSize(maxSendBytes),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             cfg.GRPCKeepAliveMinTime,
 			PermitWithoutStream: false,
@@ -198,10 +201,20 @@ func NewGRPCServer(s kvstore.API, cfg Config) *grpc.Server {
 
 	// Zero-valued series for every method, as etcd does, so rates exist
 	// before the first call.
-	metrics.server.InitializeMetrics(gs)
+	rpcSeries.initialize(gs)
 
 	return gs
 }
+
+// streamWorkers is how many goroutines serve RPCs, each taking one stream at
+// a time, so most RPCs run on a goroutine whose stack has already grown: a
+// fresh goroutine per RPC (gRPC's default, and etcd's) starts with a small
+// stack and copies it while growing into the handler, 6% of the server's
+// CPU under puts and 15% under serializable reads. A few per CPU keep the
+// CPUs busy; every worker holds its stack between RPCs, so there are not
+// more. When all are busy (a Watch keeps its worker, a put waits for its
+// commit), gRPC starts a goroutine for the RPC as before.
+func streamWorkers() uint32 { return uint32(8 * runtime.GOMAXPROCS(0)) }
 
 // allGRPCServices is the health service name meaning "the whole server".
 const allGRPCServices = ""

@@ -34,9 +34,29 @@ func (s *Server) AppliedIndex() uint64   { return s.appliedIndex.Load() }
 // RaftCluster.IsLocalMemberLearner it does not panic when the member is not
 // (or no longer, or not yet) in the committed membership: grpcapi asks on
 // every request, including the ones a removed or joining member receives.
+//
+// The answer is cached per membership version: RaftCluster.Member clones
+// the member (URLs and all) on every call, which showed in the allocation
+// profile of every request.
 func (s *Server) IsLearner() bool {
-	m := s.cluster.Member(s.MemberID())
-	return m != nil && m.IsLearner
+	version, id := s.membershipVersion.Load(), s.MemberID()
+	if c := s.learnerCache.Load(); c != nil && c.version == version && c.id == id {
+		return c.learner
+	}
+	// The version is read before the membership, so a change applied
+	// meanwhile only makes this entry stale, never a newer version wrong.
+	m := s.cluster.Member(id)
+	learner := m != nil && m.IsLearner
+	s.learnerCache.Store(&learnerState{version: version, id: id, learner: learner})
+	return learner
+}
+
+// learnerState is IsLearner's answer for one member id at one membership
+// version.
+type learnerState struct {
+	version uint64
+	id      types.ID
+	learner bool
 }
 
 // Members is the committed membership, sorted by id.

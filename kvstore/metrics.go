@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,9 @@ type serverMetrics struct {
 	// HeartbeatSendLate), etcd's sign of a starved Ready loop.
 	heartbeatFailures prometheus.Counter
 	collectors        []prometheus.Collector
+	// requestObservers caches requestDuration's series of the request
+	// types every client request takes (see observeRequest).
+	requestObservers map[string]*[2]atomic.Pointer[requestObserver]
 }
 
 func newServerMetrics(s *Server) *serverMetrics {
@@ -57,6 +61,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "etcd", Subsystem: "server",
 			Name: "request_duration_seconds", Help: "Response latency distribution in seconds for each type.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"type", "success"}),
+		requestObservers: newRequestObservers("Range", "ReadonlyTxn", "Put", "DeleteRange", "Txn"),
 		promoteSucceed: prometheus.NewCounter(prometheus.CounterOpts(opts("learner_promote_successes",
 			"The total number of successful learner promotions while this member is leader."))),
 		promoteFailed: prometheus.NewCounterVec(prometheus.CounterOpts(opts("learner_promote_failures",
@@ -130,8 +135,42 @@ func (m *serverMetrics) unregister(r prometheus.Registerer) {
 
 // observeRequest records one request's latency in
 // etcd_server_request_duration_seconds, as etcd's v3_server does.
+//
+// The series of the KV request types are looked up once and kept:
+// WithLabelValues hashes both labels and takes the vector's lock on every
+// call. They are still created on first use, so /metrics lists the same
+// series as etcd's at any time.
 func (m *serverMetrics) observeRequest(kind string, start time.Time, err error) {
-	m.requestDuration.WithLabelValues(kind, strconv.FormatBool(err == nil)).Observe(time.Since(start).Seconds())
+	took := time.Since(start).Seconds()
+	slots := m.requestObservers[kind]
+	if slots == nil {
+		m.requestDuration.WithLabelValues(kind, strconv.FormatBool(err == nil)).Observe(took)
+		return
+	}
+	slot := &slots[0]
+	if err == nil {
+		slot = &slots[1]
+	}
+	o := slot.Load()
+	if o == nil {
+		// Racing first calls resolve the same series; either store wins.
+		o = &requestObserver{m.requestDuration.WithLabelValues(kind, strconv.FormatBool(err == nil))}
+		slot.Store(o)
+	}
+	o.Observe(took)
+}
+
+// requestObserver is one resolved series of requestDuration.
+type requestObserver struct{ prometheus.Observer }
+
+// newRequestObservers makes empty cache slots (failed, succeeded) for
+// kinds; the map is never written afterwards.
+func newRequestObservers(kinds ...string) map[string]*[2]atomic.Pointer[requestObserver] {
+	m := make(map[string]*[2]atomic.Pointer[requestObserver], len(kinds))
+	for _, k := range kinds {
+		m[k] = new([2]atomic.Pointer[requestObserver])
+	}
+	return m
 }
 
 func fdGauge(lg *zap.Logger, read func() (uint64, error)) float64 {

@@ -2,8 +2,10 @@ package kvstore
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -63,4 +65,43 @@ func TestServerMetrics(t *testing.T) {
 	}
 	s = startServer(t, cfg) // registers again after a restart
 	s.Stop()
+}
+
+// The cached series of etcd_server_request_duration_seconds count into the
+// same labels as a lookup would, and exist only once used.
+func TestObserveRequestSeries(t *testing.T) {
+	m := &serverMetrics{
+		requestDuration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "d"}, []string{"type", "success"}),
+		requestObservers: newRequestObservers("Put", "Range"),
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m.requestDuration)
+	start := time.Now()
+	m.observeRequest("Put", start, nil)
+	m.observeRequest("Put", start, nil)
+	m.observeRequest("Put", start, errors.New("x"))
+	m.observeRequest("Compaction", start, nil)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, mf := range mfs {
+		for _, mt := range mf.GetMetric() {
+			key := ""
+			for _, l := range mt.GetLabel() {
+				key += l.GetName() + "=" + l.GetValue() + " "
+			}
+			got[key] = mt.GetHistogram().GetSampleCount()
+		}
+	}
+	want := map[string]uint64{"success=true type=Put ": 2, "success=false type=Put ": 1, "success=true type=Compaction ": 1}
+	if len(got) != len(want) {
+		t.Errorf("series %v, want %v", got, want)
+	}
+	for k, n := range want {
+		if got[k] != n {
+			t.Errorf("%s: %d observations, want %d (all: %v)", k, got[k], n, got)
+		}
+	}
 }

@@ -72,6 +72,8 @@ type Server struct {
 	// membershipVersion counts membership changes applied (conf changes,
 	// snapshot restores) so the peer transport can reuse resolved peers.
 	membershipVersion atomic.Uint64
+	// learnerCache is IsLearner's answer at a membership version.
+	learnerCache atomic.Pointer[learnerState]
 	// bootPeers are the members a joining member learned before applying
 	// any membership; immutable after New.
 	bootPeers map[types.ID][]string

@@ -494,16 +494,9 @@ func (c *conn) writeFrame(w *linkWriter, f *frameBuf) error {
 // by the rules of judgeLink.
 func (c *conn) checkLiveness(now time.Time, late bool) error {
 	r := c.r
-	e := linkEvidence{
-		now:       now,
-		lastRecv:  time.Unix(0, c.lastRecv.Load()),
-		lastPong:  time.Unix(0, c.lastPong.Load()),
-		dead:      r.health.deadTimeout(r.cfg.DeadTimeout),
-		suspect:   max(r.cfg.DeadTimeout-r.cfg.HeartbeatInterval, r.cfg.HeartbeatInterval),
-		backstop:  2 * r.health.deadTimeout(r.cfg.DeadTimeout),
-		heartbeat: r.cfg.HeartbeatInterval,
-		late:      late,
-	}
+	e := newLinkEvidence(&r.cfg, &r.health, now, late)
+	e.lastRecv = time.Unix(0, c.lastRecv.Load())
+	e.lastPong = time.Unix(0, c.lastPong.Load())
 	if s := c.suspectSince.Load(); s != 0 {
 		e.suspectedSince = time.Unix(0, s)
 	}

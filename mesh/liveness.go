@@ -145,6 +145,21 @@ type linkEvidence struct {
 	late bool
 }
 
+// newLinkEvidence fills in the timeouts a check at now judges by: the
+// router's settings scaled by its local health. The caller adds what it
+// observed on the link.
+func newLinkEvidence(cfg *Config, h *localHealth, now time.Time, late bool) linkEvidence {
+	dead := h.deadTimeout(cfg.DeadTimeout)
+	return linkEvidence{
+		now:       now,
+		dead:      dead,
+		suspect:   max(cfg.DeadTimeout-cfg.HeartbeatInterval, cfg.HeartbeatInterval),
+		backstop:  2 * dead,
+		heartbeat: cfg.HeartbeatInterval,
+		late:      late,
+	}
+}
+
 // judgeLink decides a link's state from the evidence. It is a pure
 // function, so the rules are tested deterministically.
 func judgeLink(e linkEvidence) (linkVerdict, error) {

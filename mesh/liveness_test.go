@@ -191,6 +191,55 @@ func TestJudgeLink(t *testing.T) {
 	}
 }
 
+// A truly dead link, judged check by check the way the liveness loop
+// does (every heartbeat, at any phase relative to the link's last frame,
+// with the other links delivering): with the defaults, traffic leaves it
+// by the dead timeout whatever the local health, and it is declared dead
+// inside Raft's default 1 s election timeout when the process is healthy
+// and within the starved bound (1.5 × dead timeout plus a check) when it
+// is not. Starvation may delay the verdict, never hide a dead link.
+func TestDeadLinkDetectedInsideElectionTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	const electionTimeout = time.Second
+	hb := cfg.HeartbeatInterval
+	for _, tc := range []struct {
+		name      string
+		score     int32
+		deadBound time.Duration
+	}{
+		{"healthy", 0, electionTimeout},
+		{"starved", maxLocalHealth, cfg.DeadTimeout*3/2 + hb},
+	} {
+		for _, phase := range []time.Duration{time.Millisecond, hb / 2, hb - time.Millisecond} {
+			var h localHealth
+			h.score.Store(tc.score)
+			lastFrame := time.Unix(1000, 0) // the link's last frame; silence from here on
+			var suspectedSince time.Time
+			var suspectAt, deadAt time.Duration
+			for now := lastFrame.Add(phase); deadAt == 0 && now.Sub(lastFrame) < 10*time.Second; now = now.Add(hb) {
+				e := newLinkEvidence(&cfg, &h, now, false)
+				e.lastRecv, e.lastPong = lastFrame, lastFrame
+				e.othersRecv = now.Add(-hb / 10) // the other links deliver
+				e.suspectedSince = suspectedSince
+				switch v, _ := judgeLink(e); v {
+				case linkSuspect:
+					if suspectedSince.IsZero() {
+						suspectedSince, suspectAt = now, now.Sub(lastFrame)
+					}
+				case linkDead:
+					deadAt = now.Sub(lastFrame)
+				}
+			}
+			if suspectAt == 0 || suspectAt > cfg.DeadTimeout {
+				t.Errorf("%s, phase %v: traffic left the dead link after %v, want by the dead timeout %v", tc.name, phase, suspectAt, cfg.DeadTimeout)
+			}
+			if deadAt == 0 || deadAt > tc.deadBound {
+				t.Errorf("%s, phase %v: declared dead after %v, want within %v", tc.name, phase, deadAt, tc.deadBound)
+			}
+		}
+	}
+}
+
 // A starved process (late ticks) suspects less eagerly, within bounds,
 // and recovers when its ticks are on time again.
 func TestLocalHealthScalesDeadTimeout(t *testing.T) {

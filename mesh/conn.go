@@ -492,9 +492,9 @@ func (c *conn) writeFrame(w *linkWriter, f *frameBuf) error {
 // checkLiveness fails a connection that has gone quiet, or whose peer
 // stopped answering our pings (a peer that stopped reading still sends),
 // by the rules of judgeLink.
-func (c *conn) checkLiveness(now time.Time, late bool) error {
+func (c *conn) checkLiveness(now, awakeSince time.Time) error {
 	r := c.r
-	e := newLinkEvidence(&r.cfg, &r.health, now, late)
+	e := newLinkEvidence(&r.cfg, &r.health, now, awakeSince)
 	e.lastRecv = time.Unix(0, c.lastRecv.Load())
 	e.lastPong = time.Unix(0, c.lastPong.Load())
 	if s := c.suspectSince.Load(); s != 0 {

@@ -168,16 +168,31 @@ func TestJudgeLink(t *testing.T) {
 		{"alone: no other link, trust the timer", ev(1150, 300, 300, none, 1000), linkDead, errDeadLink},
 		{"frames arrive, pings unanswered (one-way)", ev(1150, 1140, 300, 320, 1000), linkDead, errNoPong},
 		{"backstop: silent 2 x dead timeout whatever the evidence", ev(1600, 300, 300, 320, none), linkDead, errDeadLink},
-		{"a check that ran late suspects but does not confirm", func() linkEvidence {
+		{"a check that ran late (we were starved) suspects but does not confirm", func() linkEvidence {
 			e := ev(1150, 300, 300, 1100, 1000)
-			e.late = true
+			e.awakeSince = e.now
 			return e
 		}(), linkSuspect, nil},
 		{"a late check does not even trust the backstop (readers may lag)", func() linkEvidence {
 			e := ev(1600, 300, 300, 1590, 1000)
-			e.late = true
+			e.awakeSince = e.now
 			return e
 		}(), linkSuspect, nil},
+		{"silence before our own starvation does not count towards death", func() linkEvidence {
+			e := ev(1300, 300, 300, 1290, 1000)
+			e.awakeSince = ms(1000)
+			return e
+		}(), linkSuspect, nil},
+		{"unanswered pings before our own starvation do not count either", func() linkEvidence {
+			e := ev(1300, 1290, 300, 1290, 1000)
+			e.awakeSince = ms(1000)
+			return e
+		}(), linkSuspect, nil},
+		{"a dead timeout of silence after we woke: confirmed", func() linkEvidence {
+			e := ev(1650, 300, 300, 1640, 1000)
+			e.awakeSince = ms(1000)
+			return e
+		}(), linkDead, errDeadLink},
 		{"health-scaled timeout not yet reached: suspect (rerouted), not dead", func() linkEvidence {
 			e := ev(1000, 200, 200, 990, 800)
 			e.dead = 900 * time.Millisecond
@@ -197,7 +212,9 @@ func TestJudgeLink(t *testing.T) {
 // by the dead timeout whatever the local health, and it is declared dead
 // inside Raft's default 1 s election timeout when the process is healthy
 // and within the starved bound (1.5 × dead timeout plus a check) when it
-// is not. Starvation may delay the verdict, never hide a dead link.
+// was starved a while ago. While every check runs late (starving now) the
+// loop only suspects: traffic still leaves by the dead timeout and the
+// reader's deadline (3 × DeadTimeout) closes the link.
 func TestDeadLinkDetectedInsideElectionTimeout(t *testing.T) {
 	cfg := DefaultConfig()
 	const electionTimeout = time.Second
@@ -205,10 +222,12 @@ func TestDeadLinkDetectedInsideElectionTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		score     int32
-		deadBound time.Duration
+		deadBound time.Duration // 0: the loop must not confirm
+		starving  bool
 	}{
-		{"healthy", 0, electionTimeout},
-		{"starved", maxLocalHealth, cfg.DeadTimeout*3/2 + hb},
+		{"healthy", 0, electionTimeout, false},
+		{"starved", maxLocalHealth, cfg.DeadTimeout*3/2 + hb, false},
+		{"starving now", maxLocalHealth, 0, true},
 	} {
 		for _, phase := range []time.Duration{time.Millisecond, hb / 2, hb - time.Millisecond} {
 			var h localHealth
@@ -217,7 +236,11 @@ func TestDeadLinkDetectedInsideElectionTimeout(t *testing.T) {
 			var suspectedSince time.Time
 			var suspectAt, deadAt time.Duration
 			for now := lastFrame.Add(phase); deadAt == 0 && now.Sub(lastFrame) < 10*time.Second; now = now.Add(hb) {
-				e := newLinkEvidence(&cfg, &h, now, false)
+				var awake time.Time
+				if tc.starving {
+					awake = now
+				}
+				e := newLinkEvidence(&cfg, &h, now, awake)
 				e.lastRecv, e.lastPong = lastFrame, lastFrame
 				e.othersRecv = now.Add(-hb / 10) // the other links deliver
 				e.suspectedSince = suspectedSince
@@ -233,7 +256,11 @@ func TestDeadLinkDetectedInsideElectionTimeout(t *testing.T) {
 			if suspectAt == 0 || suspectAt > cfg.DeadTimeout {
 				t.Errorf("%s, phase %v: traffic left the dead link after %v, want by the dead timeout %v", tc.name, phase, suspectAt, cfg.DeadTimeout)
 			}
-			if deadAt == 0 || deadAt > tc.deadBound {
+			if tc.deadBound == 0 {
+				if deadAt != 0 {
+					t.Errorf("%s, phase %v: declared dead after %v by checks that all ran late", tc.name, phase, deadAt)
+				}
+			} else if deadAt == 0 || deadAt > tc.deadBound {
 				t.Errorf("%s, phase %v: declared dead after %v, want within %v", tc.name, phase, deadAt, tc.deadBound)
 			}
 		}

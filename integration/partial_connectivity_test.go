@@ -250,6 +250,30 @@ func (m *connMonitor) figures() connFigures {
 	return f
 }
 
+// plus adds the figures of another window: writes add up, maxima stay
+// maxima (leader changes: the most in any one window, as the promise is
+// per fault).
+func (f connFigures) plus(g connFigures) connFigures {
+	sum := connFigures{
+		StallMax: max(f.StallMax, g.StallMax), LeaderlessMax: max(f.LeaderlessMax, g.LeaderlessMax),
+		SchedLagMax: max(f.SchedLagMax, g.SchedLagMax), LeaderChanges: max(f.LeaderChanges, g.LeaderChanges),
+	}
+	for i := range max(len(f.Writes), len(g.Writes)) {
+		at := func(x connFigures) (int, time.Duration, time.Duration) {
+			if i < len(x.Writes) {
+				return x.Writes[i], x.Stall[i], x.Leaderless[i]
+			}
+			return 0, 0, 0
+		}
+		fw, fs, fl := at(f)
+		gw, gs, gl := at(g)
+		sum.Writes = append(sum.Writes, fw+gw)
+		sum.Stall = append(sum.Stall, max(fs, gs))
+		sum.Leaderless = append(sum.Leaderless, max(fl, gl))
+	}
+	return sum
+}
+
 func (f connFigures) String() string {
 	r := func(ds []time.Duration) string {
 		var s []string

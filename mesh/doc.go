@@ -206,9 +206,11 @@
 // within two heartbeats, or the link itself delivers but never answers).
 // While a link is suspect, routes avoid it like a degraded link (below),
 // so traffic moves a heartbeat before the dead timeout without tearing
-// the connection down. Silence of twice the (health-scaled) dead timeout
-// is dead regardless, unless the check itself ran late; the reader's
-// deadline of 3 × DeadTimeout is the last backstop. Raise both for WANs,
+// the connection down. Time our own process spent starved (a tick more
+// than half a heartbeat late) does not count towards a death: confirming
+// one needs the timeout's worth of silence after we woke. Silence of twice
+// the (health-scaled) dead timeout is dead regardless (counted the same
+// way); the reader's deadline of 3 × DeadTimeout is the last backstop. Raise both for WANs,
 // keeping DeadTimeout ≥ 3 × heartbeat.
 //
 // Link quality (quality.go): the share of pings not answered within one

@@ -203,7 +203,8 @@
 // link silent for a heartbeat less than the timeout is only suspect, and
 // is declared dead on a later check past the timeout only with a witness
 // that our own receive path works (another connection received a frame
-// within two heartbeats, or the link itself delivers but never answers).
+// within two heartbeats, or the link itself delivers but never answers,
+// which waits for the backstop below).
 // While a link is suspect, routes avoid it like a degraded link (below),
 // so traffic moves a heartbeat before the dead timeout without tearing
 // the connection down. Time our own process spent starved (a tick more

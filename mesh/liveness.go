@@ -20,7 +20,8 @@ import (
 //     if it is still silent AND something shows that our own receive path
 //     works — another connection received a frame recently, or (for a
 //     link that delivers but never answers our pings) the link itself is
-//     delivering. A member alone with one neighbour has no witness and
+//     delivering; that case waits for the backstop (3), since traffic
+//     already left the link and the answerer may only be starved. A member alone with one neighbour has no witness and
 //     trusts the timer after the confirmation check.
 //     Time we spent starved ourselves is not held against a link: a tick
 //     that arrives more than half a heartbeat late ends a starvation
@@ -195,7 +196,13 @@ func judgeLink(e linkEvidence) (linkVerdict, error) {
 	if silent <= e.dead {
 		// Frames arrive but our pings go unanswered: the link itself
 		// proves our receive path works (a one-way link, or a peer that
-		// stopped reading).
+		// stopped reading). Traffic left the link when it became suspect,
+		// so the verdict waits for the backstop: a peer whose reader was
+		// held up on a busy CPU while its writer still ran gets time to
+		// answer before the connection is torn down.
+		if unanswered <= e.backstop {
+			return linkSuspect, nil
+		}
 		return linkDead, errNoPong
 	}
 	// ... and only with a witness that our receive path works: another

@@ -166,7 +166,8 @@ func TestJudgeLink(t *testing.T) {
 		{"confirmation too soon after suspicion", ev(1050, 300, 300, 1040, 1000), linkSuspect, nil},
 		{"no witness: every link silent, we are the slow one", ev(1150, 300, 300, 320, 1000), linkSuspect, nil},
 		{"alone: no other link, trust the timer", ev(1150, 300, 300, none, 1000), linkDead, errDeadLink},
-		{"frames arrive, pings unanswered (one-way)", ev(1150, 1140, 300, 320, 1000), linkDead, errNoPong},
+		{"frames arrive, pings unanswered past the backstop (one-way)", ev(1550, 1540, 300, 320, 1000), linkDead, errNoPong},
+		{"frames arrive, pings unanswered less than the backstop: suspect (a starved answerer)", ev(1150, 1140, 300, 320, 1000), linkSuspect, nil},
 		{"backstop: silent 2 x dead timeout whatever the evidence", ev(1600, 300, 300, 320, none), linkDead, errDeadLink},
 		{"a check that ran late (we were starved) suspects but does not confirm", func() linkEvidence {
 			e := ev(1150, 300, 300, 1100, 1000)

@@ -49,6 +49,12 @@ type connMonitor struct {
 	lessSince  []time.Time // zero: has a leader
 	leaders    [][]uint64  // sequence of distinct non-zero leaders seen
 	end        time.Time   // set by Stop: later completions do not count
+
+	// schedLag is the longest this test process's scheduler kept a 10 ms
+	// ticker waiting in the window: with in-process members, how long the
+	// servers themselves may have been starved (a stall that long is the
+	// machine's, not the network's).
+	schedLag time.Duration
 }
 
 func startConnMonitor(t testing.TB, c *Cluster) *connMonitor {
@@ -64,8 +70,28 @@ func startConnMonitor(t testing.TB, c *Cluster) *connMonitor {
 		go m.writer(i, wcli)
 		go m.poller(i, scli)
 	}
+	m.wg.Add(1)
+	go m.lagMeter()
 	t.Cleanup(func() { m.Stop() })
 	return m
+}
+
+// lagMeter records how late a 10 ms ticker fires (schedLag).
+func (m *connMonitor) lagMeter() {
+	defer m.wg.Done()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case at := <-tick.C:
+			late := time.Since(at)
+			m.mu.Lock()
+			m.schedLag = max(m.schedLag, late)
+			m.mu.Unlock()
+		}
+	}
 }
 
 func (m *connMonitor) writer(i int, cli *clientv3.Client) {
@@ -191,6 +217,7 @@ func (m *connMonitor) reset() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
+	m.schedLag = 0
 	for i := range m.stall {
 		m.stall[i], m.writes[i], m.leaderless[i], m.lastWrite[i] = 0, 0, 0, now
 		if !m.lessSince[i].IsZero() {
@@ -204,7 +231,8 @@ func (m *connMonitor) reset() {
 
 type connFigures struct {
 	StallMax, LeaderlessMax time.Duration
-	LeaderChanges           int // max over members of changes of the reported leader
+	SchedLagMax             time.Duration // the test process starved this long at most (lagMeter)
+	LeaderChanges           int           // max over members of changes of the reported leader
 	Writes                  []int
 	Stall, Leaderless       []time.Duration
 }
@@ -212,13 +240,38 @@ type connFigures struct {
 func (m *connMonitor) figures() connFigures {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	f := connFigures{Writes: append([]int(nil), m.writes...), Stall: append([]time.Duration(nil), m.stall...), Leaderless: append([]time.Duration(nil), m.leaderless...)}
+	f := connFigures{Writes: append([]int(nil), m.writes...), Stall: append([]time.Duration(nil), m.stall...), Leaderless: append([]time.Duration(nil), m.leaderless...),
+		SchedLagMax: m.schedLag}
 	for i := range m.stall {
 		f.StallMax = max(f.StallMax, m.stall[i])
 		f.LeaderlessMax = max(f.LeaderlessMax, m.leaderless[i])
 		f.LeaderChanges = max(f.LeaderChanges, len(m.leaders[i])-1)
 	}
 	return f
+}
+
+// plus adds the figures of another window: writes add up, maxima stay
+// maxima (leader changes: the most in any one window, as the promise is
+// per fault).
+func (f connFigures) plus(g connFigures) connFigures {
+	sum := connFigures{
+		StallMax: max(f.StallMax, g.StallMax), LeaderlessMax: max(f.LeaderlessMax, g.LeaderlessMax),
+		SchedLagMax: max(f.SchedLagMax, g.SchedLagMax), LeaderChanges: max(f.LeaderChanges, g.LeaderChanges),
+	}
+	for i := range max(len(f.Writes), len(g.Writes)) {
+		at := func(x connFigures) (int, time.Duration, time.Duration) {
+			if i < len(x.Writes) {
+				return x.Writes[i], x.Stall[i], x.Leaderless[i]
+			}
+			return 0, 0, 0
+		}
+		fw, fs, fl := at(f)
+		gw, gs, gl := at(g)
+		sum.Writes = append(sum.Writes, fw+gw)
+		sum.Stall = append(sum.Stall, max(fs, gs))
+		sum.Leaderless = append(sum.Leaderless, max(fl, gl))
+	}
+	return sum
 }
 
 func (f connFigures) String() string {
@@ -229,8 +282,8 @@ func (f connFigures) String() string {
 		}
 		return strings.Join(s, " ")
 	}
-	return fmt.Sprintf("stall max %v [%s], leaderless max %v [%s], leader changes %d, writes per member %v",
-		f.StallMax.Round(time.Millisecond), r(f.Stall), f.LeaderlessMax.Round(time.Millisecond), r(f.Leaderless), f.LeaderChanges, f.Writes)
+	return fmt.Sprintf("stall max %v [%s], leaderless max %v [%s], leader changes %d, writes per member %v, test process starved up to %v",
+		f.StallMax.Round(time.Millisecond), r(f.Stall), f.LeaderlessMax.Round(time.Millisecond), r(f.Leaderless), f.LeaderChanges, f.Writes, f.SchedLagMax.Round(time.Millisecond))
 }
 
 // makeLeader moves leadership to member i (etcdctl move-leader) and waits.

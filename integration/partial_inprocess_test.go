@@ -68,9 +68,24 @@ func runPartialInProcessLeader(t *testing.T, n, leader int, cut func(ec *embed.C
 	mon.Stop()
 	f := mon.figures()
 	t.Logf("in-process (memnet), %d members, during the cut (%v): %v", n, cutWindow(), f)
+	if f.StallMax > stallBound || f.LeaderlessMax > leaderlessBound || f.LeaderChanges > 1 {
+		logMeshLinks(t, ec) // what each member's mesh made of the cut, before healing
+	}
 	ec.HealAll()
 	c.WaitHealthy(t)
 	return f
+}
+
+// logMeshLinks logs every member's view of its links and mesh counters.
+func logMeshLinks(t *testing.T, ec *embed.Cluster) {
+	for i, m := range ec.Members() {
+		st := m.MeshStatus()
+		for _, l := range st.Links {
+			t.Logf("m%d link to %s: state %s, rtt %s, loss %.2f, path %v, links lost %d",
+				i, l.Peer, l.State, l.RTT, l.Loss, l.Path, l.LinksLost)
+		}
+		t.Logf("m%d mesh: local health %d, counters %v, recent losses %v", i, st.LocalHealth, st.Counters, st.RecentLosses)
+	}
 }
 
 // A–B–C with A–C cut (a firewall: connections reset) and A the leader.

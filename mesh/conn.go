@@ -501,18 +501,11 @@ func (c *conn) writeFrame(w *linkWriter, f *frameBuf) error {
 // checkLiveness fails a connection that has gone quiet, or whose peer
 // stopped answering our pings (a peer that stopped reading still sends),
 // by the rules of judgeLink.
-func (c *conn) checkLiveness(now time.Time, late bool) error {
+func (c *conn) checkLiveness(now, awakeSince time.Time) error {
 	r := c.r
-	e := linkEvidence{
-		now:       now,
-		lastRecv:  time.Unix(0, c.lastRecv.Load()),
-		lastPong:  time.Unix(0, c.lastPong.Load()),
-		dead:      r.health.deadTimeout(r.cfg.DeadTimeout),
-		suspect:   max(r.cfg.DeadTimeout-r.cfg.HeartbeatInterval, r.cfg.HeartbeatInterval),
-		backstop:  2 * r.health.deadTimeout(r.cfg.DeadTimeout),
-		heartbeat: r.cfg.HeartbeatInterval,
-		late:      late,
-	}
+	e := newLinkEvidence(&r.cfg, &r.health, now, awakeSince)
+	e.lastRecv = time.Unix(0, c.lastRecv.Load())
+	e.lastPong = time.Unix(0, c.lastPong.Load())
 	if s := c.suspectSince.Load(); s != 0 {
 		e.suspectedSince = time.Unix(0, s)
 	}

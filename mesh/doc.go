@@ -203,12 +203,15 @@
 // link silent for a heartbeat less than the timeout is only suspect, and
 // is declared dead on a later check past the timeout only with a witness
 // that our own receive path works (another connection received a frame
-// within two heartbeats, or the link itself delivers but never answers).
+// within two heartbeats, or the link itself delivers but never answers,
+// which waits for the backstop below).
 // While a link is suspect, routes avoid it like a degraded link (below),
 // so traffic moves a heartbeat before the dead timeout without tearing
-// the connection down. Silence of twice the (health-scaled) dead timeout
-// is dead regardless, unless the check itself ran late; the reader's
-// deadline of 3 × DeadTimeout is the last backstop. Raise both for WANs,
+// the connection down. Time our own process spent starved (a tick more
+// than half a heartbeat late) does not count towards a death: confirming
+// one needs the timeout's worth of silence after we woke. Silence of twice
+// the (health-scaled) dead timeout is dead regardless (counted the same
+// way); the reader's deadline of 3 × DeadTimeout is the last backstop. Raise both for WANs,
 // keeping DeadTimeout ≥ 3 × heartbeat.
 //
 // Link quality (quality.go): the share of pings not answered within one

@@ -20,17 +20,23 @@ import (
 //     if it is still silent AND something shows that our own receive path
 //     works — another connection received a frame recently, or (for a
 //     link that delivers but never answers our pings) the link itself is
-//     delivering. A member alone with one neighbour has no witness and
+//     delivering; that case waits for the backstop (3), since traffic
+//     already left the link and the answerer may only be starved. A member alone with one neighbour has no witness and
 //     trusts the timer after the confirmation check.
-//     A check that itself ran more than three heartbeats late (we were
-//     starved just now, and our readers may not have drained what
-//     arrived) may suspect but never confirms, not even by the backstop.
+//     Time we spent starved ourselves is not held against a link: a tick
+//     that arrives more than half a heartbeat late ends a starvation
+//     episode, and confirming a death needs the dead timeout of silence
+//     (or of unanswered pings) counted from then, so our readers get a
+//     full timeout to drain what arrived while we were not running.
+//     While we stay starved (every tick late) the loop only suspects.
 //  3. The backstop: a link silent for twice the health-scaled dead
-//     timeout is dead whatever the witnesses say (unless the check ran
-//     late), and the reader's deadline of 3 × DeadTimeout ends it in any
-//     case. With the defaults a healthy process moves traffic off a dead
+//     timeout is dead whatever the witnesses say (silence counted from
+//     the end of our last starvation too), and the reader's deadline of
+//     3 × DeadTimeout ends it in any case. With the defaults a healthy process moves traffic off a dead
 //     link after ~0.45–0.6 s and declares it dead after ~0.75 s, within
-//     Raft's 1 s election timeout; a starved one takes at most ~1.8 s.
+//     Raft's 1 s election timeout; a starved one takes at most ~1.8 s
+//     (the reader's deadline). Suspicion, and with it the move of
+//     traffic to another path, never waits for our own health.
 //
 // The old detector ran in each connection's writer and skipped any check
 // that ran more than three heartbeats late. Under a saturating write load
@@ -51,6 +57,7 @@ func (r *Router) livenessLoop() {
 	defer r.wg.Done()
 	ticker := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer ticker.Stop()
+	var awakeSince time.Time // the end of our last starvation episode
 	for {
 		select {
 		case <-r.ctx.Done():
@@ -59,9 +66,12 @@ func (r *Router) livenessLoop() {
 			now := time.Now()
 			late := now.Sub(tick)
 			r.health.observeTick(late, r.cfg.HeartbeatInterval)
+			if late > r.cfg.HeartbeatInterval/2 {
+				awakeSince = now
+			}
 			entries, _ := r.conns.snapshot()
 			for _, e := range entries {
-				if err := e.c.checkLiveness(now, late > 3*r.cfg.HeartbeatInterval); err != nil {
+				if err := e.c.checkLiveness(now, awakeSince); err != nil {
 					e.c.close(err)
 				}
 			}
@@ -140,35 +150,59 @@ type linkEvidence struct {
 	suspect   time.Duration
 	backstop  time.Duration // silent this long: dead regardless
 	heartbeat time.Duration
-	// late is set when this check itself ran far behind schedule (our own
-	// process starved): it may suspect, but not confirm a death.
-	late bool
+	// awakeSince is the end of our own last starvation episode (zero:
+	// none seen): silence and unanswered pings before it do not count
+	// towards confirming a death, only towards suspicion.
+	awakeSince time.Time
+}
+
+// newLinkEvidence fills in the timeouts a check at now judges by: the
+// router's settings scaled by its local health. The caller adds what it
+// observed on the link.
+func newLinkEvidence(cfg *Config, h *localHealth, now, awakeSince time.Time) linkEvidence {
+	dead := h.deadTimeout(cfg.DeadTimeout)
+	return linkEvidence{
+		now:        now,
+		dead:       dead,
+		suspect:    max(cfg.DeadTimeout-cfg.HeartbeatInterval, cfg.HeartbeatInterval),
+		backstop:   2 * dead,
+		heartbeat:  cfg.HeartbeatInterval,
+		awakeSince: awakeSince,
+	}
 }
 
 // judgeLink decides a link's state from the evidence. It is a pure
 // function, so the rules are tested deterministically.
 func judgeLink(e linkEvidence) (linkVerdict, error) {
-	silent := e.now.Sub(e.lastRecv)
-	unanswered := e.now.Sub(e.lastPong)
-	if silent > e.backstop && !e.late {
+	// Suspicion counts all the silence; confirmation only what passed
+	// while we were running (awakeSince).
+	silent := e.now.Sub(later(e.lastRecv, e.awakeSince))
+	unanswered := e.now.Sub(later(e.lastPong, e.awakeSince))
+	if silent > e.backstop {
 		return linkDead, errDeadLink
 	}
 	// Suspicion starts a heartbeat before the dead timeout, so that the
 	// confirming check costs no detection time.
-	if silent <= e.suspect && unanswered <= e.suspect {
+	if e.now.Sub(e.lastRecv) <= e.suspect && e.now.Sub(e.lastPong) <= e.suspect {
 		return linkAlive, nil
 	}
 	// Suspect. Dead only past the timeout, on a later check than the one
 	// that suspected (a starved reader gets a chance to drain what it had
 	// buffered) ...
-	if (silent <= e.dead && unanswered <= e.dead) || e.suspectedSince.IsZero() || e.now.Sub(e.suspectedSince) < e.heartbeat/2 || e.late {
+	if (silent <= e.dead && unanswered <= e.dead) || e.suspectedSince.IsZero() || e.now.Sub(e.suspectedSince) < e.heartbeat/2 {
 		return linkSuspect, nil
 	}
 	err := errDeadLink
 	if silent <= e.dead {
 		// Frames arrive but our pings go unanswered: the link itself
 		// proves our receive path works (a one-way link, or a peer that
-		// stopped reading).
+		// stopped reading). Traffic left the link when it became suspect,
+		// so the verdict waits for the backstop: a peer whose reader was
+		// held up on a busy CPU while its writer still ran gets time to
+		// answer before the connection is torn down.
+		if unanswered <= e.backstop {
+			return linkSuspect, nil
+		}
 		return linkDead, errNoPong
 	}
 	// ... and only with a witness that our receive path works: another
@@ -178,4 +212,12 @@ func judgeLink(e linkEvidence) (linkVerdict, error) {
 		return linkDead, err
 	}
 	return linkSuspect, nil
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -166,18 +166,34 @@ func TestJudgeLink(t *testing.T) {
 		{"confirmation too soon after suspicion", ev(1050, 300, 300, 1040, 1000), linkSuspect, nil},
 		{"no witness: every link silent, we are the slow one", ev(1150, 300, 300, 320, 1000), linkSuspect, nil},
 		{"alone: no other link, trust the timer", ev(1150, 300, 300, none, 1000), linkDead, errDeadLink},
-		{"frames arrive, pings unanswered (one-way)", ev(1150, 1140, 300, 320, 1000), linkDead, errNoPong},
+		{"frames arrive, pings unanswered past the backstop (one-way)", ev(1550, 1540, 300, 320, 1000), linkDead, errNoPong},
+		{"frames arrive, pings unanswered less than the backstop: suspect (a starved answerer)", ev(1150, 1140, 300, 320, 1000), linkSuspect, nil},
 		{"backstop: silent 2 x dead timeout whatever the evidence", ev(1600, 300, 300, 320, none), linkDead, errDeadLink},
-		{"a check that ran late suspects but does not confirm", func() linkEvidence {
+		{"a check that ran late (we were starved) suspects but does not confirm", func() linkEvidence {
 			e := ev(1150, 300, 300, 1100, 1000)
-			e.late = true
+			e.awakeSince = e.now
 			return e
 		}(), linkSuspect, nil},
 		{"a late check does not even trust the backstop (readers may lag)", func() linkEvidence {
 			e := ev(1600, 300, 300, 1590, 1000)
-			e.late = true
+			e.awakeSince = e.now
 			return e
 		}(), linkSuspect, nil},
+		{"silence before our own starvation does not count towards death", func() linkEvidence {
+			e := ev(1300, 300, 300, 1290, 1000)
+			e.awakeSince = ms(1000)
+			return e
+		}(), linkSuspect, nil},
+		{"unanswered pings before our own starvation do not count either", func() linkEvidence {
+			e := ev(1300, 1290, 300, 1290, 1000)
+			e.awakeSince = ms(1000)
+			return e
+		}(), linkSuspect, nil},
+		{"a dead timeout of silence after we woke: confirmed", func() linkEvidence {
+			e := ev(1650, 300, 300, 1640, 1000)
+			e.awakeSince = ms(1000)
+			return e
+		}(), linkDead, errDeadLink},
 		{"health-scaled timeout not yet reached: suspect (rerouted), not dead", func() linkEvidence {
 			e := ev(1000, 200, 200, 990, 800)
 			e.dead = 900 * time.Millisecond
@@ -187,6 +203,67 @@ func TestJudgeLink(t *testing.T) {
 		got, err := judgeLink(tc.e)
 		if got != tc.want || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
 			t.Errorf("%s: got %v, %v; want %v, %v", tc.name, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// A truly dead link, judged check by check the way the liveness loop
+// does (every heartbeat, at any phase relative to the link's last frame,
+// with the other links delivering): with the defaults, traffic leaves it
+// by the dead timeout whatever the local health, and it is declared dead
+// inside Raft's default 1 s election timeout when the process is healthy
+// and within the starved bound (1.5 × dead timeout plus a check) when it
+// was starved a while ago. While every check runs late (starving now) the
+// loop only suspects: traffic still leaves by the dead timeout and the
+// reader's deadline (3 × DeadTimeout) closes the link.
+func TestDeadLinkDetectedInsideElectionTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	const electionTimeout = time.Second
+	hb := cfg.HeartbeatInterval
+	for _, tc := range []struct {
+		name      string
+		score     int32
+		deadBound time.Duration // 0: the loop must not confirm
+		starving  bool
+	}{
+		{"healthy", 0, electionTimeout, false},
+		{"starved", maxLocalHealth, cfg.DeadTimeout*3/2 + hb, false},
+		{"starving now", maxLocalHealth, 0, true},
+	} {
+		for _, phase := range []time.Duration{time.Millisecond, hb / 2, hb - time.Millisecond} {
+			var h localHealth
+			h.score.Store(tc.score)
+			lastFrame := time.Unix(1000, 0) // the link's last frame; silence from here on
+			var suspectedSince time.Time
+			var suspectAt, deadAt time.Duration
+			for now := lastFrame.Add(phase); deadAt == 0 && now.Sub(lastFrame) < 10*time.Second; now = now.Add(hb) {
+				var awake time.Time
+				if tc.starving {
+					awake = now
+				}
+				e := newLinkEvidence(&cfg, &h, now, awake)
+				e.lastRecv, e.lastPong = lastFrame, lastFrame
+				e.othersRecv = now.Add(-hb / 10) // the other links deliver
+				e.suspectedSince = suspectedSince
+				switch v, _ := judgeLink(e); v {
+				case linkSuspect:
+					if suspectedSince.IsZero() {
+						suspectedSince, suspectAt = now, now.Sub(lastFrame)
+					}
+				case linkDead:
+					deadAt = now.Sub(lastFrame)
+				}
+			}
+			if suspectAt == 0 || suspectAt > cfg.DeadTimeout {
+				t.Errorf("%s, phase %v: traffic left the dead link after %v, want by the dead timeout %v", tc.name, phase, suspectAt, cfg.DeadTimeout)
+			}
+			if tc.deadBound == 0 {
+				if deadAt != 0 {
+					t.Errorf("%s, phase %v: declared dead after %v by checks that all ran late", tc.name, phase, deadAt)
+				}
+			} else if deadAt == 0 || deadAt > tc.deadBound {
+				t.Errorf("%s, phase %v: declared dead after %v, want within %v", tc.name, phase, deadAt, tc.deadBound)
+			}
 		}
 	}
 }

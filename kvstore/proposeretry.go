@@ -32,14 +32,18 @@ const (
 //     when the view catches up.
 //   - Forwarded as a follower: the mesh may drop the MsgProp silently
 //     (a lossy link, a queue on a link that died, a relay that dropped
-//     it). Evidence: a leader or term change; or a request this
-//     member proposed later already applied while this one did not (the
-//     leader appends what one member forwards in the order it arrives,
-//     one route delivers in order, and apply is in log order); or, with
+//     it). Evidence: a leader or term change; or a request this member
+//     proposed later already applied while this one did not (the leader
+//     appends what one member forwards in the order it arrives, one
+//     route delivers in order, and apply is in log order); or, with
 //     nothing later to compare with (one client), no commit within a
 //     retransmission timeout estimated like TCP's from the commit
-//     latency of this member's forwarded requests, so a slow pipeline of
-//     big entries raises the timeout instead of adding copies to it.
+//     latency of this member's forwarded requests (5 heartbeats to 2
+//     election timeouts, doubled once the request was retried), so a
+//     slow pipeline of big entries raises the timeout instead of adding
+//     copies to it. A route change is no evidence by itself (links
+//     re-route on quality while the old path still delivers) but brings
+//     the next check forward.
 //
 // A later request can overtake an earlier one between taking its id and
 // reaching raft, so "a later one applied" counts only when it is still
@@ -53,8 +57,10 @@ type proposalRetry struct {
 	srtt   time.Duration // smoothed commit latency of forwarded requests
 	rttvar time.Duration
 	// minRTO, maxRTO bound the timeout: 5 heartbeats (what a first retry
-	// waited before) up to 4 election timeouts.
-	minRTO, maxRTO time.Duration
+	// waited before) up to 2 election timeouts, so a lost copy still goes
+	// again well within the request timeout; initialRTO is the election
+	// timeout, used until a forwarded request committed.
+	minRTO, maxRTO, initialRTO time.Duration
 }
 
 func newProposalRetry(heartbeat, election time.Duration) *proposalRetry {
@@ -62,7 +68,7 @@ func newProposalRetry(heartbeat, election time.Duration) *proposalRetry {
 	if minRTO > election {
 		minRTO = election
 	}
-	return &proposalRetry{minRTO: minRTO, maxRTO: 4 * election}
+	return &proposalRetry{minRTO: minRTO, maxRTO: 2 * election, initialRTO: election}
 }
 
 // observe records a request of this member that got its result. The
@@ -101,6 +107,11 @@ func (p *proposalRetry) rto() time.Duration {
 	p.mu.Lock()
 	rto := p.srtt + 4*p.rttvar
 	p.mu.Unlock()
+	if rto == 0 {
+		// No forwarded request committed yet: like TCP's initial 1 s,
+		// something sure to exceed a commit (an election timeout).
+		rto = p.initialRTO
+	}
 	return min(max(rto, p.minRTO), p.maxRTO)
 }
 
@@ -140,7 +151,7 @@ func (p *proposalRetry) retryReason(c *pendingCopy, term uint64, isLeader bool) 
 		}
 		c.laterApplied = true
 		return "", true
-	case time.Since(c.at) >= p.rto()<<min(c.copies-1, 2):
+	case time.Since(c.at) >= p.rto()<<min(c.copies-1, 1):
 		// Backing off per copy, like TCP: if the copies are not lost but
 		// slow, each one adds to the queue that makes them slow.
 		return retryTimeout, false

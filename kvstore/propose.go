@@ -112,12 +112,12 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 			continue
 		case <-routeChanged:
 			leaderChanged, routeChanged = s.proposalLossNotify()
-			// A route change is no evidence by itself (links re-route on
-			// quality while the old path still delivers, and most routes
-			// do not lead to the leader), but a copy lost on a link that
-			// died shows soon: look for the evidence sooner. A leader's
-			// own copy is in its log; routes do not matter to it.
+			// A forwarded copy may have been queued on a link that died
+			// (a partition that re-routes, a cut): waiting for the other
+			// evidence stalled clients of such members for over 2 s. A
+			// leader's own copy is in its log; routes do not matter to it.
 			if !last.asLeader {
+				last.lossEvent = true
 				rt.soon()
 			}
 			continue

@@ -9,10 +9,10 @@ import (
 // Why a pending request is proposed again (label of
 // meshetcd_server_proposals_retried_total).
 const (
-	retryLeader       = "leader_change"
-	retryTerm         = "term_change"
-	retryLaterApplied = "later_request_applied"
-	retryTimeout      = "timeout"
+	retryLeaderOrRoute = "leader_or_route_change"
+	retryTerm          = "term_change"
+	retryLaterApplied  = "later_request_applied"
+	retryTimeout       = "timeout"
 )
 
 // A request is proposed again only on evidence that its last copy may be
@@ -32,7 +32,7 @@ const (
 //     when the view catches up.
 //   - Forwarded as a follower: the mesh may drop the MsgProp silently
 //     (a lossy link, a queue on a link that died, a relay that dropped
-//     it). Evidence: a leader or term change; or a request this member
+//     it). Evidence: a leader, route or term change; or a request this member
 //     proposed later already applied while this one did not (the leader
 //     appends what one member forwards in the order it arrives, one
 //     route delivers in order, and apply is in log order); or, with
@@ -41,9 +41,9 @@ const (
 //     latency of this member's forwarded requests (5 heartbeats to 2
 //     election timeouts, doubled once the request was retried), so a
 //     slow pipeline of big entries raises the timeout instead of adding
-//     copies to it. A route change is no evidence by itself (links
-//     re-route on quality while the old path still delivers) but brings
-//     the next check forward.
+//     copies to it. Any route change counts (the mesh does not say which
+//     routes lead to the leader, nor whether the old path died or only
+//     degraded), so routes flapping under load still cost copies.
 //
 // A later request can overtake an earlier one between taking its id and
 // reaching raft, so "a later one applied" counts only when it is still
@@ -121,7 +121,8 @@ type pendingCopy struct {
 	at       time.Time // when the last copy was proposed
 	term     uint64    // our view of the term then
 	asLeader bool      // we were the leader then (in that term)
-	// lossEvent: a leader change since the last copy was proposed.
+	// lossEvent: a leader change, or for a forwarded copy a route change,
+	// since the last copy was proposed.
 	lossEvent bool
 	// laterApplied: at the previous check a later request had applied.
 	laterApplied bool
@@ -140,7 +141,7 @@ func (c *pendingCopy) proposed(term uint64, leader bool) {
 func (p *proposalRetry) retryReason(c *pendingCopy, term uint64, isLeader bool) (reason string, recheckSoon bool) {
 	switch {
 	case c.lossEvent:
-		return retryLeader, false
+		return retryLeaderOrRoute, false
 	case term != c.term || (c.asLeader && !isLeader):
 		return retryTerm, false
 	case c.asLeader:

@@ -12,7 +12,7 @@ import (
 
 func proposalsRetried(s *Server) (total float64, byReason map[string]float64) {
 	byReason = map[string]float64{}
-	for _, r := range []string{retryLeader, retryTerm, retryLaterApplied, retryTimeout} {
+	for _, r := range []string{retryLeaderOrRoute, retryTerm, retryLaterApplied, retryTimeout} {
 		var m dto.Metric
 		if err := s.metrics.proposalsRetried.WithLabelValues(r).Write(&m); err != nil {
 			panic(err)
@@ -100,7 +100,7 @@ func TestProposalRetryReason(t *testing.T) {
 	check(lead, 4, true, retryTerm, false)
 	check(lead, 3, false, retryTerm, false) // stepped down: no longer in office
 	lead.lossEvent = true
-	check(lead, 3, true, retryLeader, false)
+	check(lead, 3, true, retryLeaderOrRoute, false)
 
 	p.maxAppliedID.Store(0)
 	fwd := &pendingCopy{id: 10}

@@ -70,6 +70,9 @@ func newServerMetrics(s *Server) *serverMetrics {
 	m.proposalsRetried = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "meshetcd", Subsystem: "server",
 		Name: "proposals_retried_total", Help: "The total number of pending requests proposed again, by why their last copy may have been lost."},
 		[]string{"reason"})
+	for _, reason := range []string{retryLeaderOrRoute, retryTerm, retryLaterApplied, retryTimeout} {
+		m.proposalsRetried.WithLabelValues(reason) // exported at 0 before the first
+	}
 	m.heartbeatFailures = prometheus.NewCounter(prometheus.CounterOpts(opts("heartbeat_send_failures_total",
 		"The total number of leader heartbeat send failures (likely overloaded from slow disk).")))
 	// meshetcd has no --feature-gates: it behaves as etcd with the default

@@ -60,10 +60,13 @@
 // forwarded proposal is lost when the mesh link it was queued on dies
 // silently, when a relaying member drops it while its own routes change
 // (no event reaches the proposer then), or when the member it reached had
-// no leader at that moment. So a pending request is proposed again on a
-// backoff timer (5 heartbeats, doubling up to the election timeout) for as
-// long as it waits, and one heartbeat after a leader or mesh route change;
-// when several copies commit, every member applies the first and skips the
+// no leader at that moment. So a pending request is proposed again when
+// there is evidence its last copy was lost (proposeretry.go): a leader's
+// own copy only after a leader or term change (it is in its own log); a
+// forwarded one also one heartbeat after a mesh route change, when a
+// request the member proposed later applied first, or after a timeout
+// learnt from the member's commit latency; when several copies commit,
+// every member applies the first and skips the
 // later ones, deciding from a request-id record (bucket meshetcd_requests)
 // written in the same bbolt commit as the entry's consistent index and
 // pruned at fixed log indexes (dedupe.go), so restarted and snapshot-restored members decide alike.

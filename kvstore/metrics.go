@@ -25,7 +25,10 @@ type serverMetrics struct {
 	leaderChanges   prometheus.Counter
 	proposalsFailed prometheus.Counter
 	proposalsPend   prometheus.Gauge
-	leaseExpired    prometheus.Counter
+	// proposalsRetried counts copies of pending requests proposed again,
+	// by reason (proposeretry.go); ours, not etcd's.
+	proposalsRetried *prometheus.CounterVec
+	leaseExpired     prometheus.Counter
 	// requestDuration is etcd's per-request-type latency (Range,
 	// ReadonlyTxn and every proposed type), labelled type and success.
 	requestDuration *prometheus.HistogramVec
@@ -69,6 +72,12 @@ func newServerMetrics(s *Server) *serverMetrics {
 		snapshotApply: prometheus.NewGauge(prometheus.GaugeOpts(opts("snapshot_apply_in_progress_total",
 			"1 if the server is applying the incoming snapshot. 0 if none."))),
 	}
+	m.proposalsRetried = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "meshetcd", Subsystem: "server",
+		Name: "proposals_retried_total", Help: "The total number of pending requests proposed again, by why their last copy may have been lost."},
+		[]string{"reason"})
+	for _, reason := range []string{retryLeaderOrRoute, retryTerm, retryLaterApplied, retryTimeout} {
+		m.proposalsRetried.WithLabelValues(reason) // exported at 0 before the first
+	}
 	m.heartbeatFailures = prometheus.NewCounter(prometheus.CounterOpts(opts("heartbeat_send_failures_total",
 		"The total number of leader heartbeat send failures (likely overloaded from slow disk).")))
 	// meshetcd has no --feature-gates: it behaves as etcd with the default
@@ -90,6 +99,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 	m.collectors = []prometheus.Collector{
 		m.leaderChanges, m.proposalsFailed, m.proposalsPend, m.leaseExpired,
 		m.requestDuration, m.promoteSucceed, m.promoteFailed, m.snapshotApply, m.heartbeatFailures, featureEnabled,
+		m.proposalsRetried,
 		// etcd's file descriptor gauges, read at scrape time.
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "os", Subsystem: "fd", Name: "used", Help: "The number of used file descriptors."},
 			func() float64 { return fdGauge(s.lg, fdruntime.FDUsage) }),

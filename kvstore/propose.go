@@ -73,6 +73,9 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 	defer cancel()
 	// Taken before proposing, so a change while the proposal travels counts.
 	leaderChanged, routeChanged := s.proposalLossNotify()
+	last := pendingCopy{id: id}
+	// Our view of term and leader before Propose: see proposalRetry.
+	term, leader := s.r.Term(), s.isLeader()
 	if err := s.r.Propose(cctx, data); err != nil {
 		s.metrics.proposalsFailed.Inc()
 		s.w.Trigger(id, nil) // free the waiter
@@ -81,16 +84,16 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 		}
 		return nil, err
 	}
+	last.proposed(term, leader)
 	s.metrics.proposalsPend.Inc()
 	defer s.metrics.proposalsPend.Dec()
 	// Raft never resends a proposal the network lost (a follower's MsgProp
-	// dropped by the mesh, queued on a link that died, refused by a member
-	// that had no leader at that moment, or taken by a leader that lost
-	// office before replicating it), and no later event is guaranteed to
-	// tell us. So while the request waits, it is proposed again: soon after
-	// a leader or route change (once things settled a little) and on a
-	// backoff timer regardless. If several copies commit, every member
-	// applies the first and skips the others (dedupe.go).
+	// dropped by the mesh, queued on a link that died, or taken by a leader
+	// that lost office before replicating it), and no later event is
+	// guaranteed to tell us. So while the request waits, a timer checks for
+	// evidence that its last copy is lost (proposalRetry) and proposes it
+	// again if so. If several copies commit, every member applies the
+	// first and skips the others (dedupe.go).
 	rt := newRetryTimer(s.cfg.HeartbeatInterval, s.cfg.ElectionTimeout)
 	defer rt.stop()
 	for {
@@ -100,14 +103,23 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 				// Only Stop-time cleanup triggers nil for a live request.
 				return nil, servererrors.ErrStopped
 			}
+			s.retry.observe(&last, time.Since(start))
 			return x.(*apply.Result), nil
 		case <-leaderChanged:
 			leaderChanged, routeChanged = s.proposalLossNotify()
+			last.lossEvent = true
 			rt.soon()
 			continue
 		case <-routeChanged:
 			leaderChanged, routeChanged = s.proposalLossNotify()
-			rt.soon()
+			// A forwarded copy may have been queued on a link that died
+			// (a partition that re-routes, a cut): waiting for the other
+			// evidence stalled clients of such members for over 2 s. A
+			// leader's own copy is in its log; routes do not matter to it.
+			if !last.asLeader {
+				last.lossEvent = true
+				rt.soon()
+			}
 			continue
 		case <-rt.C():
 		case <-cctx.Done():
@@ -124,10 +136,21 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 		if s.r.CommittedIndex()-firstCommit > maxRetryEntries {
 			continue
 		}
-		s.lg.Debug("re-proposing a pending request", zap.Uint64("request-id", id), zap.Duration("pending", time.Since(start)))
+		term, leader := s.r.Term(), s.isLeader()
+		reason, recheck := s.retry.retryReason(&last, term, leader)
+		if recheck {
+			rt.soon()
+		}
+		if reason == "" {
+			continue
+		}
+		s.metrics.proposalsRetried.WithLabelValues(reason).Inc()
+		s.lg.Debug("re-proposing a pending request", zap.Uint64("request-id", id), zap.String("reason", reason),
+			zap.Duration("pending", time.Since(start)))
 		if err := s.r.Propose(cctx, data); err != nil {
 			s.lg.Debug("re-proposing a pending request failed", zap.Uint64("request-id", id), zap.Error(err))
 		}
+		last.proposed(term, leader)
 	}
 }
 
@@ -137,8 +160,8 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 // (a budget of ~3 s at 30k writes/s, far more at ordinary rates).
 const maxRetryEntries = dedupeWindow * 3 / 4
 
-// retryTimer schedules re-proposals of a pending request: the first after
-// retryFirst (5 heartbeats: a commit normally takes a few milliseconds),
+// retryTimer schedules the checks for a lost copy of a pending request: the
+// first after 5 heartbeats (a commit normally takes a few milliseconds),
 // then backing off to the election timeout; a leader or route change
 // brings the next one forward to one heartbeat from now (coalescing bursts
 // of events and leaving the new route or leader a moment to settle).

@@ -83,6 +83,8 @@ type Server struct {
 	stopErr  atomic.Pointer[error]
 	w        wait.Wait
 	reqIDGen *idutil.Generator
+	// retry decides when a pending request is proposed again.
+	retry *proposalRetry
 
 	metrics           *serverMetrics
 	firstCommitInTerm *notify.Notifier
@@ -232,6 +234,7 @@ func New(ctx context.Context, cfg Config) (srv *Server, err error) {
 	}
 	closers = append(closers, s.r.Stop)
 	s.reqIDGen = idutil.NewGenerator(uint16(s.memberID), time.Now())
+	s.retry = newProposalRetry(cfg.HeartbeatInterval, cfg.ElectionTimeout)
 	s.metrics = newServerMetrics(s)
 	if cfg.MetricsRegisterer != nil {
 		if err := s.metrics.register(cfg.MetricsRegisterer); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/raft/v3/raftpb"
@@ -30,18 +31,27 @@ const queueLen = 4096
 type Network struct {
 	mu      sync.Mutex
 	nodes   map[uint64]Node
-	queues  map[uint64]chan *raftpb.Message
+	queues  map[uint64]chan queued
 	stopc   chan struct{}
 	wg      sync.WaitGroup
 	stopped bool
 	// dropProps: this many forwarded proposals (MsgProp) are lost
 	// silently, like a datagram a relaying mesh member drops.
 	dropProps atomic.Int32
+	// delay holds every message this long (nanoseconds) before delivery,
+	// like a link's one-way latency.
+	delay atomic.Int64
+}
+
+// queued is a message and when it may be delivered.
+type queued struct {
+	m   *raftpb.Message
+	due time.Time
 }
 
 // New returns an empty network; Close stops its delivery goroutines.
 func New() *Network {
-	return &Network{nodes: map[uint64]Node{}, queues: map[uint64]chan *raftpb.Message{}, stopc: make(chan struct{})}
+	return &Network{nodes: map[uint64]Node{}, queues: map[uint64]chan queued{}, stopc: make(chan struct{})}
 }
 
 // Close stops delivery and waits for the network's goroutines. Idempotent.
@@ -64,16 +74,26 @@ func (n *Network) Register(node Node) {
 	if _, ok := n.queues[id]; ok || n.stopped {
 		return
 	}
-	q := make(chan *raftpb.Message, queueLen)
+	q := make(chan queued, queueLen)
 	n.queues[id] = q
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		for {
 			select {
-			case m := <-q:
+			case qm := <-q:
+				// One delay for all keeps the queue in due order.
+				if wait := time.Until(qm.due); wait > 0 {
+					t := time.NewTimer(wait)
+					select {
+					case <-t.C:
+					case <-n.stopc:
+						t.Stop()
+						return
+					}
+				}
 				if dst := n.node(id); dst != nil {
-					_ = dst.Step(context.Background(), m)
+					_ = dst.Step(context.Background(), qm.m)
 				}
 			case <-n.stopc:
 				return
@@ -88,6 +108,10 @@ func (n *Network) Unregister(id uint64) {
 	defer n.mu.Unlock()
 	delete(n.nodes, id)
 }
+
+// SetDelay holds every message sent from now on for d before it is
+// delivered (a one-way link latency); 0 delivers at once.
+func (n *Network) SetDelay(d time.Duration) { n.delay.Store(int64(d)) }
 
 // DropProposals makes the network lose the next k forwarded proposals.
 func (n *Network) DropProposals(k int32) { n.dropProps.Store(k) }
@@ -135,7 +159,7 @@ func (t *Transport) Send(msgs []*raftpb.Message) {
 		delivered := false
 		if ok && alive {
 			select {
-			case q <- m:
+			case q <- queued{m: m, due: time.Now().Add(time.Duration(t.net.delay.Load()))}:
 				delivered = true
 			default:
 			}

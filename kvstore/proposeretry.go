@@ -38,10 +38,10 @@ const (
 //     route delivers in order, and apply is in log order); or, with
 //     nothing later to compare with (one client), no commit within a
 //     retransmission timeout estimated like TCP's from the commit
-//     latency of this member's forwarded requests (5 heartbeats to 2
-//     election timeouts, doubled once the request was retried), so a
-//     slow pipeline of big entries raises the timeout instead of adding
-//     copies to it. Any route change counts (the mesh does not say which
+//     latency of this member's forwarded requests (5 heartbeats to one
+//     election timeout, doubled once the request was retried, never
+//     beyond the election timeout), so a slow pipeline of big entries
+//     raises the timeout instead of adding copies to it. Any route change counts (the mesh does not say which
 //     routes lead to the leader, nor whether the old path died or only
 //     degraded), so routes flapping under load still cost copies.
 //
@@ -56,9 +56,13 @@ type proposalRetry struct {
 	mu     sync.Mutex
 	srtt   time.Duration // smoothed commit latency of forwarded requests
 	rttvar time.Duration
-	// minRTO, maxRTO bound the timeout: 5 heartbeats (what a first retry
-	// waited before) up to 2 election timeouts, so a lost copy still goes
-	// again well within the request timeout; initialRTO is the election
+	// minRTO, maxRTO bound the timeout, backed off or not: 5 heartbeats
+	// (what a first retry waited before) up to one election timeout. A
+	// longer bound let a copy lost right after a burst of route changes
+	// (routes still settling when the change-triggered copy went) wait up
+	// to 4 s once a leader move had inflated the latency estimate: a
+	// member at the end of a line of five stalled 4.7 s
+	// (TestPartialLineOfFiveLeaderInMiddle). initialRTO is the election
 	// timeout, used until a forwarded request committed.
 	minRTO, maxRTO, initialRTO time.Duration
 }
@@ -68,7 +72,7 @@ func newProposalRetry(heartbeat, election time.Duration) *proposalRetry {
 	if minRTO > election {
 		minRTO = election
 	}
-	return &proposalRetry{minRTO: minRTO, maxRTO: 2 * election, initialRTO: election}
+	return &proposalRetry{minRTO: minRTO, maxRTO: election, initialRTO: election}
 }
 
 // observe records a request of this member that got its result. The
@@ -152,7 +156,7 @@ func (p *proposalRetry) retryReason(c *pendingCopy, term uint64, isLeader bool) 
 		}
 		c.laterApplied = true
 		return "", true
-	case time.Since(c.at) >= p.rto()<<min(c.copies-1, 1):
+	case time.Since(c.at) >= min(p.rto()<<min(c.copies-1, 1), p.maxRTO):
 		// Backing off per copy, like TCP: if the copies are not lost but
 		// slow, each one adds to the queue that makes them slow.
 		return retryTimeout, false

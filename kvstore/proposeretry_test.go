@@ -120,16 +120,29 @@ func TestProposalRetryReason(t *testing.T) {
 	check(fwd, 3, false, "", false)
 	fwd.at = time.Now().Add(-110 * time.Millisecond)
 	check(fwd, 3, false, retryTimeout, false)
-	// A slow commit raises the timeout; a third copy waits twice as long.
+	// A slow commit raises the timeout; a third copy waits twice as long,
+	// but never beyond the election timeout (1 s here).
+	p = newProposalRetry(10*time.Millisecond, time.Second)
 	slow := &pendingCopy{id: 1}
 	slow.proposed(3, false)
 	p.observe(slow, 200*time.Millisecond)
-	if rto := p.rto(); rto < 200*time.Millisecond || rto > 400*time.Millisecond {
-		t.Fatalf("rto after one 200 ms sample = %v, want 200..400 ms", rto)
+	if rto := p.rto(); rto != 600*time.Millisecond {
+		t.Fatalf("rto after one 200 ms sample = %v, want 600ms (srtt + 4 rttvar)", rto)
 	}
 	fwd.copies = 3
+	fwd.at = time.Now().Add(-900 * time.Millisecond) // 2×600 ms, capped at 1 s
+	check(fwd, 3, false, "", false)
 	fwd.at = time.Now().Add(-p.rto() * 3 / 2)
 	check(fwd, 3, false, "", false)
 	fwd.at = time.Now().Add(-p.rto()*2 - time.Millisecond)
+	check(fwd, 3, false, retryTimeout, false)
+	// A very slow commit (a leader move inflates the estimate) cannot hold a
+	// lost copy back longer than the election timeout.
+	p.observe(slow, 3*time.Second)
+	if rto := p.rto(); rto != time.Second {
+		t.Fatalf("rto after a 3 s sample = %v, want the election timeout (1s)", rto)
+	}
+	fwd.copies = 3
+	fwd.at = time.Now().Add(-time.Second - time.Millisecond)
 	check(fwd, 3, false, retryTimeout, false)
 }

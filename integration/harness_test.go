@@ -518,8 +518,17 @@ func ctx(t testing.TB) context.Context {
 }
 
 // testLogger logs through t, for in-process members.
+// testLogger logs warnings and errors into the test's output;
+// MESHETCD_TEST_LOG=debug|info|warn|error sets another level when a
+// failure needs the members' story.
 func testLogger(t testing.TB) *zap.Logger {
-	return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	level := zap.WarnLevel
+	if v := os.Getenv("MESHETCD_TEST_LOG"); v != "" {
+		if err := level.Set(v); err != nil {
+			t.Fatalf("MESHETCD_TEST_LOG=%q: %v", v, err)
+		}
+	}
+	return zaptest.NewLogger(t, zaptest.Level(level))
 }
 
 // StartEmbedded starts an in-process member through embed on free ports,

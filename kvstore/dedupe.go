@@ -13,6 +13,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"go.etcd.io/etcd/server/v3/etcdserver/apply"
+	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/storage/backend"
 )
 
@@ -107,6 +109,12 @@ type dedupe struct {
 	sealed int
 	// journal carries records to the backend's next commit.
 	journal *dedupeJournal
+	// loadedThrough is the applied index of the backend the records were
+	// loaded from (this member's own at start, a leader's after a
+	// snapshot): a request recorded at or below it was applied before
+	// this process applied anything from its log, so no waiter of this
+	// process was answered for it.
+	loadedThrough uint64
 }
 
 // newDedupe builds the lookup state from records (any order).
@@ -451,7 +459,9 @@ func loadDedupe(be backend.Backend, j *dedupeJournal, applied uint64) dedupe {
 	j.mu.Lock()
 	j.saved = append(j.saved, saved...)
 	j.mu.Unlock()
-	return newDedupe(records, j)
+	d := newDedupe(records, j)
+	d.loadedThrough = applied
+	return d
 }
 
 // proposedAtField is a field of our own appended to a proposal's
@@ -577,12 +587,20 @@ func (s *Server) isDuplicate(data []byte, index uint64) bool {
 	if proposedAt != 0 && index > proposedAt+dedupeWindow {
 		s.lg.Warn("skipped a request copy committed too long after it was proposed",
 			zap.Uint64("request-id", id), zap.Uint64("proposed-at-commit", proposedAt), zap.Uint64("index", index))
+		s.answerUnknownOutcome(id)
 		return true
 	}
 	if at, ok := s.dd.lookup(id); ok {
 		if at < index {
 			s.lg.Info("skipped a retried request that was already applied",
 				zap.Uint64("request-id", id), zap.Uint64("applied-at", at), zap.Uint64("duplicate-at", index))
+			if at <= s.dd.loadedThrough {
+				// The original was applied inside a leader snapshot
+				// this member restored (or before it restarted): if
+				// its proposer still waits here, nothing will ever
+				// answer it with the original's response.
+				s.answerUnknownOutcome(id)
+			}
 			return true
 		}
 		// Re-applying the entry its record names (the record committed
@@ -592,6 +610,17 @@ func (s *Server) isDuplicate(data []byte, index uint64) bool {
 	}
 	s.dd.add(id, index)
 	return false
+}
+
+// answerUnknownOutcome frees a local waiter whose request's response this
+// member cannot know: the request was applied where this member did not
+// apply it itself (or never will be). It gets etcd's "request timed out",
+// the answer etcd gives a request whose outcome it cannot report, now
+// rather than at the request timeout: a follower that caught up through a
+// leader snapshot while a client's write of its own was in flight kept
+// that client waiting 7 s. Trigger is a no-op when no waiter is left.
+func (s *Server) answerUnknownOutcome(id uint64) {
+	s.w.Trigger(id, &apply.Result{Err: servererrors.ErrTimeout})
 }
 
 // pruneDedupe moves the block's ids into the sorted slices at every block

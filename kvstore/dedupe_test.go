@@ -3,6 +3,7 @@ package kvstore
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -18,6 +19,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/pkg/v3/wait"
+	"go.etcd.io/etcd/server/v3/etcdserver/apply"
+	servererrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"go.etcd.io/etcd/server/v3/storage/backend"
 )
 
@@ -98,7 +102,7 @@ func TestProposedAtStamp(t *testing.T) {
 // one at the edge of the window is applied (and recorded) normally.
 func TestStaleCopyRefused(t *testing.T) {
 	j := &dedupeJournal{}
-	s := &Server{lg: zap.NewNop(), dd: newDedupe(nil, j)}
+	s := &Server{lg: zap.NewNop(), dd: newDedupe(nil, j), w: wait.New()}
 	plain, _ := proto.Marshal(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: 9}, Put: &pb.PutRequest{Key: []byte("k")}})
 	const stamp = 1000
 	data := appendProposedAt(plain, stamp)
@@ -119,6 +123,55 @@ func TestStaleCopyRefused(t *testing.T) {
 	if s.isDuplicate(other, stamp+10*dedupeWindow) {
 		t.Fatal("an unstamped entry was refused")
 	}
+}
+
+// A member that caught up through a leader snapshot while one of its own
+// requests was in flight never applies the original (it is inside the
+// snapshot), so nothing answers the waiter with the original's response.
+// The first copy the proposer re-proposes is skipped as a duplicate and
+// answers it with etcd's "request timed out" at once, instead of leaving
+// the client to the 7 s request timeout. A duplicate of a request this
+// member applied itself leaves a waiter of the same id alone (its answer
+// came from the original), and so does a normal first apply.
+func TestDuplicateOfRequestInsideSnapshotAnswersWaiter(t *testing.T) {
+	s := &Server{lg: zap.NewNop(), w: wait.New()}
+	const snapshotIndex = 500
+	// Request 7 was applied at 450, inside the snapshot the member loaded.
+	s.dd = newDedupe([]dedupeRecord{{id: 7, index: 450}}, &dedupeJournal{})
+	s.dd.loadedThrough = snapshotIndex
+	entry := func(id uint64) []byte {
+		b, _ := proto.Marshal(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: id}, Put: &pb.PutRequest{Key: []byte("k")}})
+		return appendProposedAt(b, 400)
+	}
+	inSnapshot := s.w.Register(7)
+	if !s.isDuplicate(entry(7), 600) {
+		t.Fatal("a copy of a request applied inside the snapshot was not skipped")
+	}
+	select {
+	case x := <-inSnapshot:
+		if r, ok := x.(*apply.Result); !ok || !errors.Is(r.Err, servererrors.ErrTimeout) {
+			t.Fatalf("waiter got %#v; want a result with %v", x, servererrors.ErrTimeout)
+		}
+	default:
+		t.Fatal("the waiter of a request applied inside the snapshot was left waiting")
+	}
+
+	// Request 8 is applied by this member after the snapshot; a waiter
+	// registered again under its id (as after apply answered it) must not
+	// be answered by the duplicate.
+	if s.isDuplicate(entry(8), 601) {
+		t.Fatal("a first copy was skipped")
+	}
+	again := s.w.Register(8)
+	if !s.isDuplicate(entry(8), 602) {
+		t.Fatal("a copy of a request this member applied was not skipped")
+	}
+	select {
+	case x := <-again:
+		t.Fatalf("a duplicate of a request applied here answered a waiter: %#v", x)
+	default:
+	}
+	s.w.Trigger(8, nil)
 }
 
 // journaledBackend is a bbolt backend whose commits save the journal in

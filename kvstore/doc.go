@@ -70,6 +70,9 @@
 // later ones, deciding from a request-id record (bucket meshetcd_requests)
 // written in the same bbolt commit as the entry's consistent index and
 // pruned at fixed log indexes (dedupe.go), so restarted and snapshot-restored members decide alike.
+// A request whose original was applied inside a leader snapshot this member
+// restored has no response here: the first skipped copy answers its client
+// with etcd's "request timed out" at once, not at the request timeout.
 //
 // Membership changes follow etcd: conf changes return once applied, strict
 // reconfiguration checks (unless DisableStrictReconfigCheck) count started

@@ -51,8 +51,10 @@ var meshRatios = []meshRatio{
 }
 
 // runMeshSection runs the mesh benchmarks and returns the markdown
-// section; their raw output goes to rawDir.
-func runMeshSection(ctx context.Context, goBin, candBin, rawDir string, rounds int) (string, error) {
+// section; their raw output goes to rawDir. A run that fails is left out
+// whole (both sides of its ratios, so the repetitions that remain still
+// pair up) and reported in failed; the others still make the table.
+func runMeshSection(ctx context.Context, goBin, candBin, rawDir string, rounds int) (md string, failed []error) {
 	var all strings.Builder
 	// One `go test` per benchmark and repetition, not -count: with -count a
 	// benchmark's sub-benchmarks each run count times in a row, so the two
@@ -61,7 +63,8 @@ func runMeshSection(ctx context.Context, goBin, candBin, rawDir string, rounds i
 		for _, mb := range meshBenches {
 			out, err := runMeshBench(ctx, goBin, candBin, rawDir, mb, rep)
 			if err != nil {
-				return "", err
+				failed = append(failed, fmt.Errorf("%w (repetition %d left out of the mesh table)", err, rep))
+				continue
 			}
 			all.Write(out)
 		}
@@ -69,7 +72,7 @@ func runMeshSection(ctx context.Context, goBin, candBin, rawDir string, rounds i
 	samples := parseGoBench(strings.NewReader(all.String()))
 	var b strings.Builder
 	writeMeshTable(&b, samples, rounds)
-	return b.String(), nil
+	return b.String(), failed
 }
 
 // runMeshBench runs one benchmark once and saves its output.
@@ -170,11 +173,10 @@ func (s *state) runMesh(ctx context.Context) {
 	}
 	// At most 3 repetitions: the cluster and snapshot benchmarks start
 	// clusters and take about two minutes per repetition.
-	md, err := runMeshSection(ctx, s.cfg.goBin, s.cand.orig, s.rawDir, min(s.cfg.rounds, 3))
-	if err != nil {
+	md, failed := runMeshSection(ctx, s.cfg.goBin, s.cand.orig, s.rawDir, min(s.cfg.rounds, 3))
+	for _, err := range failed {
 		s.notes = append(s.notes, err.Error())
 		logf("%v", err)
-		return
 	}
 	s.meshMD = md
 	fmt.Print(md)

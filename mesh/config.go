@@ -148,12 +148,16 @@ type Config struct {
 	// bulk 1024 frames; QueueBytes bounds their total payload (64 MiB).
 	ControlQueueLen, InteractiveQueueLen, BulkQueueLen int
 	QueueBytes                                         int
-	// BulkRate limits bulk-class bytes per second per connection (128
-	// MiB/s) so bulk traffic cannot take all of a link's time or a
-	// member's CPU (every hop seals and opens it). Interactive frames
-	// always go first; what keeps them from waiting behind bulk bytes
-	// already in the socket buffers is the bulk sender's delay-based
-	// window (meshconn), not this rate.
+	// BulkRate limits bulk-class bytes per second per connection (512
+	// MiB/s) so bulk traffic cannot take all of a member's CPU (every
+	// hop seals and opens it). Interactive frames always go first; what
+	// keeps them from waiting behind bulk bytes already in the socket
+	// buffers is the bulk sender's delay-based window (meshconn), not
+	// this rate. Measured on loopback (2 cores): at 512 MiB/s a snapshot
+	// streams at ~480 MB/s direct and ~390 MB/s through a relay while a
+	// Raft-sized round trip keeps a p99 of ~0.2 ms direct and ~0.45 ms
+	// relayed (128 MiB/s: ~0.11 and ~0.23 ms), far inside a heartbeat;
+	// a ~390 MiB catch-up took 1.7-2.0 s instead of 3.6-3.7 s.
 	BulkRate int
 	// InboundQueueLen bounds each channel's delivery queue (4096).
 	InboundQueueLen int
@@ -208,7 +212,7 @@ func DefaultConfig() Config {
 		InteractiveQueueLen:  4096,
 		BulkQueueLen:         1024,
 		QueueBytes:           64 << 20,
-		BulkRate:             128 << 20,
+		BulkRate:             512 << 20,
 		InboundQueueLen:      4096,
 		AcceptRate:           20,
 		AcceptBurst:          32,

@@ -517,8 +517,7 @@ func ctx(t testing.TB) context.Context {
 	return c
 }
 
-// testLogger logs through t, for in-process members.
-// testLogger logs warnings and errors into the test's output;
+// testLogger logs through t, for in-process members: warnings and errors;
 // MESHETCD_TEST_LOG=debug|info|warn|error sets another level when a
 // failure needs the members' story.
 func testLogger(t testing.TB) *zap.Logger {

@@ -579,6 +579,10 @@ func headerRequestID(b []byte) uint64 {
 // travelled very long (a paused proposer, a queue on a dying link); its
 // client has long timed out. The decision depends only on the entry, so
 // every member makes it alike.
+//
+// Skipping a copy also answers a local waiter that nothing else will
+// answer (answerUnknownOutcome): one whose original was applied inside a
+// loaded backend, or whose copies are all refused as too old.
 func (s *Server) isDuplicate(data []byte, index uint64) bool {
 	id, proposedAt := requestInfo(data)
 	if id == 0 {

@@ -310,3 +310,39 @@ func TestClusterLostForwardedProposalIsRetried(t *testing.T) {
 	}
 	t.Logf("Put with two lost proposals took %v", took.Round(time.Millisecond))
 }
+
+// A lost forwarded copy is proposed again when its timeout is due, not at
+// the next tick of the retry timer's own backoff: the copy is stamped after
+// the timer is re-armed, so a timer period equal to the timeout ends a hair
+// short of it and the copy waited a whole period more.
+func TestClusterLostCopyIsRetriedWhenItsTimeoutIsDue(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.HeartbeatInterval = 100 * time.Millisecond
+		cfg.ElectionTimeout = time.Second
+	})
+	f := c.members[c.follower()]
+	ctx := testCtx(t)
+	if _, err := f.Put(ctx, &pb.PutRequest{Key: []byte("warm"), Value: []byte("v")}); err != nil {
+		t.Fatalf("Put on follower: %v", err)
+	}
+	// A commit-latency estimate at the election timeout (a leader move
+	// inflates it): every copy waits 1 s.
+	f.retry.mu.Lock()
+	f.retry.srtt, f.retry.rttvar = time.Second, 0
+	f.retry.mu.Unlock()
+	c.net.DropProposals(2)
+	start := time.Now()
+	if _, err := f.Put(ctx, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatalf("Put on follower with two copies lost: %v", err)
+	}
+	took := time.Since(start)
+	if n := c.net.ProposalDropsLeft(); n != 0 {
+		t.Fatalf("%d proposal drops left: the test lost nothing", n)
+	}
+	t.Logf("Put with two lost copies took %v", took.Round(time.Millisecond))
+	// Copies at 0, 1 s and 2 s; 3.5 s (0, 1.5, 3.5) when a check falls
+	// short of the timeout.
+	if want := 2500 * time.Millisecond; took > want {
+		t.Errorf("Put with two lost copies took %v, want < %v (a copy waited past its timeout)", took, want)
+	}
+}

@@ -156,10 +156,16 @@ func (p *proposalRetry) retryReason(c *pendingCopy, term uint64, isLeader bool) 
 		}
 		c.laterApplied = true
 		return "", true
-	case time.Since(c.at) >= min(p.rto()<<min(c.copies-1, 1), p.maxRTO):
-		// Backing off per copy, like TCP: if the copies are not lost but
-		// slow, each one adds to the queue that makes them slow.
+	case time.Since(c.at) >= p.copyTimeout(c):
 		return retryTimeout, false
 	}
 	return "", false
+}
+
+// copyTimeout is how long a forwarded copy waits for its commit, with no
+// other evidence, before it is presumed lost. It backs off per copy, like
+// TCP: if the copies are not lost but slow, each one adds to the queue
+// that makes them slow.
+func (p *proposalRetry) copyTimeout(c *pendingCopy) time.Duration {
+	return min(p.rto()<<min(c.copies-1, 1), p.maxRTO)
 }

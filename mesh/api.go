@@ -49,7 +49,8 @@ var (
 // after returning unless it copies it.
 type DatagramHandler func(src PeerName, payload []byte)
 
-// RouteEvent says that the reachability of Peer changed, or its next hop did.
+// RouteEvent says that the reachability of Peer changed, or the path to it
+// did (its next hop, or a hop further along).
 type RouteEvent struct {
 	Peer      PeerName
 	Reachable bool

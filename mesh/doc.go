@@ -262,8 +262,9 @@
 // testdata/routes/quality.txt and testdata/quality scenarios). Only the
 // originator steers by quality: relays forward on the plain shortest path
 // of the shared view, so two members avoiding their own bad links to a
-// third never bounce frames between them. SubscribeRoutes reports changes (reachability, next hop, UID),
-// coalesced per peer for slow subscribers so the router never blocks.
+// third never bounce frames between them. SubscribeRoutes reports changes
+// (reachability, next hop, a hop further along, UID), coalesced per peer
+// for slow subscribers so the router never blocks.
 //
 // # Connection maker
 //

@@ -64,7 +64,14 @@ func (r *Router) recalcLocked() {
 	for s := range r.subs {
 		s.push(evs)
 	}
-	r.maker.poke()
+	// A peer lost or a next hop moved may want a new connection; a path
+	// that changed further along does not.
+	for _, ev := range evs {
+		if !pathOnly(old, ev) {
+			r.maker.poke()
+			break
+		}
+	}
 }
 
 // maintenanceLoop runs debounced route recalculation, gossip of our own

@@ -274,6 +274,7 @@ func TestTopologyScenarios(t *testing.T) {
 func TestRouteScenarios(t *testing.T) {
 	datadriven.Walk(t, "testdata/routes", func(t *testing.T, path string) {
 		records := map[PeerName]*peerRecord{}
+		last := map[PeerName]*routeTable{} // the previous routes at each self
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			switch d.Cmd {
 			case "records":
@@ -303,6 +304,20 @@ func TestRouteScenarios(t *testing.T) {
 					degraded[p] = true
 				}
 				rt := computeRoutesAvoiding(self, records, direct, degraded)
+				prev := last[self]
+				last[self] = rt
+				if argString(d, "events", "-") != "-" {
+					// What SubscribeRoutes reports since the previous
+					// routes at self.
+					var b strings.Builder
+					for _, ev := range routeEvents(prev, rt) {
+						fmt.Fprintf(&b, "event %s reachable=%v next=%s\n", ev.Peer, ev.Reachable, ev.NextHop)
+					}
+					if b.Len() == 0 {
+						return "no events\n"
+					}
+					return b.String()
+				}
 				var dests []PeerName
 				for p := range rt.next {
 					dests = append(dests, p)

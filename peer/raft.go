@@ -214,7 +214,7 @@ func (t *RaftTransport) activeSince(peer mesh.PeerName) time.Time {
 }
 
 // RouteChangedNotify returns a channel closed at the next change of any
-// mesh route (a peer became reachable or unreachable, or its next hop
+// mesh route (a peer became reachable or unreachable, or the path to it
 // changed). Datagrams in flight on a route that died are lost; kvstore
 // re-proposes pending requests then (their duplicates are skipped at apply).
 func (t *RaftTransport) RouteChangedNotify() <-chan struct{} { return t.routeChanged.Receive() }

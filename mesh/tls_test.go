@@ -94,7 +94,7 @@ func TestTLSGoodCertificatesConnect(t *testing.T) {
 	b := c.start("b", withTLS(mustTLS(t, p.member("b"))), "a")
 	d := c.start("d", withTLS(mustTLS(t, p.member("d"))), "a")
 	testutil.Eventually(t, 10*time.Second, "a, b, d reach each other", func() bool {
-		return a.Reachable("b") && a.Reachable("d") && b.Reachable("d") && d.Reachable("a")
+		return a.Reachable("b") && a.Reachable("d") && b.Reachable("d") && d.Reachable("a") && connectionEncryption(a, "b") != ""
 	})
 	if got := connectionEncryption(a, "b"); got != EncryptionTLS {
 		t.Errorf("a→b encryption %q, want %q", got, EncryptionTLS)
@@ -237,7 +237,10 @@ func TestTLSWithSecretAndModeMismatch(t *testing.T) {
 	}
 	a := c.start("a", both("a", testPSK))
 	b := c.start("b", both("b", testPSK), "a")
-	testutil.Eventually(t, 10*time.Second, "a reaches b with TLS and the secret", func() bool { return a.Reachable("b") })
+	// Reachable at a does not mean b has registered its end yet.
+	testutil.Eventually(t, 10*time.Second, "a reaches b with TLS and the secret", func() bool {
+		return a.Reachable("b") && connectionEncryption(b, "a") != ""
+	})
 	if got := connectionEncryption(b, "a"); got != EncryptionTLSPSK {
 		t.Errorf("encryption %q, want %q", got, EncryptionTLSPSK)
 	}

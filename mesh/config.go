@@ -154,10 +154,11 @@ type Config struct {
 	// keeps them from waiting behind bulk bytes already in the socket
 	// buffers is the bulk sender's delay-based window (meshconn), not
 	// this rate. Measured on loopback (2 cores): at 512 MiB/s a snapshot
-	// streams at ~480 MB/s direct and ~390 MB/s through a relay while a
-	// Raft-sized round trip keeps a p99 of ~0.2 ms direct and ~0.45 ms
-	// relayed (128 MiB/s: ~0.11 and ~0.23 ms), far inside a heartbeat;
-	// a ~390 MiB catch-up took 1.7-2.0 s instead of 3.6-3.7 s.
+	// streams at ~500 MB/s direct and ~490 MB/s through a relay while a
+	// Raft-sized round trip keeps a p99 of ~0.3 ms direct and ~0.8 ms
+	// relayed, far inside a heartbeat; a ~390 MiB catch-up takes ~1.3 s.
+	// Unlimited, the stream reached ~885 MB/s direct (p99 ~0.65 ms), at
+	// the cost of a whole core on each side.
 	BulkRate int
 	// InboundQueueLen bounds each channel's delivery queue (4096).
 	InboundQueueLen int

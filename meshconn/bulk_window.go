@@ -13,13 +13,22 @@ import "time"
 // while that is below vegasAlpha chunks and shrinks above vegasBeta. On
 // an idle fast link the window stays a few chunks over the path's
 // bandwidth-delay product: full speed with almost nothing queued; on a long
-// fat link it grows to Window.
+// fat link it grows to Window. A round trip under vegasFreeDelay is never
+// read as queueing, so on a fast link the window may grow until what it
+// queues costs half a millisecond.
 const (
 	vegasAlpha = 0.5 // grow the window while fewer chunks than this are queued
 	vegasBeta  = 1.5 // shrink it when more are
 	// vegasMinWindow keeps a transfer moving when the RTT is noisy (a
 	// loaded machine's scheduling delays look like queueing).
 	vegasMinWindow = 4.0
+	// vegasFreeDelay: a round trip shorter than this is never read as
+	// queueing. On a fast link the scheduling noise of busy processes
+	// (hundreds of microseconds on loopback) looks like queued chunks and
+	// pinned the window at its floor, capping a snapshot transfer near
+	// 275 MB/s; whatever queues within this delay holds a Raft message
+	// back by less than a millisecond, nothing against a heartbeat.
+	vegasFreeDelay = 500 * time.Microsecond
 	// vegasBaseAge is how long the lowest RTT stays the reference: a route
 	// change to a longer path must not look like queueing forever.
 	vegasBaseAge = 2 * time.Second
@@ -77,6 +86,9 @@ func (w *delayWindow) sample(now time.Time, rtt time.Duration, acked, sent uint6
 	// One round trip done: judge it by its least delayed chunk, which
 	// filters out scheduling noise.
 	queued := w.cwnd * float64(w.roundMin-w.base) / float64(w.roundMin)
+	if w.roundMin < vegasFreeDelay {
+		queued = 0
+	}
 	switch {
 	case w.slowStart && queued <= vegasAlpha:
 		w.cwnd *= 2

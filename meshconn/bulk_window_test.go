@@ -85,3 +85,18 @@ func TestDelayWindowBaseAgesAfterRouteChange(t *testing.T) {
 		t.Fatalf("window %d chunks after the base aged on a 50-chunk path", n)
 	}
 }
+
+// On a fast link, busy processes' scheduling delays raise every round
+// trip above the lowest one seen, which reads as queueing; below
+// vegasFreeDelay that must not pin the window at its floor (a snapshot
+// streamed at ~275 MB/s on loopback, against ~480 MB/s possible).
+func TestDelayWindowIgnoresDelaysBelowFreeDelay(t *testing.T) {
+	w := newDelayWindow(64)
+	simulateLink(t, &w, 30*time.Microsecond, 1000, 5, 0) // one quiet moment sets the base
+	// Then every round trip takes 250 µs: noise, not queueing (the link
+	// carries 250 chunks per round trip).
+	simulateLink(t, &w, 250*time.Microsecond, 1000, 50, 0)
+	if w.chunks() != 64 {
+		t.Fatalf("window %d chunks at a 250 µs round trip, want the maximum 64", w.chunks())
+	}
+}

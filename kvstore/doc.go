@@ -59,11 +59,13 @@
 // Raft never resends a proposal the network lost, and a follower's
 // forwarded proposal is lost when the mesh link it was queued on dies
 // silently, when a relaying member drops it while its own routes change
-// (no event reaches the proposer then), or when the member it reached had
+// (the proposer hears of it only once that change alters its own path to
+// the leader, at whatever hop), or when the member it reached had
 // no leader at that moment. So a pending request is proposed again when
 // there is evidence its last copy was lost (proposeretry.go): a leader's
 // own copy only after a leader or term change (it is in its own log); a
-// forwarded one also one heartbeat after a mesh route change, when a
+// forwarded one also one heartbeat after a mesh route change (next hop or
+// any hop further along), when a
 // request the member proposed later applied first, or after a timeout
 // learnt from the member's commit latency; when several copies commit,
 // every member applies the first and skips the

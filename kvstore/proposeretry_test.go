@@ -116,12 +116,14 @@ func TestProposalRetryReason(t *testing.T) {
 
 	// No sample yet: the initial timeout is the election timeout.
 	fwd.at = time.Now().Add(-90 * time.Millisecond)
-	fwd.copies = 1
 	check(fwd, 3, false, "", false)
 	fwd.at = time.Now().Add(-110 * time.Millisecond)
 	check(fwd, 3, false, retryTimeout, false)
-	// A slow commit raises the timeout; a third copy waits twice as long,
-	// but never beyond the election timeout (1 s here).
+	if !fwd.timedOut {
+		t.Fatal("a copy retried for its timeout is not marked timed out")
+	}
+	// A slow commit raises the timeout; a copy after one that timed out
+	// waits twice as long, but never beyond the election timeout (1 s here).
 	p = newProposalRetry(10*time.Millisecond, time.Second)
 	slow := &pendingCopy{id: 1}
 	slow.proposed(3, false)
@@ -129,7 +131,6 @@ func TestProposalRetryReason(t *testing.T) {
 	if rto := p.rto(); rto != 600*time.Millisecond {
 		t.Fatalf("rto after one 200 ms sample = %v, want 600ms (srtt + 4 rttvar)", rto)
 	}
-	fwd.copies = 3
 	fwd.at = time.Now().Add(-900 * time.Millisecond) // 2×600 ms, capped at 1 s
 	check(fwd, 3, false, "", false)
 	fwd.at = time.Now().Add(-p.rto() * 3 / 2)
@@ -142,7 +143,20 @@ func TestProposalRetryReason(t *testing.T) {
 	if rto := p.rto(); rto != time.Second {
 		t.Fatalf("rto after a 3 s sample = %v, want the election timeout (1s)", rto)
 	}
-	fwd.copies = 3
 	fwd.at = time.Now().Add(-time.Second - time.Millisecond)
 	check(fwd, 3, false, retryTimeout, false)
+
+	// Copies sent on loss events (route changes while routes settle) do
+	// not back off: the next one still waits one timeout (600 ms).
+	p = newProposalRetry(10*time.Millisecond, time.Second)
+	p.observe(slow, 200*time.Millisecond)
+	ev := &pendingCopy{id: 30}
+	ev.proposed(3, false)
+	for range 3 {
+		ev.lossEvent = true
+		check(ev, 3, false, retryLeaderOrRoute, false)
+		ev.proposed(3, false)
+	}
+	ev.at = time.Now().Add(-p.rto() - time.Millisecond)
+	check(ev, 3, false, retryTimeout, false)
 }

@@ -148,7 +148,7 @@ func (s *Server) processInternalRaftRequestOnce(ctx context.Context, r *pb.Inter
 				// stamped after the timer is re-armed), and waiting a
 				// whole period more held a copy lost while routes settled
 				// for 2 s instead of 1 s (TestPartialLineOfFiveLeaderInMiddle).
-				rt.within(time.Until(last.at.Add(s.retry.copyTimeout(&last))))
+				rt.within(time.Until(s.retry.timeoutDue(&last)))
 			}
 			continue
 		}

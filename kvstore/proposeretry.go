@@ -157,7 +157,7 @@ func (p *proposalRetry) retryReason(c *pendingCopy, term uint64, isLeader bool) 
 		}
 		c.laterApplied = true
 		return "", true
-	case time.Since(c.at) >= p.copyTimeout(c):
+	case !time.Now().Before(p.timeoutDue(c)):
 		c.timedOut = true
 		return retryTimeout, false
 	}
@@ -178,4 +178,10 @@ func (p *proposalRetry) copyTimeout(c *pendingCopy) time.Duration {
 		d <<= 1
 	}
 	return min(d, p.maxRTO)
+}
+
+// timeoutDue is when the forwarded copy c is presumed lost for want of a
+// commit (copyTimeout after it was proposed).
+func (p *proposalRetry) timeoutDue(c *pendingCopy) time.Time {
+	return c.at.Add(p.copyTimeout(c))
 }

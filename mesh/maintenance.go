@@ -57,7 +57,7 @@ func (r *Router) recalcLocked() {
 	cur := computeRoutesAvoiding(r.name, r.topo.records, direct, degraded)
 	old := r.routes.Swap(cur)
 	r.counters.routeRecalcs.Add(1)
-	evs := routeEvents(old, cur)
+	evs, hopMoved := routeEvents(old, cur)
 	if len(evs) == 0 {
 		return
 	}
@@ -66,11 +66,8 @@ func (r *Router) recalcLocked() {
 	}
 	// A peer lost or a next hop moved may want a new connection; a path
 	// that changed further along does not.
-	for _, ev := range evs {
-		if !pathOnly(old, ev) {
-			r.maker.poke()
-			break
-		}
+	if hopMoved {
+		r.maker.poke()
 	}
 }
 

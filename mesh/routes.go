@@ -236,22 +236,12 @@ func bfsChildren(adj map[PeerName][]PeerName, src, node PeerName) []PeerName {
 	return children
 }
 
-// pathOnly says that ev reports only a path that changed beyond the next
-// hop: the peer was and is reachable through the same neighbour.
-func pathOnly(old *routeTable, ev RouteEvent) bool {
-	if old == nil || !ev.Reachable {
-		return false
-	}
-	hop, ok := old.next[ev.Peer]
-	return ok && hop == ev.NextHop && old.uids[ev.Peer] == ev.UID
-}
-
 // routeEvents lists what changed between two tables, in name order. A
 // path that changed beyond the next hop counts: a relay on the old path
 // may have lost what we sent through it (a link of its own went silent),
-// and our next hop alone would not say so.
-func routeEvents(old, cur *routeTable) []RouteEvent {
-	var evs []RouteEvent
+// and our next hop alone would not say so. hopMoved says that some event
+// is more than that: a peer's reachability, next hop or UID changed.
+func routeEvents(old, cur *routeTable) (evs []RouteEvent, hopMoved bool) {
 	names := map[PeerName]bool{}
 	if old != nil {
 		for n := range old.next {
@@ -276,14 +266,16 @@ func routeEvents(old, cur *routeTable) []RouteEvent {
 		}
 		newHop, newOK := cur.next[n]
 		newUID := cur.uids[n]
-		if oldOK == newOK && oldHop == newHop && (!newOK || oldUID == newUID && slices.Equal(old.path(n), cur.path(n))) {
+		sameHop := oldOK == newOK && oldHop == newHop && (!newOK || oldUID == newUID)
+		if sameHop && (!newOK || slices.Equal(old.path(n), cur.path(n))) {
 			continue
 		}
+		hopMoved = hopMoved || !sameHop
 		ev := RouteEvent{Peer: n, Reachable: newOK, NextHop: newHop, UID: newUID}
 		if !newOK {
 			ev.UID = oldUID
 		}
 		evs = append(evs, ev)
 	}
-	return evs
+	return evs, hopMoved
 }

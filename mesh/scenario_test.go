@@ -310,7 +310,8 @@ func TestRouteScenarios(t *testing.T) {
 					// What SubscribeRoutes reports since the previous
 					// routes at self.
 					var b strings.Builder
-					for _, ev := range routeEvents(prev, rt) {
+					evs, _ := routeEvents(prev, rt)
+					for _, ev := range evs {
 						fmt.Fprintf(&b, "event %s reachable=%v next=%s\n", ev.Peer, ev.Reachable, ev.NextHop)
 					}
 					if b.Len() == 0 {

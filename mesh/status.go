@@ -296,7 +296,8 @@ func (r *Router) SubscribeRoutes(buffer int) (<-chan RouteEvent, func()) {
 		return s.out, func() {}
 	}
 	r.subs[s] = struct{}{}
-	s.push(routeEvents(nil, r.routes.Load()))
+	evs, _ := routeEvents(nil, r.routes.Load())
+	s.push(evs)
 	r.wg.Add(1)
 	r.mu.Unlock()
 	go func() {

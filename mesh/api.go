@@ -69,6 +69,7 @@ type RouteEvent struct {
 //	func (r *Router) AddSeeds(addrs ...string)
 //	func (r *Router) NewDatagramChannel(id ChannelID, name string, prio Priority, h DatagramHandler) (*DatagramChannel, error)
 //	func (c *DatagramChannel) Send(dst PeerName, payload []byte) error // never blocks; ErrNoRoute/ErrQueueFull/ErrTooLarge/ErrClosed
+//	func (c *DatagramChannel) SendWithHeader(dst PeerName, header, body []byte) error // Send of header‖body, one copy
 //	func (c *DatagramChannel) MaxPayload() int
 //	func (r *Router) SubscribeRoutes(buffer int) (events <-chan RouteEvent, cancel func())
 //	func (r *Router) Reachable(p PeerName) bool

@@ -15,25 +15,33 @@ import (
 
 // newFrame builds a frame in a pooled buffer.
 func (r *Router) newFrame(typ, ttl uint8, ch ChannelID, seq uint64, dst PeerName, class int, payload []byte) *frameBuf {
+	return r.newFrameOf(typ, ttl, ch, seq, dst, class, nil, payload)
+}
+
+// newFrameOf is newFrame for a payload given in two parts, head then body,
+// each copied once, straight into the frame.
+func (r *Router) newFrameOf(typ, ttl uint8, ch ChannelID, seq uint64, dst PeerName, class int, head, body []byte) *frameBuf {
 	src := r.name
-	f := r.pool.get(envelopeLen(src, dst, len(payload)))
+	f := r.pool.get(envelopeLen(src, dst, len(head)+len(body)))
 	h := putEnvelopeHeader(f.b[frameHeaderLen:], typ, ttl, ch, seq, src, dst)
 	f.b[frameHeaderLen+1] = uint8(class)
-	copy(f.b[frameHeaderLen+h:], payload)
+	n := copy(f.b[frameHeaderLen+h:], head)
+	copy(f.b[frameHeaderLen+h+n:], body)
 	return f
 }
 
-// sendUnicast queues payload for dst on the next hop's connection.
-func (r *Router) sendUnicast(ch *channel, dst PeerName, payload []byte) error {
-	if len(payload) > r.cfg.MaxDatagramSize {
-		return fmt.Errorf("%w: %d > %d bytes", ErrTooLarge, len(payload), r.cfg.MaxDatagramSize)
+// sendUnicast queues the payload head+body for dst on the next hop's
+// connection.
+func (r *Router) sendUnicast(ch *channel, dst PeerName, head, body []byte) error {
+	if n := len(head) + len(body); n > r.cfg.MaxDatagramSize {
+		return fmt.Errorf("%w: %d > %d bytes", ErrTooLarge, n, r.cfg.MaxDatagramSize)
 	}
 	if r.ctx.Err() != nil {
 		return ErrClosed
 	}
 	if dst == r.name {
-		f := r.newFrame(msgUnicast, 1, ch.id, 0, dst, ch.class, payload)
-		r.deliver(ch.id, deliverUnicast, r.name, f, f.envelope()[f.n-len(payload):])
+		f := r.newFrameOf(msgUnicast, 1, ch.id, 0, dst, ch.class, head, body)
+		r.deliver(ch.id, deliverUnicast, r.name, f, f.envelope()[f.n-len(head)-len(body):])
 		return nil
 	}
 	hop, ok := r.routes.Load().nextHop(dst)
@@ -46,7 +54,7 @@ func (r *Router) sendUnicast(ch *channel, dst PeerName, payload []byte) error {
 		r.counters.dropNoRoute.Add(1)
 		return ErrNoRoute
 	}
-	f := r.newFrame(msgUnicast, r.cfg.DefaultTTL, ch.id, 0, dst, ch.class, payload)
+	f := r.newFrameOf(msgUnicast, r.cfg.DefaultTTL, ch.id, 0, dst, ch.class, head, body)
 	if err := c.enqueue(f, ch.class); err != nil {
 		r.pool.put(f)
 		if errors.Is(err, ErrQueueFull) {

@@ -200,7 +200,14 @@ func (c *DatagramChannel) MaxPayload() int { return c.r.cfg.MaxDatagramSize }
 // Send queues payload for dst and returns at once: ErrNoRoute,
 // ErrQueueFull, ErrTooLarge or ErrClosed when it cannot. payload is copied.
 func (c *DatagramChannel) Send(dst PeerName, payload []byte) error {
-	return c.r.sendUnicast(c.ch, dst, payload)
+	return c.r.sendUnicast(c.ch, dst, nil, payload)
+}
+
+// SendWithHeader is Send of the payload header followed by body, copied
+// straight into the frame: a caller that prefixes its own header to a big
+// body spares itself a buffer and a copy of the body.
+func (c *DatagramChannel) SendWithHeader(dst PeerName, header, body []byte) error {
+	return c.r.sendUnicast(c.ch, dst, header, body)
 }
 
 // Dropped counts datagrams for this channel dropped on arrival because the
@@ -231,7 +238,7 @@ func (r *Router) NewGossip(id ChannelID, name string, g Gossiper) (*GossipChanne
 
 // GossipUnicast sends msg to dst (routed through relays); it never blocks.
 func (g *GossipChannel) GossipUnicast(dst PeerName, msg []byte) error {
-	return g.r.sendUnicast(g.ch, dst, msg)
+	return g.r.sendUnicast(g.ch, dst, nil, msg)
 }
 
 // GossipBroadcast sends update to every reachable peer, exactly once each

@@ -465,7 +465,10 @@ func (zeroReader) Read(p []byte) (int, error) {
 type directChannel struct{ h mesh.DatagramHandler }
 
 func (d *directChannel) Send(dst mesh.PeerName, p []byte) error { d.h("a", p); return nil }
-func (d *directChannel) MaxPayload() int                        { return 1 << 20 }
+func (d *directChannel) SendWithHeader(dst mesh.PeerName, h, p []byte) error {
+	return d.Send(dst, joinDatagram(h, p))
+}
+func (d *directChannel) MaxPayload() int { return 1 << 20 }
 
 // BenchmarkPacketConnOverhead: WriteTo + delivery + ReadFrom of one
 // datagram without a network: framing, checksum, copies, queueing.

@@ -144,6 +144,16 @@ func (n *fakeNet) close() {
 
 func (c *fakeChan) MaxPayload() int { return c.n.maxPayload }
 
+func (c *fakeChan) SendWithHeader(dst mesh.PeerName, header, body []byte) error {
+	return c.Send(dst, joinDatagram(header, body))
+}
+
+// joinDatagram is header‖body in a fresh buffer: what a fake channel's
+// SendWithHeader sends.
+func joinDatagram(header, body []byte) []byte {
+	return append(append(make([]byte, 0, len(header)+len(body)), header...), body...)
+}
+
 func (c *fakeChan) Send(dst mesh.PeerName, payload []byte) error {
 	n := c.n
 	if len(payload) > n.maxPayload {

@@ -12,14 +12,17 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/meshetcd/meshetcd/internal/bufpool"
 	"github.com/meshetcd/meshetcd/mesh"
 )
 
 // channel is the datagram channel meshconn sends on; *mesh.DatagramChannel
-// satisfies it. Send must never block, and must copy payload: meshconn
-// reuses the buffer once Send returns.
+// satisfies it. The sends must never block, and must copy what they send:
+// meshconn reuses the buffers once they return. SendWithHeader sends
+// header‖body as one datagram.
 type channel interface {
 	Send(dst mesh.PeerName, payload []byte) error
+	SendWithHeader(dst mesh.PeerName, header, body []byte) error
 	MaxPayload() int
 }
 
@@ -75,28 +78,15 @@ type PacketConn struct {
 
 	sent, received, dropped, malformed atomic.Uint64
 
-	// bufs recycles datagram buffers: outgoing ones once channel.Send has
-	// copied them, incoming ones once ReadFrom has copied them out, so a
-	// steady stream does not allocate per datagram.
-	bufs sync.Pool // of *[]byte
+	// bufs recycles the buffers of incoming datagrams once they were read
+	// (and of looped-back ones), so a steady stream does not allocate per
+	// datagram, whatever its size.
+	bufs bufpool.Pool
 }
 
-func (c *PacketConn) getBuf(n int) *[]byte {
-	if bp, ok := c.bufs.Get().(*[]byte); ok && cap(*bp) >= n {
-		*bp = (*bp)[:n]
-		return bp
-	}
-	b := make([]byte, n, max(n, 512))
-	return &b
-}
+func (c *PacketConn) getBuf(n int) *[]byte { return c.bufs.Get(n) }
 
-func (c *PacketConn) putBuf(bp *[]byte) {
-	// Datagrams up to the mesh limit (1 MiB) are rare; keeping them
-	// would pin their memory for the small ones.
-	if cap(*bp) <= 64<<10 {
-		c.bufs.Put(bp)
-	}
-}
+func (c *PacketConn) putBuf(bp *[]byte) { c.bufs.Put(bp) }
 
 var _ net.PacketConn = (*PacketConn)(nil)
 
@@ -192,6 +182,21 @@ func (c *PacketConn) ReadPacket(b []byte) ([]byte, net.Addr, error) {
 	return b, MeshAddr{Peer: p.src}, nil
 }
 
+// ReadPacketFunc waits for the next datagram and calls fn with it, without
+// copying it out: payload is valid only until fn returns. A reader that
+// decodes each datagram (raft messages: up to MaxDatagramSize) saves a copy
+// and a buffer per datagram. Errors are those of ReadPacket; fn is not
+// called then.
+func (c *PacketConn) ReadPacketFunc(fn func(payload []byte, from net.Addr)) error {
+	p, err := c.next()
+	if err != nil {
+		return err
+	}
+	defer c.putBuf(p.buf)
+	fn(*p.buf, MeshAddr{Peer: p.src})
+	return nil
+}
+
 // next waits for the next queued datagram, the deadline or Close.
 func (c *PacketConn) next() (inPacket, error) {
 	for {
@@ -233,16 +238,19 @@ func (c *PacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if max := c.MaxDatagramSize(); len(b) > max {
 		return 0, c.opErr("write", addr, fmt.Errorf("meshconn: %d-byte datagram, limit %d: %w", len(b), max, mesh.ErrTooLarge))
 	}
-	bp := c.getBuf(packetHeaderLen + len(b))
-	defer c.putBuf(bp)
-	d := *bp
-	encodePacketInto(d, b)
 	if dst == c.local {
-		c.deliver(dst, d)
+		bp := c.getBuf(packetHeaderLen + len(b))
+		defer c.putBuf(bp)
+		encodePacketInto(*bp, b)
+		c.deliver(dst, *bp)
 		c.sent.Add(1)
 		return len(b), nil
 	}
-	if err := c.ch.Send(dst, d); err != nil {
+	// The mesh copies the header and b straight into its frame: a raft
+	// append of big entries is not copied into a datagram buffer first.
+	var h [packetHeaderLen]byte
+	putPacketHeader(&h, b)
+	if err := c.ch.SendWithHeader(dst, h[:], b); err != nil {
 		if errors.Is(err, mesh.ErrClosed) {
 			err = fmt.Errorf("%w: %w", ErrClosed, err)
 		}

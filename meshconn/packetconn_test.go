@@ -220,8 +220,9 @@ func TestPacketConnCloseUnblocksReaders(t *testing.T) {
 // stubChannel fails every Send with err.
 type stubChannel struct{ err error }
 
-func (s stubChannel) Send(mesh.PeerName, []byte) error { return s.err }
-func (s stubChannel) MaxPayload() int                  { return 1000 }
+func (s stubChannel) Send(mesh.PeerName, []byte) error                   { return s.err }
+func (s stubChannel) SendWithHeader(mesh.PeerName, []byte, []byte) error { return s.err }
+func (s stubChannel) MaxPayload() int                                    { return 1000 }
 
 func TestPacketConnWriteErrors(t *testing.T) {
 	for _, want := range []error{mesh.ErrNoRoute, mesh.ErrQueueFull, mesh.ErrTooLarge, mesh.ErrClosed} {
@@ -338,6 +339,40 @@ func TestPacketConnReadPacketNeverTruncates(t *testing.T) {
 	b.Close()
 	if _, _, err := b.ReadPacket(nil); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("after Close: %v; want ErrClosed", err)
+	}
+}
+
+// ReadPacketFunc hands each datagram over in order, whatever its size, and
+// fails without calling fn on a timeout or after Close.
+func TestPacketConnReadPacketFunc(t *testing.T) {
+	_, a, b := newFakePair(t, PacketConfig{})
+	small, large := []byte("0123"), bytes.Repeat([]byte("y"), a.MaxDatagramSize())
+	msgs := [][]byte{small, large, small, large}
+	for _, m := range msgs {
+		if _, err := a.WriteTo(m, MeshAddr{"b"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i, want := range msgs {
+		var got []byte
+		var from net.Addr
+		if err := b.ReadPacketFunc(func(d []byte, src net.Addr) { got, from = bytes.Clone(d), src }); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if !bytes.Equal(got, want) || from.String() != "mesh://a" {
+			t.Fatalf("read %d: %d bytes from %v; want %d", i, len(got), from, len(want))
+		}
+	}
+	called := false
+	b.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	if err := b.ReadPacketFunc(func([]byte, net.Addr) { called = true }); !errors.Is(err, os.ErrDeadlineExceeded) || called {
+		t.Fatalf("empty queue: %v (fn called: %v); want a timeout", err, called)
+	}
+	b.SetReadDeadline(time.Time{})
+	b.Close()
+	if err := b.ReadPacketFunc(func([]byte, net.Addr) { called = true }); !errors.Is(err, net.ErrClosed) || called {
+		t.Fatalf("after Close: %v (fn called: %v); want ErrClosed", err, called)
 	}
 }
 

@@ -42,10 +42,16 @@ func encodePacket(payload []byte) []byte {
 // encodePacketInto writes the datagram for payload into b, which must be
 // exactly packetHeaderLen+len(payload) long.
 func encodePacketInto(b, payload []byte) {
-	b[0] = packetVersion
-	binary.BigEndian.PutUint32(b[5:9], uint32(len(payload)))
 	copy(b[packetHeaderLen:], payload)
-	binary.BigEndian.PutUint32(b[1:5], crc32c(b[5:]))
+	putPacketHeader((*[packetHeaderLen]byte)(b), payload)
+}
+
+// putPacketHeader writes the header of the datagram carrying payload.
+func putPacketHeader(h *[packetHeaderLen]byte, payload []byte) {
+	h[0] = packetVersion
+	binary.BigEndian.PutUint32(h[5:9], uint32(len(payload)))
+	crc := crc32.Update(0, castagnoli, h[5:9])
+	binary.BigEndian.PutUint32(h[1:5], crc32.Update(crc, castagnoli, payload))
 }
 
 // decodePacket returns the payload inside b (aliasing b) or an error.

@@ -8,12 +8,18 @@
 // # What it owns
 //
 //   - Raft messages (RaftTransport): each raft message is one datagram
-//     (proto.Marshal) on a meshconn.PacketConn (RaftChannel); MsgSnap goes
+//     (proto.Marshal) on a meshconn.PacketConn (RaftChannel). Send only
+//     queues (up to 4096 per member, like rafthttp's stream buffer); one
+//     goroutine per member marshals and sends in order, so the leader's
+//     Ready loop goes on to its WAL write while big appends are encoded
+//     and copied onto the mesh, and received datagrams are decoded
+//     straight out of the PacketConn's buffer. MsgSnap goes
 //     with the database as one meshconn.Bulk transfer (BulkChannel: the
 //     marshalled message as meta, the database streamed as body, never held
 //     in memory), reported to raft as finished only once the receiver saved
 //     the database durably and processed the message. Any send error
-//     (unknown member, no route, queue full, too large) and any route event
+//     (unknown member, send queue full, no route, mesh queue full, too
+//     large) and any route event
 //     saying a member's mesh peer became unreachable is ReportUnreachable;
 //     reachability never changes membership. Undecodable datagrams are
 //     counted and dropped (Stats). Forwarded proposals (MsgProp) are

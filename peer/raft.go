@@ -103,6 +103,8 @@ type RaftTransport struct {
 	onRemoved   func(id uint64, peer mesh.PeerName)
 	// routeChanged is notified on every route event.
 	routeChanged *notify.Notifier
+	// senders hold each member's outgoing raft messages (raft_send.go).
+	senders map[uint64]*raftSender
 
 	// dropReportEvery is how often watchRoutes checks the receive
 	// counters and warns about raft datagrams dropped before raft saw
@@ -155,7 +157,7 @@ func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 		cfg.BulkChannel = BulkChannel
 	}
 	t := &RaftTransport{lg: cfg.Logger.Named("raft-mesh"), r: cfg.Router, raft: cfg.Raft, resolve: cfg.Resolve, membership: cfg.MembershipVersion,
-		names: map[uint64]resolvedPeer{}, since: map[mesh.PeerName]time.Time{},
+		names: map[uint64]resolvedPeer{}, senders: map[uint64]*raftSender{}, since: map[mesh.PeerName]time.Time{},
 		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier(),
 		dropReportEvery: cmp.Or(cfg.dropReportEvery, dropReportInterval),
 		props:           make(chan *raftpb.Message, maxPendingProposals)}
@@ -263,65 +265,32 @@ func (t *RaftTransport) peer(id uint64) (mesh.PeerName, bool) {
 	return name, ok
 }
 
-// Send marshals each message and queues it on the mesh. Any failure is
-// reported to raft as unreachable: raft never retries what we drop, but
-// unreachable makes it probe instead of streaming into a void.
-func (t *RaftTransport) Send(msgs []*raftpb.Message) {
-	n := t.raft
-	for _, m := range msgs {
-		to := m.GetTo()
-		if err := t.send1(m); err != nil {
-			t.sendFailed.Add(1)
-			t.lg.Debug("raft message not sent", zap.String("to", fmt.Sprintf("%x", to)), zap.Stringer("type", m.GetType()), zap.Error(err))
-			n.ReportUnreachable(to)
-			continue
-		}
-		t.sent.Add(1)
-	}
-}
-
-func (t *RaftTransport) send1(m *raftpb.Message) error {
-	if m.GetType() == raftpb.MsgSnap {
-		return errors.New("MsgSnap must go through SendSnapshot")
-	}
-	name, ok := t.peer(m.GetTo())
-	if !ok {
-		return fmt.Errorf("member %x is not in the membership", m.GetTo())
-	}
-	b, err := proto.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("marshal: %w", err)
-	}
-	if _, err := t.pc.WriteTo(b, meshconn.MeshAddr{Peer: name}); err != nil {
-		return fmt.Errorf("to %s: %w", name, err)
-	}
-	return nil
-}
-
 func (t *RaftTransport) readLoop() {
 	defer t.wg.Done()
 	n := t.raft
-	// The buffer grows to the largest datagram read so far; one above
-	// 64 KiB (a big append) is not kept, so a MaxDatagramSize buffer
-	// (2.6 MiB) is not pinned for the life of the member.
-	var buf []byte
 	for {
-		d, from, err := t.pc.ReadPacket(buf)
-		if cap(d) <= 64<<10 {
-			buf = d
-		}
+		// Decoded straight out of the PacketConn's buffer (Unmarshal
+		// copies what it keeps): a big append is not copied out first.
+		var (
+			m         *raftpb.Message
+			from      net.Addr
+			decodeErr error
+		)
+		err := t.pc.ReadPacketFunc(func(d []byte, src net.Addr) {
+			from, m = src, &raftpb.Message{}
+			decodeErr = proto.Unmarshal(d, m)
+		})
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || t.ctx.Err() != nil {
 				return
 			}
-			// A one-off (ReadPacket never truncates): count it and go on.
+			// A one-off: count it and go on.
 			t.malformed.Add(1)
 			continue
 		}
-		m := &raftpb.Message{}
-		if err := proto.Unmarshal(d, m); err != nil {
+		if decodeErr != nil {
 			t.malformed.Add(1)
-			t.lg.Debug("dropped undecodable raft datagram", zap.Stringer("from", from), zap.Error(err))
+			t.lg.Debug("dropped undecodable raft datagram", zap.Stringer("from", from), zap.Error(decodeErr))
 			continue
 		}
 		if m.GetTo() != n.ID() || m.GetType() == raftpb.MsgSnap {

@@ -160,3 +160,35 @@ func TestProposalRetryReason(t *testing.T) {
 	ev.at = time.Now().Add(-p.rto() - time.Millisecond)
 	check(ev, 3, false, retryTimeout, false)
 }
+
+// A leader's own copy waits without a timer until a leader change arms
+// one; a forwarded copy's timer is armed from the start and backs off.
+func TestRetryTimerArming(t *testing.T) {
+	hb, election := 10*time.Millisecond, 100*time.Millisecond
+	leader := newRetryTimer(hb, election, false)
+	defer leader.stop()
+	if leader.C() != nil {
+		t.Fatal("an unarmed timer has a channel")
+	}
+	leader.soon()
+	select {
+	case <-leader.C():
+	case <-time.After(5 * time.Second):
+		t.Fatal("soon did not arm the timer")
+	}
+	leader.fired()
+	if leader.next != 2*5*hb {
+		t.Fatalf("after the first retry the next waits %v, want %v", leader.next, 2*5*hb)
+	}
+
+	fwd := newRetryTimer(hb, election, true)
+	defer fwd.stop()
+	if fwd.C() == nil {
+		t.Fatal("an armed timer has no channel")
+	}
+	select {
+	case <-fwd.C():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the armed timer never fired")
+	}
+}

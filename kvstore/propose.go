@@ -189,12 +189,12 @@ type retryTimer struct {
 	due         time.Time
 }
 
-func newRetryTimer(heartbeat, election time.Duration, armed bool) *retryTimer {
+func newRetryTimer(heartbeat, election time.Duration, armed bool) retryTimer {
 	first := 5 * heartbeat
 	if first > election {
 		first = election
 	}
-	r := &retryTimer{hb: heartbeat, next: first, c: election}
+	r := retryTimer{hb: heartbeat, next: first, c: election}
 	if armed {
 		r.t = time.NewTimer(first)
 		r.due = time.Now().Add(first)

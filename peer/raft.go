@@ -71,6 +71,8 @@ type RaftConfig struct {
 
 	// dropReportEvery overrides dropReportInterval (tests).
 	dropReportEvery time.Duration
+	// senderIdle overrides senderIdle (tests).
+	senderIdle time.Duration
 }
 
 // RaftTransport is raftnode's Transport over the mesh: ordinary raft
@@ -103,8 +105,10 @@ type RaftTransport struct {
 	onRemoved   func(id uint64, peer mesh.PeerName)
 	// routeChanged is notified on every route event.
 	routeChanged *notify.Notifier
-	// senders hold each member's outgoing raft messages (raft_send.go).
-	senders map[uint64]*raftSender
+	// senders hold each member's outgoing raft messages (raft_send.go);
+	// one idle for senderIdleAfter exits.
+	senders         map[uint64]*raftSender
+	senderIdleAfter time.Duration
 
 	// dropReportEvery is how often watchRoutes checks the receive
 	// counters and warns about raft datagrams dropped before raft saw
@@ -160,6 +164,7 @@ func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 		names: map[uint64]resolvedPeer{}, senders: map[uint64]*raftSender{}, since: map[mesh.PeerName]time.Time{},
 		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier(),
 		dropReportEvery: cmp.Or(cfg.dropReportEvery, dropReportInterval),
+		senderIdleAfter: cmp.Or(cfg.senderIdle, senderIdle),
 		props:           make(chan *raftpb.Message, maxPendingProposals)}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -21,33 +22,15 @@ const sendQueueLen = 4096
 
 // raftSender marshals and sends the raft messages for one member, in the
 // order Send queued them, on its own goroutine. The Ready loop only queues:
-// marshalling a batch of big entries and copying it onto the mesh took it
-// ~0.5 ms per follower before the leader's own WAL write could start
+// marshalling a batch of big entries and copying it onto the mesh, once
+// per follower, used to run on it ahead of the leader's own WAL write
 // (etcd's rafthttp streams from per-peer goroutines for the same reason),
-// and the followers' marshalling now runs in parallel with each other.
+// and the followers' messages are now encoded in parallel.
 type raftSender struct {
 	id uint64
 	q  chan queuedMessage
 	// buf is reused for every message: WriteTo copies what it queues.
 	buf []byte
-}
-
-// senderFor returns the sender for member id, starting it on first use.
-// Senders live until Close (one per member ever sent to).
-func (t *RaftTransport) senderFor(id uint64) (*raftSender, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, false
-	}
-	s, ok := t.senders[id]
-	if !ok {
-		s = &raftSender{id: id, q: make(chan queuedMessage, sendQueueLen)}
-		t.senders[id] = s
-		t.wg.Add(1)
-		go t.sendLoop(s)
-	}
-	return s, true
 }
 
 // queuedMessage is a raft message and the mesh peer of its member.
@@ -77,13 +60,24 @@ func (t *RaftTransport) queue(m *raftpb.Message) error {
 	if m.GetType() == raftpb.MsgSnap {
 		return errors.New("MsgSnap must go through SendSnapshot")
 	}
-	name, ok := t.peer(m.GetTo())
+	id := m.GetTo()
+	name, ok := t.peer(id)
 	if !ok {
-		return fmt.Errorf("member %x is not in the membership", m.GetTo())
+		return fmt.Errorf("member %x is not in the membership", id)
 	}
-	s, ok := t.senderFor(m.GetTo())
-	if !ok {
+	// Under mu, so an idle sender cannot exit between being looked up
+	// and being handed the message (see sendLoop).
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
 		return net.ErrClosed
+	}
+	s, ok := t.senders[id]
+	if !ok {
+		s = &raftSender{id: id, q: make(chan queuedMessage, sendQueueLen)}
+		t.senders[id] = s
+		t.wg.Add(1)
+		go t.sendLoop(s)
 	}
 	select {
 	case s.q <- queuedMessage{m: m, peer: name}:
@@ -93,12 +87,23 @@ func (t *RaftTransport) queue(m *raftpb.Message) error {
 	}
 }
 
-// sendLoop sends s's queued messages until the transport closes.
+// senderIdle is how long a sender with nothing to send lives on: a
+// member's sender to a removed member, or a follower's to members it
+// no longer votes for, does not keep its goroutine and queue for ever.
+// An active peer gets heartbeats far more often.
+const senderIdle = 30 * time.Second
+
+// sendLoop sends s's queued messages until the transport closes or s has
+// been idle for a whole senderIdleAfter period.
 func (t *RaftTransport) sendLoop(s *raftSender) {
 	defer t.wg.Done()
+	idle := time.NewTicker(t.senderIdleAfter)
+	defer idle.Stop()
+	active := false
 	for {
 		select {
 		case qm := <-s.q:
+			active = true
 			if err := s.send(t.pc, qm); err != nil {
 				t.sendFailed.Add(1)
 				t.lg.Debug("raft message not sent", zap.String("to", fmt.Sprintf("%x", s.id)), zap.Stringer("type", qm.m.GetType()), zap.Error(err))
@@ -106,6 +111,18 @@ func (t *RaftTransport) sendLoop(s *raftSender) {
 				continue
 			}
 			t.sent.Add(1)
+		case <-idle.C:
+			if active {
+				active = false
+				continue
+			}
+			t.mu.Lock()
+			if len(s.q) == 0 {
+				delete(t.senders, s.id)
+				t.mu.Unlock()
+				return
+			}
+			t.mu.Unlock()
 		case <-t.ctx.Done():
 			return
 		}

@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -146,6 +147,67 @@ func TestMeshTransportDropsGarbage(t *testing.T) {
 	defer host.mu.Unlock()
 	if len(host.unreach) != 1 || host.unreach[0] != 7 {
 		t.Fatalf("unreachable reports %v, want [7]", host.unreach)
+	}
+}
+
+// Send hands a member's messages over in order, and the member's sender
+// goroutine exits once idle and comes back on the next message.
+func TestMeshTransportSendsInOrderAndIdleSendersExit(t *testing.T) {
+	a, b := meshPair(t)
+	host := &fakeRaft{id: 1}
+	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host,
+		Resolve:    func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 },
+		senderIdle: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	pc, err := meshconn.Listen(b, RaftChannel, meshconn.PacketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	senders := func() int {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return len(tr.senders)
+	}
+	read := func(want uint64) {
+		t.Helper()
+		pc.SetReadDeadline(time.Now().Add(waitTimeout))
+		err := pc.ReadPacketFunc(func(d []byte, _ net.Addr) {
+			m := &raftpb.Message{}
+			if err := proto.Unmarshal(d, m); err != nil || m.GetIndex() != want {
+				t.Fatalf("got message %v (%v), want index %d", m, err, want)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 200
+	var msgs []*raftpb.Message
+	for i := range uint64(n) {
+		msgs = append(msgs, &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: new(uint64(2)), From: new(uint64(1)), Index: new(i)})
+	}
+	tr.Send(msgs)
+	for i := range uint64(n) {
+		read(i)
+	}
+	if got := senders(); got != 1 {
+		t.Fatalf("%d senders while sending, want 1", got)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for senders() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle sender never exited")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tr.Send(msgs[:1])
+	read(0)
+	if st := tr.Stats(); st.Sent != n+1 || st.SendFailed != 0 {
+		t.Fatalf("stats %+v, want %d sent and none failed", st, n+1)
 	}
 }
 

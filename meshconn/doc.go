@@ -12,7 +12,12 @@
 //     and may be lost or reordered when the route changes. Nothing is
 //     duplicated by meshconn. WriteTo never blocks; ReadFrom blocks on a
 //     bounded inbound queue that drops the newest arrival (and counts it)
-//     when full, so a slow reader never stalls the router.
+//     when full, so a slow reader never stalls the router. A datagram's
+//     bytes are copied once on each side: WriteTo hands its header and b
+//     to the mesh separately (mesh.DatagramChannel.SendWithHeader), and
+//     ReadPacketFunc lets a reader decode straight from the queued buffer,
+//     which comes from a size-class pool (internal/bufpool) so big
+//     datagrams (raft appends of big entries) are not allocated afresh.
 //
 //   - Bulk: a chunked, acknowledged transfer for payloads far larger than a
 //     datagram (Raft snapshots: a MsgSnap header as meta plus the bbolt

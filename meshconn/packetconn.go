@@ -84,10 +84,6 @@ type PacketConn struct {
 	bufs bufpool.Pool
 }
 
-func (c *PacketConn) getBuf(n int) *[]byte { return c.bufs.Get(n) }
-
-func (c *PacketConn) putBuf(bp *[]byte) { c.bufs.Put(bp) }
-
 var _ net.PacketConn = (*PacketConn)(nil)
 
 // newPacketConn opens the channel through open and wires its inbound
@@ -137,12 +133,12 @@ func (c *PacketConn) deliver(src mesh.PeerName, payload []byte) {
 		}
 		return
 	}
-	bp := c.getBuf(len(data))
+	bp := c.bufs.Get(len(data))
 	copy(*bp, data)
 	if c.inbound.Push(inPacket{src: src, buf: bp}) {
 		c.received.Add(1)
 	} else {
-		c.putBuf(bp)
+		c.bufs.Put(bp)
 		c.dropped.Add(1)
 	}
 }
@@ -159,7 +155,7 @@ func (c *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	from := MeshAddr{Peer: p.src}
 	n := copy(b, *p.buf)
 	short := n < len(*p.buf)
-	c.putBuf(p.buf)
+	c.bufs.Put(p.buf)
 	if short {
 		return n, from, c.opErr("read", from, ErrShortBuffer)
 	}
@@ -178,7 +174,7 @@ func (c *PacketConn) ReadPacket(b []byte) ([]byte, net.Addr, error) {
 		return b[:0], nil, err
 	}
 	b = append(b[:0], *p.buf...)
-	c.putBuf(p.buf)
+	c.bufs.Put(p.buf)
 	return b, MeshAddr{Peer: p.src}, nil
 }
 
@@ -192,7 +188,7 @@ func (c *PacketConn) ReadPacketFunc(fn func(payload []byte, from net.Addr)) erro
 	if err != nil {
 		return err
 	}
-	defer c.putBuf(p.buf)
+	defer c.bufs.Put(p.buf)
 	fn(*p.buf, MeshAddr{Peer: p.src})
 	return nil
 }
@@ -239,8 +235,8 @@ func (c *PacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return 0, c.opErr("write", addr, fmt.Errorf("meshconn: %d-byte datagram, limit %d: %w", len(b), max, mesh.ErrTooLarge))
 	}
 	if dst == c.local {
-		bp := c.getBuf(packetHeaderLen + len(b))
-		defer c.putBuf(bp)
+		bp := c.bufs.Get(packetHeaderLen + len(b))
+		defer c.bufs.Put(bp)
 		encodePacketInto(*bp, b)
 		c.deliver(dst, *bp)
 		c.sent.Add(1)

@@ -71,8 +71,8 @@ type RaftConfig struct {
 
 	// dropReportEvery overrides dropReportInterval (tests).
 	dropReportEvery time.Duration
-	// senderIdle overrides senderIdle (tests).
-	senderIdle time.Duration
+	// senderIdleEvery overrides senderIdleInterval (tests).
+	senderIdleEvery time.Duration
 }
 
 // RaftTransport is raftnode's Transport over the mesh: ordinary raft
@@ -106,9 +106,9 @@ type RaftTransport struct {
 	// routeChanged is notified on every route event.
 	routeChanged *notify.Notifier
 	// senders hold each member's outgoing raft messages (raft_send.go);
-	// one idle for senderIdleAfter exits.
+	// one idle for senderIdleEvery exits.
 	senders         map[uint64]*raftSender
-	senderIdleAfter time.Duration
+	senderIdleEvery time.Duration
 
 	// dropReportEvery is how often watchRoutes checks the receive
 	// counters and warns about raft datagrams dropped before raft saw
@@ -164,7 +164,7 @@ func NewRaftTransport(cfg RaftConfig) (*RaftTransport, error) {
 		names: map[uint64]resolvedPeer{}, senders: map[uint64]*raftSender{}, since: map[mesh.PeerName]time.Time{},
 		removedTold: map[uint64]time.Time{}, onRemoved: cfg.OnRemovedSender, routeChanged: notify.NewNotifier(),
 		dropReportEvery: cmp.Or(cfg.dropReportEvery, dropReportInterval),
-		senderIdleAfter: cmp.Or(cfg.senderIdle, senderIdle),
+		senderIdleEvery: cmp.Or(cfg.senderIdleEvery, senderIdleInterval),
 		props:           make(chan *raftpb.Message, maxPendingProposals)}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pc, err := meshconn.Listen(cfg.Router, cfg.RaftChannel, meshconn.PacketConfig{Logger: t.lg})

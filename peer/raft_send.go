@@ -47,11 +47,18 @@ type queuedMessage struct {
 func (t *RaftTransport) Send(msgs []*raftpb.Message) {
 	for _, m := range msgs {
 		if err := t.queue(m); err != nil {
-			t.sendFailed.Add(1)
-			t.lg.Debug("raft message not sent", zap.String("to", fmt.Sprintf("%x", m.GetTo())), zap.Stringer("type", m.GetType()), zap.Error(err))
-			t.raft.ReportUnreachable(m.GetTo())
+			t.notSent(m, err)
 		}
 	}
+}
+
+// notSent counts a raft message that was dropped, whether Send could not
+// queue it or its sender could not send it, and reports its member
+// unreachable.
+func (t *RaftTransport) notSent(m *raftpb.Message, err error) {
+	t.sendFailed.Add(1)
+	t.lg.Debug("raft message not sent", zap.String("to", fmt.Sprintf("%x", m.GetTo())), zap.Stringer("type", m.GetType()), zap.Error(err))
+	t.raft.ReportUnreachable(m.GetTo())
 }
 
 var errSendQueueFull = errors.New("send queue full")
@@ -87,17 +94,17 @@ func (t *RaftTransport) queue(m *raftpb.Message) error {
 	}
 }
 
-// senderIdle is how long a sender with nothing to send lives on: a
+// senderIdleInterval is how long a sender with nothing to send lives on: a
 // member's sender to a removed member, or a follower's to members it
 // no longer votes for, does not keep its goroutine and queue for ever.
 // An active peer gets heartbeats far more often.
-const senderIdle = 30 * time.Second
+const senderIdleInterval = 30 * time.Second
 
 // sendLoop sends s's queued messages until the transport closes or s has
-// been idle for a whole senderIdleAfter period.
+// been idle for a whole senderIdleEvery period.
 func (t *RaftTransport) sendLoop(s *raftSender) {
 	defer t.wg.Done()
-	idle := time.NewTicker(t.senderIdleAfter)
+	idle := time.NewTicker(t.senderIdleEvery)
 	defer idle.Stop()
 	active := false
 	for {
@@ -105,9 +112,7 @@ func (t *RaftTransport) sendLoop(s *raftSender) {
 		case qm := <-s.q:
 			active = true
 			if err := s.send(t.pc, qm); err != nil {
-				t.sendFailed.Add(1)
-				t.lg.Debug("raft message not sent", zap.String("to", fmt.Sprintf("%x", s.id)), zap.Stringer("type", qm.m.GetType()), zap.Error(err))
-				t.raft.ReportUnreachable(s.id)
+				t.notSent(qm.m, err)
 				continue
 			}
 			t.sent.Add(1)

@@ -156,8 +156,8 @@ func TestMeshTransportSendsInOrderAndIdleSendersExit(t *testing.T) {
 	a, b := meshPair(t)
 	host := &fakeRaft{id: 1}
 	tr, err := NewRaftTransport(RaftConfig{Router: a, Raft: host,
-		Resolve:    func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 },
-		senderIdle: 200 * time.Millisecond})
+		Resolve:         func(id uint64) (mesh.PeerName, bool) { return "b", id == 2 },
+		senderIdleEvery: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

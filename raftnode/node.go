@@ -432,7 +432,7 @@ func (n *Node) processMessages(ms []*raftpb.Message) []*raftpb.Message {
 			out = append(out, ms[i])
 		}
 	}
-	return coalesceProposals(out, n.cfg.MaxSizePerMsg)
+	return coalesceAppends(coalesceProposals(out, n.cfg.MaxSizePerMsg), n.cfg.MaxSizePerMsg)
 }
 
 func (n *Node) send(msgs []*raftpb.Message) {

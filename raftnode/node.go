@@ -384,7 +384,8 @@ func (n *Node) updateCommittedIndex(ap toApply) {
 // processMessages drops messages to removed members, keeps only the newest
 // MsgAppResp, diverts MsgSnap to the apply goroutine, which attaches a
 // database snapshot taken at its applied index (etcd raft.go), and merges
-// forwarded proposals (coalesceProposals).
+// forwarded proposals (coalesceProposals) and a leader's consecutive
+// appends to each follower (coalesceAppends).
 func (n *Node) processMessages(ms []*raftpb.Message) []*raftpb.Message {
 	sentAppResp := false
 	keep := make([]bool, len(ms))

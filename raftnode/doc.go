@@ -39,6 +39,10 @@
 // kept; MsgSnap is never sent as is: the apply goroutine attaches a
 // database snapshot taken at its applied index and hands it to
 // Transport.SendSnapshot, pausing log compaction while it is in flight.
+// A follower's forwarded MsgProps to one destination are merged into one
+// (coalesceProposals), and a leader's MsgApps to one follower that continue
+// each other exactly are merged too (coalesceAppends): raft emits one per
+// proposal, and each would cost a datagram and a follower Step.
 // With a nil Transport (one member) nothing is sent.
 //
 // On the apply goroutine, per batch: apply an incoming snapshot once it is

@@ -335,39 +335,106 @@ func (t *inTransfer) takeBuf(n int) []byte {
 	return make([]byte, 0, max(n, t.b.chunk))
 }
 
-// bodyReader is Incoming.Body.
+// bodyReader is Incoming.Body. A handler that copies the body with
+// io.Copy (as snap.SaveDBFrom does into its file) gets WriteTo.
 type bodyReader struct{ t *inTransfer }
 
 func (r bodyReader) Read(p []byte) (int, error) {
 	t := r.t
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if err := t.waitLocked(); err != nil {
+		return 0, err
+	}
+	c := t.queue[0]
+	n := copy(p, c.b[c.off:])
+	if c.off+n == len(c.b) {
+		t.consumeLocked(1, 0, n)
+	} else {
+		t.consumeLocked(0, n, n)
+	}
+	return n, nil
+}
+
+// WriteTo writes queued chunks to w straight from their buffers, up to a
+// quarter of the window per wake-up: one copy and one write per chunk,
+// where Read into io.Copy's buffer costs a second copy and a lock round
+// per chunk, and the window reopens while the rest of a batch is written.
+func (r bodyReader) WriteTo(w io.Writer) (int64, error) {
+	t := r.t
+	var total int64
+	for {
+		t.mu.Lock()
+		if err := t.waitLocked(); err != nil {
+			t.mu.Unlock()
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		// Only this goroutine removes or changes queued chunks; data()
+		// only appends, so the batch stays valid without the lock.
+		batch := t.queue[:min(len(t.queue), max(1, t.b.cfg.Window/4))]
+		t.mu.Unlock()
+
+		whole, partial, n := 0, 0, 0
+		var werr error
+		for _, c := range batch {
+			m, err := w.Write(c.b[c.off:])
+			n += m
+			if err == nil && m < len(c.b)-c.off {
+				err = io.ErrShortWrite
+			}
+			if err != nil {
+				partial, werr = m, err
+				break
+			}
+			whole++
+		}
+		total += int64(n)
+		t.mu.Lock()
+		t.consumeLocked(whole, partial, n)
+		t.mu.Unlock()
+		if werr != nil {
+			return total, werr
+		}
+	}
+}
+
+// waitLocked waits until a chunk is queued. It returns the transfer's
+// error, or io.EOF once the whole body was consumed.
+func (t *inTransfer) waitLocked() error {
 	for len(t.queue) == 0 && t.err == nil && !t.final {
 		t.cond.Wait()
 	}
 	if t.err != nil {
-		return 0, t.err
+		return t.err
 	}
 	if len(t.queue) == 0 {
 		t.eof = true
-		return 0, io.EOF
+		return io.EOF
 	}
-	c := &t.queue[0]
-	n := copy(p, c.b[c.off:])
-	c.off += n
-	if c.off == len(c.b) {
+	return nil
+}
+
+// consumeLocked takes n body bytes off the queue: whole chunks from its
+// head, then partial bytes of the next one; their buffers are recycled.
+// Once half of the window is free it is reopened explicitly: a sender that
+// filled it is waiting for this, not for more data to ack.
+func (t *inTransfer) consumeLocked(whole, partial, n int) {
+	for i := range whole {
 		if len(t.free) <= t.b.cfg.Window {
-			t.free = append(t.free, c.b[:0])
+			t.free = append(t.free, t.queue[i].b[:0])
 		}
-		t.queue[0] = rchunk{}
-		t.queue = t.queue[1:]
+		t.queue[i] = rchunk{}
+	}
+	t.queue = t.queue[whole:]
+	if partial > 0 {
+		t.queue[0].off += partial
 	}
 	t.queued -= uint64(n)
 	t.consumed += uint64(n)
-	// Reopen the window explicitly once half of it is free: a sender that
-	// filled it is waiting for this, not for more data to ack.
 	if !t.final && t.limitLocked()-t.advertised >= t.window/2 {
 		t.ackLocked(false)
 	}
-	return n, nil
 }

@@ -453,3 +453,65 @@ func TestSpoolToFile(t *testing.T) {
 		t.Fatalf("%d files left in the spool dir", len(ents))
 	}
 }
+
+// TestBulkBodyReadThenWriteTo: a handler may Read part of the body and
+// hand the rest to io.Copy (WriteTo, which writes from the queued chunks
+// themselves); the bytes arrive whole and in order, and a writer that
+// fails part-way ends the copy with its error and the transfer with the
+// handler's.
+func TestBulkBodyReadThenWriteTo(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	got := make(chan received, 1)
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	b := newFakeBulk(t, n, "b", fastBulk(func(ctx context.Context, in *Incoming) error {
+		h := sha256.New()
+		head := make([]byte, 1000) // ends inside the first chunk
+		k, err := io.ReadFull(in.Body, head)
+		h.Write(head[:k])
+		var m int64
+		if err == nil {
+			m, err = io.Copy(h, in.Body)
+		}
+		r := received{n: int64(k) + m, err: err}
+		copy(r.sum[:], h.Sum(nil))
+		got <- r
+		return err
+	}))
+	body := randomBytes(5, 5*b.ChunkSize()+77)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Send(ctx, "b", []byte("m"), bytes.NewReader(body)); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	if r := <-got; r.err != nil || r.n != int64(len(body)) || r.sum != sha256.Sum256(body) {
+		t.Fatalf("handler read %d of %d bytes (hash equal %v), err %v", r.n, len(body), r.sum == sha256.Sum256(body), r.err)
+	}
+
+	diskFull := errors.New("no space left on device")
+	newFakeBulk(t, n, "c", fastBulk(func(ctx context.Context, in *Incoming) error {
+		_, err := io.Copy(&failingWriter{left: 2*b.ChunkSize() + 10, err: diskFull}, in.Body)
+		if !errors.Is(err, diskFull) {
+			t.Errorf("io.Copy into a failing writer: %v, want %v", err, diskFull)
+		}
+		return err
+	}))
+	if err := a.Send(ctx, "c", []byte("m"), bytes.NewReader(body)); err == nil || !strings.Contains(err.Error(), diskFull.Error()) {
+		t.Fatalf("Send to a receiver whose writer fails: %v, want the receiver's %q", err, diskFull)
+	}
+}
+
+// failingWriter accepts left bytes, then fails with err.
+type failingWriter struct {
+	left int
+	err  error
+}
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if len(p) > w.left {
+		n := w.left
+		w.left = 0
+		return n, w.err
+	}
+	w.left -= len(p)
+	return len(p), nil
+}

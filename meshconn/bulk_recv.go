@@ -393,6 +393,12 @@ func (r bodyReader) WriteTo(w io.Writer) (int64, error) {
 		}
 		total += int64(n)
 		t.mu.Lock()
+		if t.err != nil {
+			// Aborted while we wrote: the queue is gone.
+			err := t.err
+			t.mu.Unlock()
+			return total, err
+		}
 		t.consumeLocked(whole, partial, n)
 		t.mu.Unlock()
 		if werr != nil {

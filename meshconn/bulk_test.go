@@ -515,3 +515,43 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 	w.left -= len(p)
 	return len(p), nil
 }
+
+// TestBulkAbortWhileWriteToWrites: a transfer aborted (here by Close)
+// while WriteTo is inside the handler's Write ends the copy with the
+// abort's error once that Write returns; the queue it was writing from is
+// gone by then.
+func TestBulkAbortWhileWriteToWrites(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	writing := make(chan struct{})
+	handled := make(chan error, 1)
+	b := newFakeBulk(t, n, "b", fastBulk(func(ctx context.Context, in *Incoming) error {
+		_, err := io.Copy(&blockingWriter{ctx: ctx, entered: writing}, in.Body)
+		handled <- err
+		return err
+	}))
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	errc := make(chan error, 1)
+	go func() { errc <- a.Send(context.Background(), "b", []byte("m"), bytes.NewReader(randomBytes(13, 1<<20))) }()
+	<-writing
+	b.Close()
+	if err := <-handled; !errors.Is(err, ErrClosed) && !errors.Is(err, ErrAborted) {
+		t.Fatalf("io.Copy after the transfer was aborted: %v; want the abort's error", err)
+	}
+	if err := <-errc; !errors.Is(err, ErrAborted) {
+		t.Fatalf("Send: %v; want ErrAborted", err)
+	}
+}
+
+// blockingWriter's first Write signals entered and returns, successfully,
+// only once ctx is done.
+type blockingWriter struct {
+	ctx     context.Context
+	entered chan struct{}
+	once    sync.Once
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.entered) })
+	<-w.ctx.Done()
+	return len(p), nil
+}

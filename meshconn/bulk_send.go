@@ -68,6 +68,13 @@ func (t *outTransfer) feedback(m *bulkMsg) {
 	}
 }
 
+// heardSinceTake reports whether anything arrived since the last take.
+func (t *outTransfer) heardSinceTake() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.fb.heard
+}
+
 // take returns the feedback and clears the one-shot flags.
 func (t *outTransfer) take() feedback {
 	t.mu.Lock()
@@ -317,6 +324,12 @@ func (s *sender) run(ctx context.Context) error {
 			}
 		}
 
+		if !now.Before(rtoAt) && s.t.heardSinceTake() {
+			// The receiver spoke while the body's Read blocked (the
+			// feedback is taken at the top): judge progress by what it
+			// said before calling this a timeout and resending.
+			continue
+		}
 		if !now.Before(rtoAt) {
 			// No progress for a whole timeout: resend what is
 			// unacknowledged, or probe (for the open's ack, a window

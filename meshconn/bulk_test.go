@@ -531,7 +531,9 @@ func TestBulkAbortWhileWriteToWrites(t *testing.T) {
 	}))
 	a := newFakeBulk(t, n, "a", fastBulk(nil))
 	errc := make(chan error, 1)
-	go func() { errc <- a.Send(context.Background(), "b", []byte("m"), bytes.NewReader(randomBytes(13, 1<<20))) }()
+	go func() {
+		errc <- a.Send(context.Background(), "b", []byte("m"), bytes.NewReader(randomBytes(13, 1<<20)))
+	}()
 	<-writing
 	b.Close()
 	if err := <-handled; !errors.Is(err, ErrClosed) && !errors.Is(err, ErrAborted) {
@@ -554,4 +556,34 @@ func (w *blockingWriter) Write(p []byte) (int, error) {
 	w.once.Do(func() { close(w.entered) })
 	<-w.ctx.Done()
 	return len(p), nil
+}
+
+// TestBulkSenderPausedInReadDoesNotResend: a body whose Read blocks for
+// many retransmit timeouts (a slow snapshot source) while the receiver
+// acknowledged everything sent before it does not make the sender resend:
+// it hears the acks that arrived during the Read before judging its
+// timeout.
+func TestBulkSenderPausedInReadDoesNotResend(t *testing.T) {
+	n := newFakeNet(t, 20<<10)
+	got := make(chan received, 1)
+	a := newFakeBulk(t, n, "a", fastBulk(nil))
+	b := newFakeBulk(t, n, "b", fastBulk(hashingHandler(got)))
+	body := randomBytes(14, 16*b.ChunkSize())
+	gate := &gatedReader{r: bytes.NewReader(body), n: 3 * b.ChunkSize(), reached: make(chan struct{}), release: make(chan struct{})}
+	go func() {
+		<-gate.reached
+		time.Sleep(10 * fastBulk(nil).RetransmitTimeout)
+		close(gate.release)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Send(ctx, "b", nil, gate); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	if r := <-got; r.n != int64(len(body)) || r.sum != sha256.Sum256(body) {
+		t.Fatalf("received %d of %d bytes (hash equal %v)", r.n, len(body), r.sum == sha256.Sum256(body))
+	}
+	if rw := a.Stats().Rewinds; rw != 0 {
+		t.Errorf("sender rewound %d times after a Read that blocked; the receiver had acknowledged everything sent", rw)
+	}
 }

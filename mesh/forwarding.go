@@ -228,14 +228,29 @@ func (r *Router) gossipToNeighbours(ch *channel, data GossipData, exclude PeerNa
 	}
 }
 
-// reroute moves a frame from a dead connection to the current route, once.
+// maxReroutes bounds how often one frame is moved from a dying
+// connection to another. More than once: the connection a frame was moved
+// to may itself close a moment later (a duplicate connection retired by
+// the tie-break, or the same fault reaching a second link), and dropping
+// it then would lose what the first move saved; a bound, so a frame cannot
+// bounce between failing links for ever.
+const maxReroutes = 3
+
+// reroute moves a frame from a dead connection to the current route, at
+// most maxReroutes times; a frame that has used them up is dropped and
+// counted as having no route.
 func (r *Router) reroute(f *frameBuf) {
 	env, err := parseEnvelope(f.envelope())
-	if err != nil || f.rerouted || r.ctx.Err() != nil || env.typ != msgUnicast {
+	if err != nil || r.ctx.Err() != nil || env.typ != msgUnicast {
 		r.pool.put(f)
 		return
 	}
-	f.rerouted = true
+	if f.reroutes >= maxReroutes {
+		r.counters.dropNoRoute.Add(1)
+		r.pool.put(f)
+		return
+	}
+	f.reroutes++
 	rt := r.routes.Load()
 	hop, ok := rt.nextHop(PeerName(env.dst))
 	if PeerName(env.src) != r.name {

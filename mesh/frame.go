@@ -140,7 +140,7 @@ type frameBuf struct {
 	b        []byte // len(b) == cap: the whole buffer
 	n        int    // envelope length at b[frameHeaderLen:]
 	class    int    // pool size class
-	rerouted bool   // already moved once from a dying connection
+	reroutes uint8  // times moved from a dying connection (Router.reroute)
 }
 
 // envelope returns the envelope bytes.
@@ -166,7 +166,7 @@ func (p *bufPool) get(envLen int) *frameBuf {
 	if v := p.classes[class].Get(); v != nil {
 		f := v.(*frameBuf)
 		f.n = envLen
-		f.rerouted = false
+		f.reroutes = 0
 		return f
 	}
 	return &frameBuf{b: make([]byte, 1<<class), n: envLen, class: class}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -89,7 +90,7 @@ func TestBlackholedLinkIsRoutedAround(t *testing.T) {
 }
 
 // Datagrams queued on a connection that dies are moved to another route
-// once instead of being lost with it.
+// instead of being lost with it.
 func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil)
@@ -98,12 +99,17 @@ func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 	ib := &inbox{}
 	testChannel(t, c.routers["b"], ib)
 	ch := testChannel(t, a, nil)
-	testutil.Eventually(t, waitLong, "a routes to b directly, relay connected to both", func() bool {
+	// a must already know the way around (relay's record listing b, b's
+	// listing relay): frames rerouted before it does have no route.
+	testutil.Eventually(t, waitLong, "a routes to b directly and knows relay's link to b", func() bool {
 		hop, ok := a.routes.Load().nextHop("b")
-		return ok && hop == "b" && a.Reachable("relay") && c.routers["b"].connFor("relay") != nil
+		return ok && hop == "b" && knowsLink(a, "relay", "b") && knowsLink(a, "b", "relay")
 	})
-	// Stall b so a's frames pile up in a's queue for b, then cut the link.
-	c.net.StallReads("b", true)
+	// Slow the a→b direction to a trickle so a's frames pile up in its
+	// queue for b, then cut the link. Only that direction: stalling b's
+	// reads would stall its link from the relay too, and a relay that
+	// gave up on b meanwhile drops the rerouted frames (seen under load).
+	c.net.SetBandwidth("a", "b", 1<<10)
 	payload := bytes.Repeat([]byte{2}, 32<<10)
 	for i := 0; i < 40; i++ {
 		if err := ch.Send("b", append([]byte(fmt.Sprintf("q%02d:", i)), payload...)); err != nil {
@@ -115,13 +121,29 @@ func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 		return conn != nil && conn.queuedBytes.Load() > 0
 	})
 	c.net.Cut("a", "b")
-	c.net.StallReads("b", false)
+	t.Cleanup(func() {
+		if t.Failed() {
+			hop, ok := a.routes.Load().nextHop("b")
+			t.Logf("a: next hop to b %q (%v), counters %v", hop, ok, a.Status().Counters)
+		}
+	})
 	testutil.Eventually(t, waitLong, "queued frames rerouted", func() bool { return a.Status().Counters["rerouted"] > 0 })
 	testutil.Eventually(t, waitLong, "rerouted frames delivered to b", func() bool {
 		ib.mu.Lock()
 		defer ib.mu.Unlock()
 		return len(ib.msgs) > 0
 	})
+}
+
+// knowsLink reports whether r's topology has from's record listing an
+// established connection to to.
+func knowsLink(r *Router, from, to PeerName) bool {
+	for _, p := range r.Status().Peers {
+		if p.Name == from {
+			return slices.Contains(p.Connections, string(to))
+		}
+	}
+	return false
 }
 
 func TestDedupWindow(t *testing.T) {
@@ -422,4 +444,35 @@ func TestFailedLinkComesBackDegraded(t *testing.T) {
 		t.Errorf("back on the failed link %v after reconnecting, want about the hold (%v)", d, minDegradedHold)
 	}
 	t.Logf("back on the direct link %v after reconnecting", time.Since(back))
+}
+
+// A frame already moved once from a dying connection is moved again when
+// the connection it was moved to dies too (up to maxReroutes), and dropped
+// as having no route after that.
+func TestRerouteAgainUpToTheLimit(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	c.start("b", nil, "a")
+	c.start("relay", nil, "a", "b")
+	ib := &inbox{}
+	testChannel(t, c.routers["b"], ib)
+	testChannel(t, a, nil)
+	testutil.Eventually(t, waitLong, "a routes to b", func() bool {
+		_, ok := a.routes.Load().nextHop("b")
+		return ok
+	})
+	frame := func(payload string, reroutes uint8) *frameBuf {
+		f := a.newFrame(msgUnicast, a.cfg.DefaultTTL, 20, 0, "b", classInteractive, []byte(payload))
+		f.reroutes = reroutes
+		return f
+	}
+	before := a.Status().Counters
+	a.reroute(frame("second move", 1)) // already moved once
+	testutil.Eventually(t, waitLong, "a frame moved before delivered", func() bool { return ib.has("a:second move") })
+	a.reroute(frame("one move too many", maxReroutes))
+	after := a.Status().Counters
+	if after["rerouted"] != before["rerouted"]+1 || after["drop_no_route"] != before["drop_no_route"]+1 {
+		t.Fatalf("rerouted %d → %d, dropped for no route %d → %d; want one of each",
+			before["rerouted"], after["rerouted"], before["drop_no_route"], after["drop_no_route"])
+	}
 }

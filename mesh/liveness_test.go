@@ -92,13 +92,7 @@ func TestBlackholedLinkIsRoutedAround(t *testing.T) {
 // Datagrams queued on a connection that dies are moved to another route
 // instead of being lost with it.
 func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
-	c := newCluster(t)
-	a := c.start("a", nil)
-	c.start("b", nil, "a")
-	c.start("relay", nil, "a", "b")
-	ib := &inbox{}
-	testChannel(t, c.routers["b"], ib)
-	ch := testChannel(t, a, nil)
+	c, a, ch, ib := relayTriangle(t)
 	// a must already know the way around (relay's record listing b, b's
 	// listing relay): frames rerouted before it does have no route.
 	testutil.Eventually(t, waitLong, "a routes to b directly and knows relay's link to b", func() bool {
@@ -133,6 +127,19 @@ func TestQueuedDatagramsRerouteOnConnectionLoss(t *testing.T) {
 		defer ib.mu.Unlock()
 		return len(ib.msgs) > 0
 	})
+}
+
+// relayTriangle starts a, b dialling a, and a relay dialling both, with
+// a test channel on a (returned) and on b feeding the returned inbox.
+func relayTriangle(t *testing.T) (c *cluster, a *Router, ch *DatagramChannel, ib *inbox) {
+	t.Helper()
+	c = newCluster(t)
+	a = c.start("a", nil)
+	c.start("b", nil, "a")
+	c.start("relay", nil, "a", "b")
+	ib = &inbox{}
+	testChannel(t, c.routers["b"], ib)
+	return c, a, testChannel(t, a, nil), ib
 }
 
 // knowsLink reports whether r's topology has from's record listing an
@@ -450,13 +457,7 @@ func TestFailedLinkComesBackDegraded(t *testing.T) {
 // the connection it was moved to dies too (up to maxReroutes), and dropped
 // as having no route after that.
 func TestRerouteAgainUpToTheLimit(t *testing.T) {
-	c := newCluster(t)
-	a := c.start("a", nil)
-	c.start("b", nil, "a")
-	c.start("relay", nil, "a", "b")
-	ib := &inbox{}
-	testChannel(t, c.routers["b"], ib)
-	testChannel(t, a, nil)
+	_, a, _, ib := relayTriangle(t)
 	testutil.Eventually(t, waitLong, "a routes to b", func() bool {
 		_, ok := a.routes.Load().nextHop("b")
 		return ok
